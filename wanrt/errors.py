@@ -1,0 +1,34 @@
+"""Typed errors raised inside wanrt. The CLI and the gRPC server map them to exit codes / status codes once."""
+
+
+class WanrtError(Exception):
+    """Base of every error wanrt raises on purpose."""
+
+
+class InvalidRequestError(WanrtError, ValueError):
+    """A generation parameter is out of range; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ModelFormatError(WanrtError):
+    """A model folder is not a Wan pipeline wanrt can read (missing parts, unsupported config)."""
+
+
+class ArtifactError(WanrtError):
+    """An exported artifact folder is incomplete, inconsistent or tampered with (hash mismatch)."""
+
+
+class ExportVerificationError(WanrtError):
+    """An exported graph disagrees with PyTorch beyond tolerance."""
+
+
+class BackendUnavailableError(WanrtError):
+    """The requested backend's runtime is not installed on this machine."""
+
+
+class CancelledError(WanrtError):
+    """Generation stopped at a step boundary because the caller asked it to."""
