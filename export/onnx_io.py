@@ -1,0 +1,102 @@
+"""ONNX writing and checking shared by every exported graph: dynamo export, external data, parity vs PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wanrt.errors import ExportVerificationError
+
+OPSET = 18
+# protobuf refuses single messages over 2 GiB; ONNX's own rule is to move weights out beyond that.
+EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
+
+
+def export_graph(
+    module: torch.nn.Module,
+    args: tuple[Any, ...],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: Any,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> list[Path]:
+    """Exports ``module(*args)`` with the dynamo exporter and returns the files written (graph, data).
+
+    Weights go to ``<name>.onnx.data`` when the serialised model would exceed ``external_data_threshold``.
+    """
+    path = Path(path)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verify=False,
+        )
+    external = _weight_bytes(module) > external_data_threshold
+    program.save(path, external_data=external)
+    data = path.with_name(path.name + ".data")
+    return [path, data] if external and data.exists() else [path]
+
+
+def _weight_bytes(module: torch.nn.Module) -> int:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityResult:
+    graph: str
+    shapes: dict[str, tuple[int, ...]]
+    max_rel_error: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"graph": self.graph, "shapes": {k: list(v) for k, v in self.shapes.items()},
+                "max_rel_error": self.max_rel_error}
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude (scale-free, no 0/0)."""
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
+    return diff / max(scale, 1e-12)
+
+
+def check_parity(
+    path: Path,
+    module: torch.nn.Module,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    tolerance: float,
+) -> ParityResult:
+    """Runs the ONNX graph in onnxruntime (CPU) and ``module`` in PyTorch on the same inputs; raises on drift."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, dict(feeds))
+    with torch.no_grad():
+        expected = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
+    if isinstance(expected, torch.Tensor):
+        expected = (expected,)
+    worst = max(relative_error(g, e.numpy()) for g, e in zip(got, expected, strict=True))
+    result = ParityResult(Path(path).name, {k: tuple(v.shape) for k, v in feeds.items()}, worst)
+    if not worst <= tolerance:
+        raise ExportVerificationError(
+            f"{result.graph}: onnxruntime differs from PyTorch by max relative error {worst:.3e} "
+            f"(tolerance {tolerance:.0e}) at input shapes {result.shapes}"
+        )
+    return result
