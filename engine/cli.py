@@ -1,0 +1,84 @@
+"""`wanrt generate`: one clip from a prompt, in-process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from wanrt.engine.request import GenerationRequest
+
+BACKENDS = ("onnxruntime", "torch")
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """The request's options, shared by `wanrt generate` and `wanrt client generate`."""
+    defaults = GenerationRequest(prompt="-")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
+    parser.add_argument("--frames", type=int, default=defaults.frames, help="4k+1 frames (default %(default)s)")
+    parser.add_argument("--height", type=int, default=defaults.height, help="multiple of 16")
+    parser.add_argument("--width", type=int, default=defaults.width, help="multiple of 16")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--guidance", type=float, default=defaults.guidance, help="high-noise expert's CFG scale")
+    parser.add_argument("--guidance-2", type=float, default=None,
+                        help="low-noise expert's CFG scale (default: same as --guidance)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--latents", type=Path, default=None,
+                        help="initial noise .npy of shape (1, 16, (F-1)/4+1, H/8, W/8); overrides --seed")
+    parser.add_argument("--fps", type=int, default=defaults.fps)
+    parser.add_argument("--out", type=Path, required=True, help="output .mp4 (H.264) or .npy (uint8 frames)")
+
+
+def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+    from wanrt.errors import InvalidRequestError
+
+    latents = None
+    if args.latents is not None:
+        try:
+            latents = np.load(args.latents, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InvalidRequestError("latents", f"cannot read {args.latents}: {err}") from None
+    if args.out.suffix.lower() not in (".mp4", ".npy"):
+        raise InvalidRequestError("out", f"must end in .mp4 or .npy, got {args.out.name!r}")
+    return GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames, height=args.height,
+        width=args.width, steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, seed=args.seed,
+        fps=args.fps, latents=latents,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="generate a clip in this process")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="artifact folder (onnxruntime) or diffusers Wan folder (torch)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_video_arguments(parser)
+    parser.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.video import write_video
+
+    request = request_from_args(args)
+    pipeline = load_pipeline(args.model, args.backend, device=args.device)
+    bars: dict[str, tqdm] = {}
+
+    def show(progress: object) -> None:
+        bar = bars.get(progress.stage)
+        if bar is None:
+            bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step", leave=True)
+        bar.update(progress.step - bar.n)
+
+    try:
+        write_video(args.out, pipeline.generate(request, on_progress=show), request.fps)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(args.out)
+    return 0

@@ -1,0 +1,131 @@
+"""The denoising pipeline, one for every backend: text encoding, CFG, expert switch, scheduler, streaming decode.
+
+It mirrors diffusers' WanPipeline step for step (see tests/test_parity.py) but holds its state in numpy, so
+the serving path needs no torch. Backends only run the networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from wanrt.engine.backends.base import Backend
+from wanrt.engine.request import GenerationRequest, Limits
+from wanrt.engine.schedulers import scheduler_from_config
+from wanrt.engine.spec import ModelSpec
+from wanrt.engine.text import PromptTokenizer, zero_padding_positions
+from wanrt.errors import CancelledError, InvalidRequestError
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    stage: str  # "text", "denoise" or "decode"
+    step: int  # steps (or latent frames) done in this stage
+    total: int
+    elapsed_s: float  # since the job started
+
+
+ProgressCallback = Callable[[Progress], None]
+StopCheck = Callable[[], bool]
+
+
+class VideoPipeline:
+    """Generates uint8 video frames for a request; frames stream out as the VAE decoder produces them."""
+
+    def __init__(
+        self, spec: ModelSpec, tokenizer: PromptTokenizer, backend: Backend, *, identity: dict[str, str],
+        limits: Limits | None = None,
+    ) -> None:
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.identity = identity  # what made the video: model path, artifact hashes, backend (for audit)
+        self.limits = limits or Limits(
+            frame_multiple=spec.vae_scale_temporal, size_multiple=spec.vae_scale_spatial * spec.patch_size[1]
+        )
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yields (T, H, W, 3) uint8 chunks in order; raises CancelledError at a step boundary when asked."""
+        request.validate(self.limits)
+        latents = self._initial_latents(request)  # checked before any network runs
+        started = time.monotonic()
+
+        def report(stage: str, step: int, total: int) -> None:
+            if should_stop is not None and should_stop():
+                raise CancelledError(f"cancelled during {stage} at {step}/{total}")
+            if on_progress is not None:
+                on_progress(Progress(stage, step, total, time.monotonic() - started))
+
+        scales = {self.spec.experts[0]: request.guidance, self.spec.experts[-1]: request.effective_guidance_2}
+        use_cfg = any(s > 1.0 for s in scales.values())
+        report("text", 0, 1)
+        text = self._encode([request.prompt, request.negative_prompt] if use_cfg else [request.prompt])
+        report("text", 1, 1)
+
+        scheduler = scheduler_from_config(self.spec.scheduler_config)
+        scheduler.set_timesteps(request.steps)
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            expert = self._expert_for(float(t))
+            latents = scheduler.step(self._guided_prediction(expert, scales[expert], latents, float(t), text),
+                                     t, latents)
+            report("denoise", i + 1, len(timesteps))
+
+        yield from self._decode(latents, report)
+
+    def _encode(self, prompts: list[str]) -> np.ndarray:
+        ids, mask = self.tokenizer(prompts)
+        return zero_padding_positions(self.backend.encode_text(ids, mask), mask)
+
+    def _expert_for(self, t: float) -> str:
+        boundary = self.spec.boundary_timestep
+        return self.spec.experts[0] if boundary is None or t >= boundary else self.spec.experts[1]
+
+    def _guided_prediction(self, expert: str, scale: float, latents: np.ndarray, t: float,
+                           text: np.ndarray) -> np.ndarray:
+        """Cond and uncond go through the expert in one batch of two; guidance is applied only where it acts."""
+        if scale > 1.0:
+            batch = np.concatenate([latents, latents]).astype(np.float32)
+            cond, uncond = self.backend.predict_noise(expert, batch, np.full(2, t, np.float32), text[:2])
+            return uncond[None] + np.float32(scale) * (cond[None] - uncond[None])
+        return self.backend.predict_noise(expert, latents.astype(np.float32), np.full(1, t, np.float32), text[:1])
+
+    def _initial_latents(self, request: GenerationRequest) -> np.ndarray:
+        spec = self.spec
+        shape = request.latent_shape(spec.latent_channels, spec.vae_scale_temporal, spec.vae_scale_spatial)
+        if request.latents is None:
+            # numpy's PCG64 stream, not torch's: a seed reproduces wanrt's clips on every backend and machine.
+            return np.random.default_rng(request.seed).standard_normal(shape, dtype=np.float32)
+        if request.latents.shape != shape:
+            raise InvalidRequestError("latents", f"shape {request.latents.shape} does not match frames/height/width:"
+                                                 f" expected {shape}")
+        return request.latents.astype(np.float32)
+
+    def _decode(self, latents: np.ndarray, report: Callable[[str, int, int], None]) -> Iterator[np.ndarray]:
+        spec = self.spec
+        mean = np.asarray(spec.latents_mean, np.float32).reshape(1, -1, 1, 1, 1)
+        inv_std = (1.0 / np.asarray(spec.latents_std, np.float32)).reshape(1, -1, 1, 1, 1)
+        z = (latents / inv_std + mean).astype(np.float32)  # WanPipeline's exact denormalisation
+        total = z.shape[2]
+        state = None
+        for k in range(total):
+            frame = z[:, :, k : k + 1]
+            video, state = (self.backend.decode_first(frame) if k == 0
+                            else self.backend.decode_next(frame, state))
+            yield to_uint8_frames(video)
+            report("decode", k + 1, total)
+
+
+def to_uint8_frames(video: np.ndarray) -> np.ndarray:
+    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8, as diffusers' postprocess then x255 and round."""
+    frames = np.clip(video[0] / 2.0 + 0.5, 0.0, 1.0)
+    return np.round(frames.transpose(1, 2, 3, 0) * 255.0).astype(np.uint8)

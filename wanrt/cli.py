@@ -1,0 +1,46 @@
+"""The `wanrt` command. Each stage contributes its subcommands; errors are mapped to exit codes here, once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from wanrt.errors import ArtifactError, InvalidRequestError, ModelFormatError, WanrtError
+
+EXIT_USAGE = 2  # bad arguments or input: nothing was produced
+EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavailable
+
+# Stages that add subcommands; each module exposes register(subparsers). Imported lazily so that, e.g.,
+# `wanrt generate --backend onnxruntime` never imports torch through the export stage.
+_STAGES = ("wanrt.export.cli", "wanrt.engine.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="wanrt", description="Wan2.x text-to-video inference engine")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _STAGES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except InvalidRequestError as err:
+        print(f"wanrt: error: --{err.field.replace('_', '-')}: {err.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except WanrtError as err:
+        print(f"wanrt: error: {err}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
