@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wanrt.engine.loader import BACKENDS
 from wanrt.engine.request import GenerationRequest
-
-BACKENDS = ("onnxruntime", "torch")
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,52 @@
+"""onnxruntime backend: runs an exported artifact's graphs (CPU reference; CUDA where onnxruntime-gpu has it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from wanrt.engine.backends.base import DecoderState
+from wanrt.errors import ArtifactError, BackendUnavailableError
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        providers = PROVIDERS[device]
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._sessions = {}
+        for name, file in graph_files.items():
+            try:
+                self._sessions[name] = ort.InferenceSession(os.fspath(Path(art_dir) / file), options,
+                                                            providers=providers)
+            except Exception as err:  # onnxruntime raises its own untyped errors for unreadable graphs
+                raise ArtifactError(f"onnxruntime cannot load {file}: {err}") from None
+        # The step decoder's cache inputs, in the order the init/step graphs emit them after the frames.
+        self._cache_names = [i.name for i in self._sessions["vae_decoder_step"].get_inputs()][1:]
+
+    def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._sessions["text_encoder"].run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+    def predict_noise(self, expert: str, latents: np.ndarray, timestep: np.ndarray, text: np.ndarray) -> np.ndarray:
+        feeds = {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": text}
+        return self._sessions[expert].run(None, feeds)[0]
+
+    def decode_first(self, latent: np.ndarray) -> tuple[np.ndarray, DecoderState]:
+        frames, *caches = self._sessions["vae_decoder_init"].run(None, {"latent": latent})
+        return frames, caches
+
+    def decode_next(self, latent: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        feeds = {"latent": latent, **dict(zip(self._cache_names, state, strict=True))}
+        frames, *caches = self._sessions["vae_decoder_step"].run(None, feeds)
+        return frames, caches

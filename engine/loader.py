@@ -1,0 +1,57 @@
+"""Opens a model for serving: an exported artifact (onnxruntime) or a diffusers folder (torch)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from wanrt.engine.pipeline import VideoPipeline
+from wanrt.engine.spec import spec_from_diffusers
+from wanrt.engine.text import PromptTokenizer
+from wanrt.errors import ModelFormatError
+
+BACKENDS = ("onnxruntime", "torch")
+
+
+def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
+    """Checks the model (hashes, configs) and loads every network before returning: failures come at start."""
+    model = Path(model)
+    if backend == "onnxruntime":
+        return _load_artifact(model, device)
+    if backend == "torch":
+        return _load_diffusers(model, device)
+    raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
+    from wanrt.engine.artifact import MANIFEST_NAME, load_artifact
+    from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
+
+    manifest = load_artifact(art_dir)
+    spec = manifest.spec
+    graphs = {name: entry["file"] for name, entry in manifest.graphs.items()}
+    identity = {
+        "backend": "onnxruntime",
+        "model": str(art_dir.resolve()),
+        "manifest_sha256": _sha256(art_dir / MANIFEST_NAME),
+        **{f"{name}_sha256": manifest.files[file] for name, file in graphs.items()},
+    }
+    return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
+                         OnnxRuntimeBackend(art_dir, graphs, device=device), identity=identity)
+
+
+def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:
+    from wanrt.engine.backends.torch import TorchBackend
+
+    spec = spec_from_diffusers(model_dir)
+    tokenizer_json = model_dir / "tokenizer" / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise ModelFormatError(f"{tokenizer_json} is missing; `wanrt export` converts slow tokenizers")
+    identity = {"backend": "torch", "model": str(model_dir.resolve()),
+                "model_index_sha256": _sha256(model_dir / "model_index.json")}
+    return VideoPipeline(spec, PromptTokenizer(tokenizer_json, spec.text_length),
+                         TorchBackend(model_dir, spec.experts, device=device), identity=identity)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

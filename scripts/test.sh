@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: makes .venv, installs wanrt with its export and test extras, lints, runs the suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k parity`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+PY=.venv/bin/python
+"$PY" -m pip install --quiet --upgrade pip
+# CPU build of torch pinned for test machines without a GPU; a GPU image brings its own torch.
+"$PY" -m pip install --quiet "torch==2.13.0"
+"$PY" -m pip install --quiet -e ".[export,test]"
+
+"$PY" -m ruff check .
+"$PY" -m pytest -q "$@"
