@@ -100,3 +100,61 @@ def check_parity(
             f"(tolerance {tolerance:.0e}) at input shapes {result.shapes}"
         )
     return result
+
+
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedGraph:
+    """One exported and verified graph: what the artifact manifest records about it."""
+
+    name: str
+    files: tuple[Path, ...]  # the graph first, then its external data if any
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    # Per input, the smallest and largest shape the export accepts (what a TensorRT profile needs).
+    shape_ranges: dict[str, dict[str, list[int]]]
+    parity: tuple[ParityResult, ...]
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"file": self.files[0].name, "files": [p.name for p in self.files], "inputs": list(self.inputs),
+                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges}
+
+
+def export_verified(
+    module: torch.nn.Module,
+    name: str,
+    out_dir: Path,
+    example: Mapping[str, np.ndarray],
+    *,
+    output_names: Sequence[str],
+    dynamic_shapes: Mapping[str, Mapping[int, Any]],
+    parity_feeds: Sequence[Mapping[str, np.ndarray]],
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportedGraph:
+    """Exports ``module`` to ``out_dir/<name>.onnx`` and checks parity on every feed in ``parity_feeds``.
+
+    ``example`` and each feed are keyed by the module's forward argument names, in call order; those names
+    become the graph's input names.
+    """
+    path = Path(out_dir) / f"{name}.onnx"
+    args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example.values())
+    files = export_graph(module, args, path, input_names=list(example),
+                         output_names=output_names, dynamic_shapes=dict(dynamic_shapes),
+                         external_data_threshold=external_data_threshold)
+    parity = tuple(check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds)
+    return ExportedGraph(name, tuple(files), tuple(example), tuple(output_names),
+                         _shape_ranges(example, dynamic_shapes), parity)
+
+
+def _shape_ranges(example: Mapping[str, np.ndarray],
+                  dynamic_shapes: Mapping[str, Mapping[int, Any]]) -> dict[str, dict[str, list[int]]]:
+    ranges = {}
+    for input_name, tensor in example.items():
+        dims = dynamic_shapes.get(input_name, {})
+        low = [int(dims[i].min) if i in dims else size for i, size in enumerate(tensor.shape)]
+        high = [int(dims[i].max) if i in dims else size for i, size in enumerate(tensor.shape)]
+        ranges[input_name] = {"min": low, "max": high}
+    return ranges

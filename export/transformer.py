@@ -1,0 +1,85 @@
+"""Wan DiT experts -> ``transformer.onnx`` / ``transformer_2.onnx``: one denoising call, cond and uncond batched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.export import Dim
+
+from wanrt.engine.spec import ModelSpec
+from wanrt.export import onnx_io
+
+MAX_BATCH = 2  # CFG: conditional and unconditional prediction in one call
+
+
+class ExpertGraph(torch.nn.Module):
+    """One expert with positional tensor inputs and the noise prediction as its only output."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
+                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.transformer(hidden_states=hidden_states, timestep=timestep,
+                                encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+def load_expert(model_dir: Path, name: str) -> ExpertGraph:
+    from diffusers import WanTransformer3DModel
+
+    # float32 whatever the checkpoint's dtype: the graph is the fp32 reference; engines lower precision later.
+    transformer = WanTransformer3DModel.from_pretrained(Path(model_dir) / name, local_files_only=True,
+                                                        torch_dtype=torch.float32)
+    return ExpertGraph(transformer.eval()).eval()
+
+
+def export_expert(
+    model_dir: Path,
+    out_dir: Path,
+    spec: ModelSpec,
+    name: str,
+    *,
+    external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> onnx_io.ExportedGraph:
+    """Exports and verifies expert ``name`` (``transformer`` or ``transformer_2``) to ``<name>.onnx``."""
+    module = load_expert(model_dir, name)
+    # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
+    max_patches = int(module.transformer.config.rope_max_seq_len)
+    pt, ph, pw = spec.patch_size
+    batch = Dim("batch", min=1, max=MAX_BATCH)
+    length = Dim("text_length", min=1, max=max(512, spec.text_length))
+    latent_axes = {0: batch, 2: _patched("latent_frames", pt, max_patches),
+                   3: _patched("latent_height", ph, max_patches), 4: _patched("latent_width", pw, max_patches)}
+    # Example sizes avoid 0 and 1 (in patches), which torch.export would specialise into constants.
+    example = _feeds(spec, batch=2, patches=(2, 2, 3), length=16, seed=0)
+    return onnx_io.export_verified(
+        module, name, out_dir, example,
+        output_names=["noise_pred"],
+        dynamic_shapes={"hidden_states": latent_axes, "timestep": {0: batch},
+                        "encoder_hidden_states": {0: batch, 1: length}},
+        # Shapes differ from the example and each other: a single-frame unguided call at the serving text
+        # length, and a CFG pair with a short context.
+        parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
+                      _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
+        external_data_threshold=external_data_threshold,
+    )
+
+
+def _patched(name: str, patch: int, max_patches: int) -> Any:
+    """A dimension that must be a whole number of patches (a torch.export derived Dim when patch > 1)."""
+    patches = Dim(f"{name}_patches" if patch > 1 else name, min=1, max=max_patches)
+    return patch * patches if patch > 1 else patches
+
+
+def _feeds(spec: ModelSpec, *, batch: int, patches: tuple[int, int, int], length: int,
+           seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    f, h, w = (n * p for n, p in zip(patches, spec.patch_size, strict=True))
+    latents = rng.standard_normal((batch, spec.latent_channels, f, h, w), dtype=np.float32)
+    timestep = rng.uniform(0, spec.num_train_timesteps, size=batch).astype(np.float32)
+    text = rng.standard_normal((batch, length, spec.text_dim), dtype=np.float32)
+    return {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": text}
