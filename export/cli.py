@@ -10,7 +10,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a diffusers Wan pipeline folder to ONNX")
     parser.add_argument("--model", type=Path, required=True, help="diffusers-format Wan pipeline folder")
-    parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (must not exist)")
+    parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (absent or empty)")
     parser.set_defaults(handler=_export)
 
 
