@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Build the CPU image with rootful podman on a machine without a Docker daemon or image registry, and check
+# what can be checked without a server: the image's metadata, no compilers, and that the installed package
+# imports as UID 10001 on a read-only root file system with every capability dropped.
+#
+# Usage: deploy/ci/podman-smoke.sh [--workdir DIR] [--rebuild-base] [--serve]
+#   --workdir DIR    state: containers.conf, the debootstrap root, logs (default: $TMPDIR/wanrt-podman)
+#   --rebuild-base   bootstrap the Debian base again even when the local base image exists
+#   --serve          also start `wanrt serve` (embedded demo model, TLS with throwaway certificates, on
+#                    127.0.0.1, host network) and run the image HEALTHCHECK until it passes
+#
+# Host recipe (Debian 12, root; see shared notes): runc (crun fails on this cgroup setup), cgroupfs, file
+# events logger, explicit ulimits (no CAP_SYS_RESOURCE here), all through CONTAINERS_CONF; the base image is
+# `debootstrap --variant=minbase bookworm` + `podman import` (no registry), the build runs with
+# --isolation=chroot --network host --pull=never and --format docker (the OCI image format has no
+# HEALTHCHECK and no SHELL: podman drops both from an OCI build), and pip inside the build trusts this host's CA bundle
+# (TLS goes through an intercepting proxy) via the Dockerfile's extra_ca build secret.
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), EXTRA_CA (default: the host bundle),
+#   SMOKE_MODEL (--serve: an artifact folder to mount read-only and serve; default: the embedded demo model).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+workdir="${TMPDIR:-/tmp}/wanrt-podman"
+rebuild_base=false
+serve=false
+while (($#)); do
+    case "$1" in
+        --workdir) workdir="$2"; shift 2 ;;
+        --rebuild-base) rebuild_base=true; shift ;;
+        --serve) serve=true; shift ;;
+        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "podman-smoke: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+base_image=localhost/wanrt-ci-base:bookworm
+image=localhost/wanrt:cpu-ci
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+extra_ca="${EXTRA_CA:-/etc/ssl/certs/ca-certificates.crt}"
+
+for tool in podman runc debootstrap; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "podman-smoke: $tool missing (deploy/ci/install-tools.sh --podman)" >&2; exit 2; }
+done
+[[ $EUID -eq 0 ]] || { echo "podman-smoke: rootful podman: run as root" >&2; exit 2; }
+
+mkdir -p "$workdir"
+workdir="$(realpath "$workdir")"
+hard_nofile="$(ulimit -Hn)"
+cat >"$workdir/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=${hard_nofile}:${hard_nofile}", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+export CONTAINERS_CONF="$workdir/containers.conf"
+
+now() { date +%s; }
+t0="$(now)"
+
+# 1. Debian base with python3 + venv + CA certificates (what python:3.11-slim gives, from Debian's apt).
+if $rebuild_base || ! podman image exists "$base_image"; then
+    rootfs="$workdir/rootfs"
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" \
+        >"$workdir/debootstrap.log" 2>&1 || { tail -n 20 "$workdir/debootstrap.log" >&2; exit 1; }
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
+    tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$base_image" >/dev/null
+    rm -rf "$rootfs"
+fi
+t1="$(now)"
+echo "podman-smoke: base image $base_image ready in $((t1 - t0)) s"
+
+# 2. the CPU target, as the Dockerfile says, on that base.
+secret_args=()
+if [[ -s "$extra_ca" ]]; then secret_args=(--secret "id=extra_ca,src=$extra_ca"); fi
+old_id="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
+# --layers=false: no intermediate layer images left behind (the COPY of the source tree changes on every
+# commit anyway, so a layer cache would rarely hit).
+podman build --format docker --isolation=chroot --network host --pull=never --layers=false \
+    --target cpu --build-arg CPU_BASE="$base_image" --build-arg VCS_REF="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "${secret_args[@]}" -t "$image" -f "$repo/Dockerfile" "$repo" >"$workdir/build.log" 2>&1 \
+    || { tail -n 40 "$workdir/build.log" >&2; echo "podman-smoke: build failed (full log: $workdir/build.log)" >&2; exit 1; }
+t2="$(now)"
+new_id="$(podman image inspect --format '{{.Id}}' "$image")"
+if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then podman rmi "$old_id" >/dev/null 2>&1 || true; fi
+echo "podman-smoke: built $image in $((t2 - t1)) s ($(podman image inspect --format '{{.Size}}' "$image") bytes)"
+
+# 3. metadata.
+fail() { echo "podman-smoke: FAIL: $*" >&2; exit 1; }
+user="$(podman image inspect --format '{{.Config.User}}' "$image")"
+[[ "$user" == "10001:10001" ]] || fail "image user is '$user'"
+health="$(podman image inspect --format '{{json .Config.Healthcheck}}' "$image")"
+[[ "$health" == *'"wanrt","client","health"'* ]] || fail "healthcheck is $health"
+title="$(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.title"}}' "$image")"
+[[ "$title" == wanrt ]] || fail "OCI title label is '$title'"
+
+# 4. hardened run: read-only root, tmpfs /tmp, no capabilities, no new privileges, fixed UID.
+hardened=(--rm --network host --read-only --tmpfs "/tmp:rw,nosuid,nodev,noexec,size=64m" --cap-drop ALL
+          --security-opt no-new-privileges --security-opt label=type:wanrt_container_t --user 10001:10001)
+podman run "${hardened[@]}" --no-healthcheck --entrypoint /bin/sh "$image" -c \
+    'for c in cc c++ gcc g++ clang; do if command -v "$c"; then exit 1; fi; done; id -u; touch /x 2>/dev/null && exit 2; touch /tmp/x' \
+    | grep -qx 10001 || fail "compiler present, wrong uid, or writable root file system"
+podman run "${hardened[@]}" --no-healthcheck --entrypoint /opt/wanrt/bin/python "$image" -c \
+    'import importlib.metadata as m, onnxruntime, av, numpy, wanrt; print("wanrt", m.version("wanrt"), "onnxruntime", onnxruntime.__version__)' \
+    || fail "the package does not import in the hardened container"
+t3="$(now)"
+
+# 5. (needs the server) serve with TLS on loopback, exactly as docker-compose.yml wires secrets and volumes,
+#    and let podman run the image's own HEALTHCHECK until it reports healthy.
+if $serve; then
+    command -v openssl >/dev/null || fail "openssl missing"
+    name="wanrt-smoke-$$"
+    sec="$workdir/secrets" out="$workdir/outputs" audit="$workdir/audit"
+    rm -rf "$sec" "$out" "$audit"
+    install -d -m 0755 "$sec"
+    install -d -o 10001 -g 10001 "$out" "$audit"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=wanrt-smoke-ca \
+        -keyout "$sec/ca.key" -out "$sec/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout "$sec/tls.key" -out "$sec/tls.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$sec/san.ext"
+    openssl x509 -req -in "$sec/tls.csr" -CA "$sec/ca.crt" -CAkey "$sec/ca.key" -CAcreateserial -days 1 \
+        -extfile "$sec/san.ext" -out "$sec/tls.crt" 2>/dev/null
+    chown 10001:10001 "$sec/tls.key"
+    chmod 0400 "$sec/tls.key"
+    : >"$sec/tokens.jsonl"
+    model_args=()
+    if [[ -n "${SMOKE_MODEL:-}" ]]; then
+        model_args=(-v "$(realpath "$SMOKE_MODEL"):/models/smoke:ro")
+    fi
+    podman run -d --name "$name" "${hardened[@]:1}" \
+        -v "$sec/tls.crt:/run/secrets/wanrt_tls_cert:ro" -v "$sec/tls.key:/run/secrets/wanrt_tls_key:ro" \
+        -v "$sec/ca.crt:/run/secrets/wanrt_tls_ca:ro" -v "$sec/tokens.jsonl:/run/secrets/wanrt_tokens:ro" \
+        -v "$out:/var/lib/wanrt/outputs" -v "$audit:/var/log/wanrt" "${model_args[@]}" \
+        "$image" serve ${SMOKE_MODEL:+--model /models/smoke} --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
+        --tls-cert /run/secrets/wanrt_tls_cert --tls-key /run/secrets/wanrt_tls_key \
+        --tokens /run/secrets/wanrt_tokens --audit-log /var/log/wanrt/audit.jsonl >/dev/null
+    trap 'podman rm -f "$name" >/dev/null 2>&1 || true' EXIT
+    ok=false
+    for _ in $(seq 1 60); do
+        if podman healthcheck run "$name" >/dev/null 2>&1; then
+            ok=true
+            break
+        fi
+        [[ "$(podman inspect --format '{{.State.Running}}' "$name" 2>/dev/null)" == true ]] || break
+        sleep 2
+    done
+    $ok || { podman logs "$name" >&2 || true; fail "the image HEALTHCHECK did not pass (the container exited, or 120 s went by)"; }
+    echo "podman-smoke: server healthy (TLS, image HEALTHCHECK) in the hardened container"
+    podman stop -t 40 "$name" >/dev/null
+fi
+t4="$(now)"
+
+echo "podman-smoke: ok (base $((t1 - t0)) s, build $((t2 - t1)) s, checks $((t3 - t2)) s, serve $((t4 - t3)) s)"

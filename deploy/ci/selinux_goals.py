@@ -1,0 +1,431 @@
+#!/usr/bin/python3
+"""Assert the wanrt SELinux security goals against a linked binary policy (offline, setools).
+
+Runs under Debian's /usr/bin/python3 (python3-setools); the project venv cannot import setools.
+
+    /usr/bin/python3 deploy/ci/selinux_goals.py POLICY [--file-contexts FILE] [--json OUT]
+
+Exit status: 0 all goals hold, 1 at least one goal fails, 2 the checker could not run (missing
+setools, unreadable policy, a goal naming a type the policy lacks).
+
+Two evaluation modes:
+  * "default": conditional rules count only when enabled with the policy's default booleans
+    (what the domain gets on a freshly installed host);
+  * "any": every conditional rule counts, whatever its boolean (what an administrator could
+    switch on). Every MUST NOT goal uses "any", so a boolean cannot quietly reopen a hole; the
+    only conditional exception is the documented health-probe boolean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+DOMAIN = "wanrt_container_t"
+HEALTH_BOOL = "wanrt_container_health_connect"
+
+FILE_CLASSES = ["file", "dir", "lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"]
+WRITE_PERMS = [
+    "write", "append", "create", "unlink", "rename", "link", "setattr", "add_name", "remove_name",
+    "reparent", "rmdir", "relabelfrom", "relabelto", "mounton",
+]
+EXEC_PERMS = ["execute", "execute_no_trans", "entrypoint", "execmod"]
+READ_PERMS = ["read", "open", "map", "ioctl", "lock", "watch"]
+DEV_PERMS = ["read", "write", "append", "ioctl", "map", "open", "lock"]
+
+DANGEROUS_CAPS = [
+    "sys_admin", "sys_module", "net_admin", "net_raw", "sys_ptrace", "sys_rawio", "sys_time", "mknod",
+    "mac_admin", "mac_override", "audit_control", "setfcap", "linux_immutable", "sys_resource",
+    "dac_read_search", "ipc_lock", "sys_pacct", "sys_tty_config", "lease", "ipc_owner",
+]
+DANGEROUS_CAPS2 = ["mac_admin", "mac_override", "syslog", "bpf", "perfmon", "checkpoint_restore",
+                   "wake_alarm", "audit_read", "block_suspend"]
+# The capability set refpolicy's container_domain grants every container domain (cannot be
+# subtracted in SELinux).  The runtime layer (cap_drop: [ALL], non-root UID, no-new-privileges)
+# removes them from the process; this goal catches any capability *added* on top.
+INHERITED_CAPS = ["dac_override", "kill", "setgid", "setuid", "sys_boot", "sys_chroot"]
+# Same for capabilities inside a user namespace the process creates (cap_userns only covers
+# objects owned by that namespace).
+INHERITED_USERNS_CAPS = ["chown", "dac_override", "dac_read_search", "fowner", "kill", "setgid", "setuid"]
+
+# Types the domain may write files in (default booleans): ours, the container's own
+# overlay/tmpfs content, its own /proc entries, and the net sysctls of its private network
+# namespace (both inherited from container_domain), and fusefs (rootless overlay, inherited).
+WRITE_ALLOWED = ["wanrt_output_t", "container_file_t", DOMAIN, "sysctl_net_t", "fusefs_t"]
+# Device nodes the domain may open/read/write/ioctl/map (default booleans): the GPU type, the
+# harmless standard nodes, and nodes the engine creates inside the container (container_*).
+DEVICES_ALLOWED = [
+    "xserver_misc_device_t", "null_device_t", "zero_device_t", "urandom_device_t", "random_device_t",
+    "devtty_t", "container_devpts_t", "container_file_t", "container_ro_file_t",
+]
+SENSITIVE_READ = [
+    "shadow_t", "user_home_t", "user_home_dir_t", "xdg_data_t", "xdg_config_t", "ssh_home_t", "gpg_secret_t",
+    "krb5_keytab_t", "proc_kcore_t", "memory_device_t", "kmsg_device_t", "auditd_log_t", "var_log_t", "cert_t",
+]
+
+
+@dataclass
+class Goal:
+    gid: str
+    text: str
+    kind: str
+    args: dict = field(default_factory=dict)
+
+
+GOALS: list[Goal] = [
+    # ---- structure ----------------------------------------------------------------------
+    Goal("S1", "domain is a container domain (engine may start it; MCS-separated)", "attrs",
+         {"type": DOMAIN, "has": ["container_domain", "mcs_constrained_type"],
+          "lacks": ["container_net_domain", "privileged_container_domain", "unconfined_domain_type",
+                    "container_engine_domain", "can_load_kernmodule", "can_load_policy",
+                    "can_setenforce", "can_write_shadow_passwords", "kern_unconfined", "sysctl_type"]}),
+    Goal("S2", "domain is not permissive", "not_permissive", {"type": DOMAIN}),
+    Goal("S3", "content and port types are file/port types", "attrs_each",
+         {"types": {"wanrt_model_t": ["file_type"], "wanrt_output_t": ["file_type"],
+                    "wanrt_secret_t": ["file_type"], "wanrt_port_t": ["port_type"]}}),
+    Goal("S4", "a container engine can enter the domain under no-new-privileges", "enter",
+         {"engine_attr": "container_engine_domain"}),
+    Goal("S5", "image content (container_file_t) is the entrypoint", "may",
+         {"targets": ["container_file_t"], "classes": ["file"], "perms": ["entrypoint", "execute", "read"]}),
+    # ---- MAY ------------------------------------------------------------------------------
+    Goal("M1", "read + mmap model/engine files (wanrt_model_t)", "may",
+         {"targets": ["wanrt_model_t"], "classes": ["file"], "perms": ["open", "read", "getattr", "map"]}),
+    Goal("M2", "list model/engine directories, follow their symlinks", "may_each",
+         {"targets": ["wanrt_model_t"], "perms": {"dir": ["search", "read", "open", "getattr"],
+                                                  "lnk_file": ["read"]}}),
+    Goal("M3", "create/append/rename outputs and the audit log (wanrt_output_t)", "may_each",
+         {"targets": ["wanrt_output_t"],
+          "perms": {"file": ["create", "open", "write", "append", "rename", "unlink", "getattr"],
+                    "dir": ["search", "add_name", "remove_name", "write", "create"]}}),
+    Goal("M4", "read TLS material and tokens (wanrt_secret_t)", "may",
+         {"targets": ["wanrt_secret_t"], "classes": ["file"], "perms": ["open", "read"]}),
+    Goal("M5", "listen on wanrt_port_t (tcp socket, node_bind, name_bind)", "may_each",
+         {"targets": None, "perms": {}, "pairs": [
+             (DOMAIN, "tcp_socket", ["create", "bind", "listen", "accept", "read", "write"]),
+             ("wanrt_port_t", "tcp_socket", ["name_bind"]),
+             ("node_t", "tcp_socket", ["node_bind"])]}),
+    Goal("M6", "use the NVIDIA device nodes (xserver_misc_device_t: rw, ioctl, map)", "may",
+         {"targets": ["xserver_misc_device_t"], "classes": ["chr_file"],
+          "perms": ["open", "read", "write", "ioctl", "map", "getattr"]}),
+    Goal("M7", "tcp 50051 and 9464 are labelled wanrt_port_t", "portcon",
+         {"ports": [("tcp", 50051), ("tcp", 9464)], "type": "wanrt_port_t"}),
+    # ---- MUST NOT -------------------------------------------------------------------------
+    Goal("N1", "no write/create/relabel/mounton on models (wanrt_model_t)", "must_not",
+         {"targets": ["wanrt_model_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
+    Goal("N2", "no write on secrets (wanrt_secret_t)", "must_not",
+         {"targets": ["wanrt_secret_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
+    Goal("N3", "nothing executable from models, outputs or secrets", "must_not",
+         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_secret_t"], "classes": ["file"],
+          "perms": EXEC_PERMS}),
+    Goal("N4", f"no name_connect (only exception: wanrt_port_t under boolean {HEALTH_BOOL})", "must_not",
+         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
+          "except_cond": {"bool": HEALTH_BOOL, "targets": ["wanrt_port_t"]}}),
+    Goal("N4b", f"with {HEALTH_BOOL} off: no name_connect at all", "must_not",
+         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
+          "mode": "health_off"}),
+    Goal("N5", "no name_bind on any port type but wanrt_port_t (tcp, udp, sctp)", "must_not",
+         {"targets": "*", "classes": ["tcp_socket", "udp_socket", "sctp_socket", "dccp_socket"],
+          "perms": ["name_bind"], "except_targets": ["wanrt_port_t"]}),
+    Goal("N6", "no dangerous capabilities (sys_admin, sys_module, net_admin, sys_ptrace ...)", "must_not",
+         {"targets": [DOMAIN], "classes": ["capability"], "perms": DANGEROUS_CAPS}),
+    Goal("N6u", "no dangerous capabilities in a child user namespace either", "must_not",
+         {"targets": [DOMAIN], "classes": ["cap_userns"],
+          "perms": [c for c in DANGEROUS_CAPS if c not in INHERITED_USERNS_CAPS]}),
+    Goal("N7", "no capability2 privileges (bpf, perfmon, mac_*, syslog ...)", "must_not",
+         {"targets": [DOMAIN], "classes": ["capability2", "cap2_userns"], "perms": DANGEROUS_CAPS2}),
+    Goal("N8", "capabilities limited to the set inherited from container_domain", "only",
+         {"classes": ["capability"], "perms": "*", "targets": [DOMAIN], "perm_allow": INHERITED_CAPS,
+          "mode": "any"}),
+    Goal("N8u", "user-namespace capabilities limited to the inherited set", "only",
+         {"classes": ["cap_userns"], "perms": "*", "targets": [DOMAIN], "perm_allow": INHERITED_USERNS_CAPS,
+          "mode": "any"}),
+    Goal("N9", "no ptrace of any process, no domain transition out, no setexec/setcurrent", "must_not",
+         {"targets": "*", "classes": ["process"],
+          "perms": ["ptrace", "transition", "dyntransition", "setexec", "setcurrent"]}),
+    Goal("N10", "no disk, memory or other device nodes (fixed_disk, kmem, ...)", "must_not",
+         {"targets": "device_node", "classes": ["chr_file", "blk_file"], "perms": DEV_PERMS,
+          "except_targets": DEVICES_ALLOWED, "mode": "any"}),
+    Goal("N11", "no access to disks (fixed, removable, SCSI generic), even under a boolean", "must_not",
+         {"targets": ["fixed_disk_device_t", "removable_device_t", "scsi_generic_device_t"],
+          "classes": ["blk_file", "chr_file"], "perms": DEV_PERMS}),
+    Goal("N12", "no read of shadow, home directories, keytabs, kcore, kmem, host logs, host certs", "must_not",
+         {"targets": SENSITIVE_READ, "classes": ["file", "chr_file", "lnk_file"], "perms": READ_PERMS,
+          "optional": True}),
+    Goal("N13", "writes only to wanrt_output_t and the container's own types", "only",
+         {"classes": ["file"], "perms": ["write", "append", "create"], "targets": "*",
+          "target_allow": WRITE_ALLOWED, "mode": "default"}),
+    Goal("N14", "no policy/kernel control (load_policy, setenforce, setbool, module load)", "must_not",
+         {"targets": "*", "classes": ["security", "system"],
+          "perms": ["load_policy", "setenforce", "setbool", "setsecparam", "module_load", "module_request",
+                    "syslog_mod", "syslog_console", "reboot", "halt"]}),
+    Goal("N15", "no raw/packet/netlink-write sockets", "must_not",
+         {"targets": [DOMAIN], "classes": ["rawip_socket", "packet_socket", "tun_socket", "icmp_socket",
+                                            "netlink_socket", "netlink_tcpdiag_socket",
+                                            "netlink_kobject_uevent_socket"],
+          "perms": ["create"]}),
+    Goal("N16", "no routing-table changes (netlink_route nlmsg_write)", "must_not",
+         {"targets": [DOMAIN], "classes": ["netlink_route_socket"], "perms": ["nlmsg_write"]}),
+]
+
+
+def _conditional(rule: object) -> object | None:
+    """The rule's boolean expression, or None (setools raises RuleNotConditional instead)."""
+    try:
+        return rule.conditional
+    except Exception:  # noqa: BLE001 - setools.exception.RuleNotConditional
+        return None
+
+
+class GoalError(Exception):
+    """A goal names something the policy lacks: a broken goal table, not a failed goal."""
+
+
+class Checker:
+    def __init__(self, policy_path: str, file_contexts: str | None = None) -> None:
+        import setools  # Debian python3-setools
+
+        self.setools = setools
+        self.p = setools.SELinuxPolicy(policy_path)
+        self.file_contexts = file_contexts
+        try:
+            self.p.lookup_type(DOMAIN)
+        except Exception as exc:  # noqa: BLE001 - setools raises its own InvalidType
+            raise GoalError(f"{DOMAIN} is not in the policy: was the wanrt module linked?") from exc
+        self.classes = {str(c) for c in self.p.classes()}
+        # (target type, class) -> perm -> list of grants; a grant is None (unconditional) or
+        # (boolean expression text, enabled with default booleans?)
+        self.access: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for rule in setools.TERuleQuery(self.p, ruletype=["allow"], source=DOMAIN,
+                                        source_indirect=True).results():
+            cls = str(rule.tclass)
+            cond = _conditional(rule)
+            if cond is None:
+                grant = None
+            else:
+                grant = (str(cond), {str(b) for b in cond.booleans}, rule.enabled(),
+                         rule.enabled(**{HEALTH_BOOL: False}))
+            for tgt in rule.target.expand():
+                for perm in rule.perms:
+                    self.access[(str(tgt), cls)][str(perm)].append(grant)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _types(self, spec: object, optional: bool = False) -> list[str]:
+        """'*' -> every type; a name -> the type, or the members of the attribute.
+
+        A missing name is an error (a typo must not pass silently) unless the goal marks its list optional
+        (types that only some policies have, e.g. refpolicy's xdg_data_t is data_home_t on RHEL)."""
+        if spec == "*":
+            return sorted({t for (t, _c) in self.access})
+        names = [spec] if isinstance(spec, str) else list(spec)
+        out: list[str] = []
+        for name in names:
+            try:
+                obj = self.p.lookup_type_or_attr(name)
+            except Exception as exc:  # noqa: BLE001
+                if optional:
+                    continue
+                raise GoalError(f"type or attribute {name!r} is not in the policy") from exc
+            out.extend(str(t) for t in obj.expand())
+        return sorted(set(out))
+
+    def _classes(self, classes: list[str]) -> list[str]:
+        # sctp/dccp/cap2_userns may be missing from an older policy: skip classes it lacks.
+        return [c for c in classes if c in self.classes]
+
+    def granted(self, tgt: str, cls: str, perm: str, mode: str = "default") -> list:
+        grants = self.access.get((tgt, cls), {}).get(perm, [])
+        if mode == "any":
+            return grants
+        if mode == "health_off":
+            return [g for g in grants if g is None or g[3]]
+        return [g for g in grants if g is None or g[2]]
+
+    @staticmethod
+    def _fmt(tgt: str, cls: str, perm: str, grants: list) -> str:
+        conds = sorted({"unconditional" if g is None else f"if {g[0]}" for g in grants})
+        return f"{tgt}:{cls} {perm} ({', '.join(conds)})"
+
+    # -- goal kinds ---------------------------------------------------------------------
+    def k_attrs(self, a: dict) -> list[str]:
+        t = self.p.lookup_type(a["type"])
+        attrs = {str(x) for x in t.attributes()}
+        problems = [f"missing attribute {x}" for x in a["has"] if x not in attrs]
+        problems += [f"has attribute {x}" for x in a["lacks"] if x in attrs]
+        return problems
+
+    def k_attrs_each(self, a: dict) -> list[str]:
+        problems = []
+        for name, want in a["types"].items():
+            try:
+                t = self.p.lookup_type(name)
+            except Exception as exc:  # noqa: BLE001
+                raise GoalError(f"type {name} is not in the policy") from exc
+            attrs = {str(x) for x in t.attributes()}
+            problems += [f"{name} lacks attribute {x}" for x in want if x not in attrs]
+        return problems
+
+    def k_not_permissive(self, a: dict) -> list[str]:
+        return [f"{a['type']} is permissive"] if self.p.lookup_type(a["type"]).ispermissive else []
+
+    def k_enter(self, a: dict) -> list[str]:
+        engines = set(self._types(a["engine_attr"]))
+        st = self.setools
+
+        def sources(cls: str, perm: str) -> set[str]:
+            q = st.TERuleQuery(self.p, ruletype=["allow"], target=DOMAIN, target_indirect=True,
+                               tclass=[cls], perms=[perm])
+            out: set[str] = set()
+            for r in q.results():
+                if _conditional(r) is None or r.enabled():
+                    out.update(str(t) for t in r.source.expand())
+            return out
+
+        ok = engines & sources("process", "transition") & sources("process2", "nnp_transition")
+        return [] if ok else [f"no type in {a['engine_attr']} has process transition + process2 nnp_transition"]
+
+    def k_may(self, a: dict) -> list[str]:
+        problems = []
+        for tgt in self._types(a["targets"]):
+            for cls in a["classes"]:
+                problems += [f"{tgt}:{cls} {p} not granted" for p in a["perms"] if not self.granted(tgt, cls, p)]
+        return problems
+
+    def k_may_each(self, a: dict) -> list[str]:
+        pairs = list(a.get("pairs", []))
+        if a.get("targets"):
+            for tgt in self._types(a["targets"]):
+                pairs += [(tgt, cls, perms) for cls, perms in a["perms"].items()]
+        problems = []
+        for tgt, cls, perms in pairs:
+            self._types(tgt)  # existence check
+            problems += [f"{tgt}:{cls} {p} not granted" for p in perms if not self.granted(tgt, cls, p)]
+        return problems
+
+    def k_must_not(self, a: dict) -> list[str]:
+        mode = a.get("mode", "any")
+        excepted = set(self._types(a["except_targets"])) if a.get("except_targets") else set()
+        exc_cond = a.get("except_cond")
+        exc_cond_targets = set(self._types(exc_cond["targets"])) if exc_cond else set()
+        targets = self._types(a["targets"], optional=a.get("optional", False))
+        problems = []
+        for tgt in targets:
+            if tgt in excepted:
+                continue
+            for cls in self._classes(a["classes"]):
+                for perm in a["perms"]:
+                    grants = self.granted(tgt, cls, perm, mode)
+                    if exc_cond and tgt in exc_cond_targets:
+                        # tolerated only when conditional on exactly the documented boolean
+                        grants = [g for g in grants if g is None or g[1] != {exc_cond["bool"]}]
+                    if grants:
+                        problems.append(self._fmt(tgt, cls, perm, grants))
+        return problems
+
+    def k_only(self, a: dict) -> list[str]:
+        mode = a.get("mode", "default")
+        allowed_t = set(self._types(a["target_allow"])) if a.get("target_allow") else None
+        allowed_p = set(a["perm_allow"]) if a.get("perm_allow") else None
+        targets = self._types(a["targets"]) if a["targets"] != "*" else self._types("*")
+        problems = []
+        for tgt in targets:
+            for cls in self._classes(a["classes"]):
+                perms = self.access.get((tgt, cls), {})
+                for perm in sorted(perms):
+                    if a["perms"] != "*" and perm not in a["perms"]:
+                        continue
+                    grants = self.granted(tgt, cls, perm, mode)
+                    if not grants:
+                        continue
+                    if allowed_t is not None and tgt not in allowed_t:
+                        problems.append(self._fmt(tgt, cls, perm, grants))
+                    elif allowed_p is not None and perm not in allowed_p:
+                        problems.append(self._fmt(tgt, cls, perm, grants))
+        return problems
+
+    def k_portcon(self, a: dict) -> list[str]:
+        problems = []
+        for proto, port in a["ports"]:
+            best = None
+            for pc in self.p.portcons():
+                if pc.protocol.name != proto or not (pc.ports.low <= port <= pc.ports.high):
+                    continue
+                width = pc.ports.high - pc.ports.low
+                if best is None or width < best[0]:
+                    best = (width, str(pc.context.type_))
+            got = best[1] if best else "unlabelled"
+            if got != a["type"]:
+                problems.append(f"{proto}/{port} is {got}, want {a['type']}")
+        return problems
+
+    # -- driver -------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        results = []
+        for goal in GOALS:
+            problems = getattr(self, f"k_{goal.kind}")(goal.args)
+            results.append({"id": goal.gid, "goal": goal.text, "ok": not problems, "problems": problems})
+        return results
+
+
+def fcontext_results(file_contexts: str) -> list[dict]:
+    """F goals: the host paths of docker-compose.yml get their types (matchpathcon)."""
+    want = {
+        "/srv/wanrt/models/wan2.2/transformer.engine": "wanrt_model_t",
+        "/var/lib/wanrt/outputs/0001.mp4": "wanrt_output_t",
+        "/var/log/wanrt/audit.jsonl": "wanrt_output_t",
+        "/etc/wanrt/secrets/tls.key": "wanrt_secret_t",
+        "/dev/nvidia0": "xserver_misc_device_t",
+        "/dev/nvidiactl": "xserver_misc_device_t",
+        "/dev/nvidia-uvm": "xserver_misc_device_t",
+    }
+    tool = shutil.which("matchpathcon") or "/usr/sbin/matchpathcon"
+    problems = []
+    for path, typ in want.items():
+        proc = subprocess.run([tool, "-f", file_contexts, path], capture_output=True, text=True, check=False)
+        got = proc.stdout.split()[-1].split(":")[2] if proc.returncode == 0 and proc.stdout.split() else "?"
+        if got != typ:
+            problems.append(f"{path} -> {got}, want {typ} ({proc.stderr.strip()})")
+    return [{"id": "F1", "goal": "host paths and /dev/nvidia* get the intended file contexts",
+             "ok": not problems, "problems": problems}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("policy", help="binary policy (policy.33) with the wanrt module linked in")
+    ap.add_argument("--file-contexts", help="file_contexts of the same store (enables the F goals)")
+    ap.add_argument("--json", help="write the results here as JSON")
+    args = ap.parse_args(argv)
+    try:
+        results = Checker(args.policy).run()
+        if args.file_contexts:
+            results += fcontext_results(args.file_contexts)
+    except ImportError as exc:
+        print(f"selinux_goals: cannot import setools ({exc}); install Debian's python3-setools", file=sys.stderr)
+        return 2
+    except GoalError as exc:
+        print(f"selinux_goals: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(r["goal"]) for r in results)
+    for r in results:
+        print(f"{r['id']:<4} {'PASS' if r['ok'] else 'FAIL'}  {r['goal']:<{width}}")
+        for prob in r["problems"][:20]:
+            print(f"        - {prob}")
+        if len(r["problems"]) > 20:
+            print(f"        ... {len(r['problems']) - 20} more")
+    failed = [r["id"] for r in results if not r["ok"]]
+    if failed:
+        print(f"selinux goals: {len(failed)} of {len(results)} FAILED: {', '.join(failed)}")
+    else:
+        print(f"selinux goals: all {len(results)} hold")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The CPU image, built with rootful podman from a locally bootstrapped Debian base (deploy/ci/podman-smoke.sh).
+
+Opt-in (minutes, network to Debian's mirror and PyPI): WANRT_PODMAN_SMOKE=1. WANRT_PODMAN_SMOKE=serve also
+starts the server in the hardened container and waits for the image HEALTHCHECK (needs the server's
+embedded demo model, or SMOKE_MODEL=<artifact folder>).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from deploy_support import REPO, require_tool
+
+MODE = os.environ.get("WANRT_PODMAN_SMOKE", "")
+
+
+@pytest.mark.skipif(not MODE, reason="opt-in: WANRT_PODMAN_SMOKE=1 (builds the CPU image with podman, minutes)")
+def test_cpu_image_builds_and_runs_hardened(tmp_path_factory: pytest.TempPathFactory) -> None:
+    for tool in ("podman", "runc", "debootstrap"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        pytest.skip("rootful podman: run as root")
+    cmd = ["bash", str(REPO / "deploy/ci/podman-smoke.sh"), "--workdir", str(tmp_path_factory.mktemp("podman"))]
+    if MODE == "serve":
+        cmd.append("--serve")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -1,0 +1,153 @@
+"""The SELinux policy module: it compiles, links into a full policy with the container module, and the
+security goals of deploy/ci/selinux_goals.py hold; deliberately bad modules make the same check fail.
+
+The linking runs (deploy/ci/check-selinux.sh, ~7 s CPU each, four in parallel) are in conftest.selinux_runs.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from deploy_support import REPO, default_of, load_yaml
+
+# The goals the brief asks for: if one disappears from the table, this fails.
+REQUIRED_GOALS = {
+    "S1", "S2", "S4",  # a container domain, not permissive, enterable by the engine under no-new-privileges
+    "M1", "M2", "M3", "M4", "M5", "M6", "M7",  # read models, write outputs, secrets, bind, GPU, port labels
+    "N1", "N3", "N4", "N4b", "N5", "N6", "N8", "N9", "N10", "N11", "N12", "N13",  # the MUST NOTs
+    "F1",  # file contexts of the host paths
+}
+
+
+def _failed(run: dict) -> dict[str, list[str]]:
+    return {gid: g["problems"] for gid, g in run["goals"].items() if not g["ok"]}
+
+
+def test_policy_links_and_every_goal_holds(selinux_runs: dict) -> None:
+    run = selinux_runs["shipped"]
+    assert run["rc"] == 0, f"check-selinux.sh failed (rc {run['rc']}):\n{run['out']}\n{run['err']}"
+    assert REQUIRED_GOALS <= set(run["goals"]), f"goals missing: {REQUIRED_GOALS - set(run['goals'])}"
+    assert not _failed(run)
+
+
+# Each bad rule of tests/deploy/selinux_bad/wanrtbad_rules.te, and the goal that must catch it.
+BAD_RULES_CAUGHT = [
+    ("N4", "http_port_t:tcp_socket name_connect"),
+    ("N4", "wanrt_port_t:tcp_socket name_connect (unconditional)"),
+    ("N5", "ssh_port_t:tcp_socket name_bind"),
+    ("N1", "wanrt_model_t:file write"),
+    ("N13", "wanrt_model_t:file write"),
+    ("N3", "wanrt_output_t:file execute"),
+    ("N6", "capability sys_admin"),
+    ("N6", "capability sys_module"),
+    ("N8", "capability sys_admin"),
+    ("N9", "sshd_t:process ptrace"),
+    ("N10", "fixed_disk_device_t:blk_file"),
+    ("N10", "memory_device_t:chr_file read"),
+    ("N11", "fixed_disk_device_t:blk_file write"),
+    ("N12", "shadow_t:file read"),
+    ("S2", "is permissive"),
+]
+
+
+@pytest.mark.parametrize(("goal", "problem"), BAD_RULES_CAUGHT,
+                         ids=[f"{g}-{p.split()[0]}" for g, p in BAD_RULES_CAUGHT])
+def test_bad_rules_module_is_caught(selinux_runs: dict, goal: str, problem: str) -> None:
+    run = selinux_runs["bad_rules"]
+    assert run["rc"] == 1, f"the checker passed a deliberately bad module:\n{run['out']}\n{run['err']}"
+    failed = _failed(run)
+    assert goal in failed, f"goal {goal} did not fail; failed: {sorted(failed)}"
+    assert any(problem in p for p in failed[goal]), failed[goal]
+
+
+def test_bad_rules_fail_nothing_else(selinux_runs: dict) -> None:
+    """The failures are the bad rules' and only theirs (no goal fails by accident)."""
+    expected = {goal for goal, _ in BAD_RULES_CAUGHT} | {"N4b"}
+    assert set(_failed(selinux_runs["bad_rules"])) == expected
+
+
+def test_container_net_domain_mistake_is_caught(selinux_runs: dict) -> None:
+    """Adding the domain to container_net_domain (as container_t is) opens every port and net_admin."""
+    run = selinux_runs["bad_netdomain"]
+    assert run["rc"] == 1, run["out"]
+    failed = _failed(run)
+    assert {"S1", "N4", "N4b", "N5", "N6", "N8", "N15"} <= set(failed), sorted(failed)
+    assert any("container_net_domain" in p for p in failed["S1"])
+    assert any(p.startswith("http_port_t:tcp_socket name_connect") for p in failed["N4"])
+    assert any("net_admin" in p for p in failed["N6"])
+
+
+def test_base_policy_neverallows_reject_the_worst_rules(selinux_runs: dict) -> None:
+    """With the base policy's neverallow assertions on (the default), raw disk, kmem, shadow and
+    sys_module rules do not even link: a second, independent layer under the goal table."""
+    run = selinux_runs["bad_rules_neverallow"]
+    assert run["rc"] == 3, f"expected a link failure (rc 3), got {run['rc']}:\n{run['out']}\n{run['err']}"
+    for rule in ("fixed_disk_device_t", "memory_device_t", "shadow_t", "sys_module"):
+        assert "neverallow" in run["err"] and rule in run["err"], rule
+
+
+def test_health_probe_is_the_only_conditional_connect() -> None:
+    """The module's one name_connect is the health-probe boolean's, on wanrt_port_t only."""
+    te = (REPO / "selinux/wanrt.te").read_text(encoding="utf-8")
+    code = "\n".join(line.split("#", 1)[0] for line in te.splitlines())
+    connects = [line.strip() for line in code.splitlines() if "name_connect" in line]
+    assert connects == ["allow wanrt_container_t wanrt_port_t:tcp_socket name_connect;"]
+    block = re.search(r"if \(wanrt_container_health_connect\) \{(.*?)\}", code, re.S)
+    assert block and "name_connect" in block.group(1)
+    assert "container_net_domain" not in code and "container_use_devices" not in code
+
+
+def _fc_entries() -> dict[str, str]:
+    entries = {}
+    for line in (REPO / "selinux/wanrt.fc").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            spec, ctx = line.split()[0], line.split()[-1]
+            entries[spec] = re.search(r"object_r:(\w+)", ctx).group(1)
+    return entries
+
+
+def test_file_contexts_cover_the_compose_host_paths() -> None:
+    compose = load_yaml(REPO / "docker-compose.yml")
+    fc = _fc_entries()
+    want = {"/models": "wanrt_model_t", "/var/lib/wanrt/outputs": "wanrt_output_t", "/var/log/wanrt": "wanrt_output_t"}
+    for svc in compose["services"].values():
+        for vol in svc["volumes"]:
+            src = default_of(vol["source"])
+            assert fc.get(f"{src}(/.*)?") == want[vol["target"]], (src, fc)
+    secret_dirs = {default_of(s["file"]).rsplit("/", 1)[0] for s in compose["secrets"].values()}
+    assert secret_dirs == {"/etc/wanrt/secrets"}
+    assert fc.get("/etc/wanrt/secrets(/.*)?") == "wanrt_secret_t"
+
+
+def test_labelled_ports_are_the_service_ports() -> None:
+    ports = set()
+    for line in (REPO / "selinux/wanrt.ports").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            proto, port = line.split()[:2]
+            ports.add((proto, int(port)))
+    assert ports == {("tcp", 50051), ("tcp", 9464)}
+    compose = load_yaml(REPO / "docker-compose.yml")
+    for svc in compose["services"].values():
+        assert {("tcp", p["target"]) for p in svc["ports"]} == ports
+
+
+def test_install_script_dry_run() -> None:
+    """install.sh on a non-SELinux machine: --dry-run prints the RHEL steps in order."""
+    out = subprocess.run(["bash", str(REPO / "selinux/install.sh"), "--dry-run", "--models", "/data/wan models"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [line for line in out.splitlines() if line.startswith("+ ")]
+    cmds = [line.split()[1] for line in lines]
+    assert cmds.index("make") < cmds.index("semodule") < cmds.index("semanage") < cmds.index("restorecon")
+    joined = "\n".join(lines)
+    for port in ("50051", "9464"):
+        assert f"semanage port -a -t wanrt_port_t -p tcp {port}" in joined
+    # a non-default directory gets its own fcontext rule (quoted), the defaults come from wanrt.fc
+    assert r"semanage fcontext -a -t wanrt_model_t /data/wan\ models\(/.\*\)\?" in joined
+    assert "fcontext -a -t wanrt_output_t" not in joined
+    assert r"restorecon -RF /data/wan\ models" in joined
+    assert "setsebool -P wanrt_container_health_connect on" in joined
+    off = subprocess.run(["bash", str(REPO / "selinux/install.sh"), "--dry-run", "--no-health-connect"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "setsebool -P wanrt_container_health_connect off" in off
