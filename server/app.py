@@ -1,0 +1,194 @@
+"""Builds, starts and drains the gRPC server: transport security, interceptors, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from wanrt.engine.pipeline import VideoPipeline
+from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
+from wanrt.engine.spec import ModelSpec
+from wanrt.server.audit import AuditLog
+from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
+from wanrt.server.config import ServerConfig
+from wanrt.server.errors import ConfigError
+from wanrt.server.jobs import JobManager
+from wanrt.server.metrics import Metrics
+from wanrt.server.service import CHUNK_BYTES, ModelFacts, VideoGenerationService
+
+log = logging.getLogger("wanrt.server")
+
+# Threads for calls beyond the jobs (health checks, DescribeModel, refusals): a full queue is refused at once
+# because a thread is always free to say so.
+_SPARE_THREADS = 16
+_SEND_GRACE_S = 5.0  # after the last job, time for handlers to send their final messages
+
+
+def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    """Channel arguments chosen on purpose, not left at grpc's defaults."""
+    return [
+        # Requests: bounded by what the largest allowed latents need; larger ones get RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", max_request_bytes),
+        # Responses: video goes out in chunks of at most CHUNK_BYTES.
+        ("grpc.max_send_message_length", CHUNK_BYTES + 64 * 1024),
+        # Ping idle connections so a vanished client (no FIN) is noticed and its job cancelled.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping at most every 10 s; a client pinging faster is disconnected after 2 strikes.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # Connections idle for 30 min are closed (they hold memory and a file descriptor).
+        ("grpc.max_connection_idle_ms", 30 * 60_000),
+        # A second server on the same port must fail to start, not silently share the port (grpc's default
+        # on Linux is SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def effective_limits(model: Limits, config: ServerConfig) -> Limits:
+    """The model's limits, tightened (never widened) by the operator's --max-* options."""
+    changes = {}
+    for name in ("max_frames", "max_height", "max_width", "max_steps"):
+        value = getattr(config, name)
+        if value is not None:
+            changes[name] = min(value, getattr(model, name))
+    return dataclasses.replace(model, **changes)
+
+
+def default_max_request_bytes(spec: ModelSpec, limits: Limits) -> int:
+    """Room for latents at the largest allowed size, both prompts and the envelope; at least 1 MiB."""
+    latent_frames = (limits.max_frames - 1) // spec.vae_scale_temporal + 1
+    latents = spec.latent_channels * latent_frames * (limits.max_height // spec.vae_scale_spatial) \
+        * (limits.max_width // spec.vae_scale_spatial) * 4
+    return max(1 << 20, latents + 2 * MAX_PROMPT_BYTES + 64 * 1024)
+
+
+class WanrtServer:
+    """``start()``, then ``drain()`` (SIGTERM) or ``stop()``. Pipelines: one per accelerator, already loaded."""
+
+    def __init__(self, config: ServerConfig, pipelines: Sequence[VideoPipeline]) -> None:
+        self.config = config.validated(model_required=False)
+        first = pipelines[0]
+        self.limits = effective_limits(first.limits, config)
+        self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
+        self.metrics = Metrics()
+        self.audit = AuditLog(Path(config.audit_log))
+        self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
+        self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
+        self._draining = threading.Event()
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
+        self.service = VideoGenerationService(
+            self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
+            self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
+            draining=self._draining.is_set, on_audit_failure=self._audit_failed)
+        threads = len(pipelines) + config.queue_size + _SPARE_THREADS
+        interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wanrt-grpc"),
+            interceptors=interceptors, options=server_options(self.max_request_bytes),
+            # Beyond this many calls grpc itself answers RESOURCE_EXHAUSTED instead of letting calls wait.
+            maximum_concurrent_rpcs=threads,
+        )
+        self._grpc.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        try:
+            self.port = self._bind()
+        except ConfigError:
+            self.jobs.close()
+            self.audit.close()
+            raise
+        self.metrics_port: int | None = None
+        self._stopped = False
+
+    def _bind(self) -> int:
+        config = self.config
+        address = str(config.listen_address)
+        try:
+            if config.insecure:
+                port = self._grpc.add_insecure_port(address)
+            else:
+                ca = Path(config.client_ca).read_bytes() if config.client_ca else None
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+                    root_certificates=ca, require_client_auth=ca is not None)
+                port = self._grpc.add_secure_port(address, credentials)
+        except RuntimeError as err:
+            raise ConfigError("listen", f"cannot listen on {address}: {err}") from None
+        if not port:
+            raise ConfigError("listen", f"cannot listen on {address}")
+        return port
+
+    @property
+    def address(self) -> str:
+        listen = self.config.listen_address
+        return str(dataclasses.replace(listen, port=self.port))
+
+    def start(self) -> None:
+        metrics = self.config.metrics_address
+        if metrics is not None:
+            try:
+                self.metrics_port = self.metrics.serve(metrics)
+            except OSError as err:
+                raise ConfigError("metrics_listen", f"cannot listen on {metrics}: {err.strerror}") from None
+        self._grpc.start()
+        for service in ("", SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving wanrt.v1 on %s (%s), metrics on %s, %d worker(s), queue %d", self.address,
+                 "plaintext" if self.config.insecure else ("mTLS" if self.config.client_ca else "TLS"),
+                 self.metrics_port, self.jobs.workers, self.jobs.queue_size)
+
+    def _audit_failed(self) -> None:
+        # Without an audit trail the service must not go on answering: orchestrators see NOT_SERVING.
+        for service in ("", SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def drain(self, grace_seconds: float | None = None) -> bool:
+        """SIGTERM: NOT_SERVING at once, refuse new calls, let running and queued jobs finish within the grace,
+        cancel what is left, stop. Returns True when every job finished in time."""
+        grace = self.config.grace_seconds if grace_seconds is None else grace_seconds
+        deadline = time.monotonic() + grace
+        self._draining.set()
+        self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
+        self.jobs.stop_accepting()
+        log.info("draining: %d job(s) live, grace %.1f s", self.jobs.live_jobs, grace)
+        finished = self.jobs.wait_idle(max(0.0, deadline - time.monotonic()))
+        if not finished:
+            log.warning("grace of %.1f s over: cancelling %d job(s)", grace, self.jobs.live_jobs)
+            self.jobs.cancel_all("shutdown")
+            self.jobs.wait_idle(_SEND_GRACE_S)
+        self.service.wait_calls_done(_SEND_GRACE_S)
+        self._shutdown(_SEND_GRACE_S)
+        log.info("drained (%s)", "all jobs finished" if finished else "jobs cancelled after the grace")
+        return finished
+
+    def stop(self) -> None:
+        """Immediate: cancels every job and call."""
+        self._draining.set()
+        self.health.enter_graceful_shutdown()
+        self.jobs.stop_accepting()
+        self.jobs.cancel_all("shutdown")
+        self._shutdown(0)
+
+    def _shutdown(self, grace: float) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._grpc.stop(grace).wait()
+        self.jobs.close()
+        self.metrics.stop()
+        self.audit.close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._grpc.wait_for_termination(timeout)

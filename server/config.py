@@ -1,0 +1,226 @@
+"""Server and client settings, checked before anything starts: a wrong setting stops `wanrt serve` with a precise
+message naming the option, never a half-secured server (fail closed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import ssl
+from pathlib import Path
+
+from wanrt.server.errors import ConfigError
+
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_GRPC_PORT}"
+DEFAULT_METRICS_LISTEN = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+MAX_QUEUE_SIZE = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPort:
+    host: str  # without brackets, e.g. "::1"
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a DNS name other than localhost may resolve anywhere
+
+
+def parse_host_port(field: str, value: str) -> HostPort:
+    """``HOST:PORT`` or ``[IPV6]:PORT``; port 0 asks the OS for a free port (tests)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(field, "must be HOST:PORT")
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+        if ":" in host:
+            raise ConfigError(field, f"IPv6 addresses need brackets, e.g. [::1]:{DEFAULT_GRPC_PORT}; got {value!r}")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(field, f"must be HOST:PORT with a port from 0 to 65535, got {value!r}")
+    return HostPort(host, int(port))
+
+
+def _readable_file(field: str, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(field, f"{path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(field, f"{path} is not readable")
+    return path
+
+
+def check_certificates(cert: Path, key: Path) -> None:
+    """The certificate chain and the private key parse and belong together (the stdlib checks both)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as err:
+        raise ConfigError("tls_key", f"{key} does not match {cert}, or one is not PEM: {err.reason or err}") from None
+
+
+def check_ca(field: str, ca: Path) -> None:
+    try:
+        ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError as err:
+        raise ConfigError(field, f"{ca} holds no PEM CA certificate: {err.reason or err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything `wanrt serve` takes. ``validated()`` checks it all; the app only runs validated configs."""
+
+    model: Path | None
+    backend: str = "onnxruntime"
+    devices: tuple[str, ...] = ("cpu",)  # one worker (and one loaded pipeline) per entry
+    listen: str = DEFAULT_LISTEN
+    metrics_listen: str | None = DEFAULT_METRICS_LISTEN  # None: no metrics endpoint
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None  # set: mutual TLS, every client must present a certificate it signed
+    tokens: Path | None = None  # set: wanrt.v1 calls need a bearer token listed there (see auth.py)
+    insecure: bool = False  # plaintext; only on loopback addresses
+    audit_log: Path | None = None
+    audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
+    queue_size: int = 8  # jobs waiting beyond the ones running
+    grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
+    # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold.
+    max_frames: int | None = None
+    max_height: int | None = None
+    max_width: int | None = None
+    max_steps: int | None = None
+    max_request_bytes: int | None = None  # default: enough for latents at the largest allowed size
+
+    @property
+    def listen_address(self) -> HostPort:
+        return parse_host_port("listen", self.listen)
+
+    @property
+    def metrics_address(self) -> HostPort | None:
+        return None if self.metrics_listen is None else parse_host_port("metrics_listen", self.metrics_listen)
+
+    def validated(self, *, model_required: bool = True) -> ServerConfig:
+        """Returns self, or raises ConfigError naming the first wrong option."""
+        from wanrt.server.auth import TokenStore
+
+        if model_required:
+            if self.model is None:
+                raise ConfigError("model", "is required (or set WANRT_MODEL)")
+            if not Path(self.model).is_dir():
+                raise ConfigError("model", f"{self.model} is not a directory")
+        if self.backend not in ("onnxruntime", "torch"):
+            raise ConfigError("backend", f"must be onnxruntime or torch, got {self.backend!r}")
+        if not self.devices or len(set(self.devices)) != len(self.devices):
+            raise ConfigError("device", f"needs one or more distinct devices, got {list(self.devices)}")
+        for device in self.devices:
+            if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+                raise ConfigError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
+        listen = self.listen_address
+        metrics = self.metrics_address
+        if metrics is not None and metrics.port != 0 and (metrics.host, metrics.port) == (listen.host, listen.port):
+            raise ConfigError("metrics_listen", "must differ from --listen")
+        self._check_transport(listen)
+        if self.tokens is not None:
+            TokenStore.load(_readable_file("tokens", self.tokens))
+        self._check_audit_log()
+        _check_int("queue_size", self.queue_size, 0, MAX_QUEUE_SIZE)
+        if not isinstance(self.grace_seconds, int | float) or not math.isfinite(self.grace_seconds) \
+                or self.grace_seconds < 0:
+            raise ConfigError("grace_seconds", f"must be a finite number >= 0, got {self.grace_seconds!r}")
+        for name in ("max_frames", "max_height", "max_width", "max_steps"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, 1 << 20)
+        if self.max_request_bytes is not None:
+            _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
+        return self
+
+    def _check_transport(self, listen: HostPort) -> None:
+        tls_given = [name for name in ("tls_cert", "tls_key", "client_ca") if getattr(self, name) is not None]
+        if self.insecure:
+            if tls_given:
+                raise ConfigError("insecure", f"cannot be combined with --{tls_given[0].replace('_', '-')}")
+            if not listen.is_loopback:
+                raise ConfigError("insecure", f"plaintext is only allowed on loopback addresses (127.0.0.1, ::1, "
+                                              f"localhost), not {listen.host!r}; give --tls-cert and --tls-key")
+            return
+        if self.tls_cert is None or self.tls_key is None:
+            raise ConfigError("tls_cert", "TLS needs --tls-cert and --tls-key (or --insecure for local use on "
+                                          "a loopback address)")
+        cert = _readable_file("tls_cert", self.tls_cert)
+        key = _readable_file("tls_key", self.tls_key)
+        check_certificates(cert, key)
+        if self.client_ca is not None:
+            check_ca("client_ca", _readable_file("client_ca", self.client_ca))
+
+    def _check_audit_log(self) -> None:
+        if self.audit_log is None:
+            raise ConfigError("audit_log", "is required: every request is recorded")
+        path = Path(self.audit_log)
+        if path.exists() and not path.is_file():
+            raise ConfigError("audit_log", f"{path} exists and is not a regular file")
+        if not path.parent.is_dir():
+            raise ConfigError("audit_log", f"directory {path.parent} does not exist")
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as err:
+            raise ConfigError("audit_log", f"cannot append to {path}: {err.strerror}") from None
+
+
+def _check_int(field: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(field, f"must be an integer from {low} to {high}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """How `wanrt client` reaches a server: TLS (system roots or --ca), optional client cert, optional token."""
+
+    server: str = DEFAULT_LISTEN
+    insecure: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token_file: Path | None = None
+    server_name: str | None = None  # TLS name to verify instead of the host in ``server``
+
+    def validated(self) -> ClientConfig:
+        address = parse_host_port("server", self.server)
+        if self.insecure:
+            given = [name for name in ("ca", "cert", "key", "server_name") if getattr(self, name) is not None]
+            if given:
+                raise ConfigError("insecure", f"cannot be combined with --{given[0].replace('_', '-')}")
+            if not address.is_loopback:
+                # A token sent in plaintext off this machine would be readable on the network.
+                raise ConfigError("insecure", f"plaintext is only allowed to loopback addresses, not {address.host!r}")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("cert", "a client certificate needs both --cert and --key")
+        for name in ("ca", "cert", "key", "token_file"):
+            _readable_file(name, getattr(self, name))
+        if self.cert is not None:
+            check_certificates(self.cert, self.key)
+        if self.ca is not None:
+            check_ca("ca", self.ca)
+        if self.token_file is not None and not self.read_token():
+            raise ConfigError("token_file", f"{self.token_file} is empty")
+        return self
+
+    def read_token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        return Path(self.token_file).read_text(encoding="utf-8").strip()

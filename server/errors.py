@@ -1,0 +1,34 @@
+"""Errors of the serving layer. service.py maps them (and wanrt.errors) to gRPC status codes, in one place."""
+
+from __future__ import annotations
+
+from wanrt.errors import InvalidRequestError, WanrtError
+
+
+class ConfigError(InvalidRequestError):
+    """A server or client setting is wrong; ``field`` names the option (``tls_cert`` for ``--tls-cert``).
+
+    A subclass of InvalidRequestError so that `wanrt serve` reports it like any bad argument (exit 2,
+    ``--tls-cert: ...``); it never reaches a gRPC caller.
+    """
+
+
+class QueueFullError(WanrtError):
+    """Every worker is busy and the queue holds its limit of jobs: RESOURCE_EXHAUSTED, retry later."""
+
+
+class DrainingError(WanrtError):
+    """The server is shutting down and takes no new jobs: UNAVAILABLE."""
+
+
+class RemoteError(WanrtError):
+    """Client side: the server answered with an error status other than INVALID_ARGUMENT."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code  # grpc.StatusCode name, e.g. "RESOURCE_EXHAUSTED"
+        self.details = details
+
+
+class IntegrityError(WanrtError):
+    """Client side: the received video does not match the digest or size the server reported."""

@@ -1,0 +1,345 @@
+"""The wanrt.v1.VideoGeneration servicer. Errors become gRPC status codes here, in ``status_for``, and only here.
+
+Handlers take the raw request bytes and parse them themselves: with grpc's own deserializer a message that
+does not parse would end as INTERNAL ("Exception deserializing request"), a client error reported as a server
+fault. Every call, refused or not, leaves exactly one audit line, written before its status goes out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+import wanrt
+from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
+from wanrt.engine.spec import ModelSpec
+from wanrt.errors import CancelledError, InvalidRequestError
+from wanrt.server.audit import AuditLog
+from wanrt.server.auth import SERVICE, TokenStore, bearer_token, certificate_subject
+from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, audit_params, parse_message, request_from_proto
+from wanrt.server.errors import DrainingError, QueueFullError
+from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
+from wanrt.server.metrics import Metrics
+from wanrt.server.v1 import wanrt_pb2 as pb
+
+log = logging.getLogger("wanrt.server")
+
+CHUNK_BYTES = 1 << 20  # largest VideoChunk.data; the server's send limit leaves room for the envelope
+_STAGES = {"text": pb.STAGE_TEXT, "denoise": pb.STAGE_DENOISE, "decode": pb.STAGE_DECODE}
+_EVENT_POLL_S = 1.0  # how often a handler waiting on its job re-checks that the client is still there
+
+
+@dataclasses.dataclass(frozen=True)
+class CallStatus:
+    code: grpc.StatusCode
+    message: str  # the status message; for INVALID_ARGUMENT "<field>: <description>"
+    field: str | None = None
+    description: str | None = None  # INVALID_ARGUMENT: what is wrong with the field (BadRequest)
+
+
+def status_for(error: BaseException, job_id: str | None = None) -> CallStatus:
+    """The one mapping from errors to status codes. Client errors never become UNKNOWN or INTERNAL."""
+    if isinstance(error, InvalidRequestError):
+        return CallStatus(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message}", error.field,
+                          error.message)
+    if isinstance(error, QueueFullError):
+        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    if isinstance(error, MemoryError):
+        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this job")
+    if isinstance(error, DrainingError):
+        return CallStatus(grpc.StatusCode.UNAVAILABLE, str(error))
+    if isinstance(error, CancelledError):
+        return CallStatus(grpc.StatusCode.CANCELLED, str(error))
+    # A server fault: the message names the job for support, never internals (they go to the server log).
+    return CallStatus(grpc.StatusCode.INTERNAL, f"internal error{f' in job {job_id}' if job_id else ''}; "
+                                                "the server log has the details")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What the servicer reports about the loaded model."""
+
+    spec: ModelSpec
+    limits: Limits
+    identity: dict[str, str]
+    max_request_bytes: int
+
+
+class _Call:
+    """One call's audit record, written exactly once."""
+
+    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext) -> None:
+        self.service = service
+        self.method = method
+        self.context = context
+        self.received_at = time.monotonic()
+        self.id = uuid.uuid4().hex  # the request id: audit line, job id, server log
+        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **service.caller(context, method)}
+        self.written = False
+
+    def finish(self, code: grpc.StatusCode, error: CallStatus | None = None, **fields: Any) -> None:
+        if self.written:
+            return
+        self.written = True
+        self.record.update(fields)
+        self.record["status"] = code.name
+        if error is not None:
+            self.record["error"] = {"field": error.field, "message": error.message}
+        total = time.monotonic() - self.received_at
+        self.record.setdefault("timings", {})["total_s"] = round(total, 6)
+        service = self.service
+        service.metrics.requests.labels(self.method, code.name).inc()
+        if self.method == "Generate":
+            service.metrics.request_seconds.labels(code.name).observe(total)
+        try:
+            service.audit.write(self.record)
+        except (OSError, ValueError) as err:
+            log.critical("audit log write failed (%s); refusing to serve", err)
+            service.on_audit_failure()
+            raise _AuditFailed() from err
+
+    def end_status(self) -> grpc.StatusCode:
+        """What the client saw when the call ended without our saying so (it went away or timed out)."""
+        remaining = self.context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+
+
+class _AuditFailed(Exception):
+    pass
+
+
+class VideoGenerationService:
+    def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
+                 tokens: TokenStore | None = None, keep_prompt_text: bool = False,
+                 draining: Callable[[], bool] = lambda: False,
+                 on_audit_failure: Callable[[], None] = lambda: None) -> None:
+        self.jobs = jobs
+        self.facts = facts
+        self.audit = audit
+        self.metrics = metrics
+        self.tokens = tokens
+        self.keep_prompt_text = keep_prompt_text
+        self.draining = draining
+        self.on_audit_failure = on_audit_failure
+        self._info = self._model_info()
+        self._open_calls = 0  # Generate handlers still running (drain waits for their last messages)
+        self._calls_cond = threading.Condition()
+
+    def wait_calls_done(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._calls_cond:
+            while self._open_calls:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._calls_cond.wait(remaining)
+            return True
+
+    def _call_opened(self, delta: int) -> None:
+        with self._calls_cond:
+            self._open_calls += delta
+            self._calls_cond.notify_all()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        # request_deserializer=None: handlers get raw bytes and parse them themselves (see module docstring).
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Generate": grpc.unary_stream_rpc_method_handler(
+                self.generate, response_serializer=pb.GenerateResponse.SerializeToString),
+            "DescribeModel": grpc.unary_unary_rpc_method_handler(
+                self.describe_model, response_serializer=pb.ModelInfo.SerializeToString),
+        })
+
+    # --- who is calling --------------------------------------------------------------------------------
+
+    def caller(self, context: grpc.ServicerContext, method: str) -> dict[str, Any]:
+        subject = certificate_subject(context)
+        token_id = None
+        if self.tokens is not None:
+            token_id = self.tokens.check(context.invocation_metadata(), method).token_id
+        if token_id is not None:
+            principal, kind = token_id, "token"
+        elif subject is not None:
+            principal, kind = subject, "certificate"
+        else:
+            principal, kind = "anonymous", "none"
+        return {"principal": principal, "principal_kind": kind, "certificate_subject": subject,
+                "peer": context.peer()}
+
+    def audit_denied(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
+                     token_id: str | None) -> None:
+        """The token interceptor's refusals are audited like every other call."""
+        call = _Call(self, method, context)
+        # Whether a token came, never any digest of it: a mistyped secret must not become guessable offline.
+        call.record.update(principal=token_id or "unauthenticated", principal_kind="token" if token_id else "none",
+                           token_presented=bearer_token(context.invocation_metadata()) is not None)
+        try:
+            call.finish(code, CallStatus(code, message))
+        except _AuditFailed:
+            pass  # the call is refused anyway
+
+    # --- DescribeModel -----------------------------------------------------------------------------------
+
+    def describe_model(self, raw: bytes, context: grpc.ServicerContext) -> pb.ModelInfo:
+        call = _Call(self, "DescribeModel", context)
+        try:
+            parse_message(raw, pb.DescribeModelRequest)
+            if self.draining():
+                raise DrainingError("the server is shutting down")
+            call.finish(grpc.StatusCode.OK, identity=self.facts.identity)
+            return self._info
+        except Exception as err:
+            self._end_with_error(call, err)
+
+    def _model_info(self) -> pb.ModelInfo:
+        facts, limits, spec = self.facts, self.facts.limits, self.facts.spec
+        return pb.ModelInfo(
+            identity=facts.identity,
+            limits=pb.Limits(max_frames=limits.max_frames, frame_multiple=limits.frame_multiple,
+                             min_size=limits.min_size, max_height=limits.max_height, max_width=limits.max_width,
+                             size_multiple=limits.size_multiple, max_steps=limits.max_steps,
+                             max_guidance=limits.max_guidance, max_fps=limits.max_fps,
+                             max_prompt_bytes=MAX_PROMPT_BYTES, max_request_bytes=facts.max_request_bytes),
+            defaults=pb.Defaults(frames=DEFAULTS.frames, height=DEFAULTS.height, width=DEFAULTS.width,
+                                 steps=DEFAULTS.steps, guidance=DEFAULTS.guidance, seed=DEFAULTS.seed,
+                                 fps=DEFAULTS.fps),
+            experts=list(spec.experts), boundary_ratio=spec.boundary_ratio or 0.0,
+            latent_channels=spec.latent_channels, vae_scale_temporal=spec.vae_scale_temporal,
+            vae_scale_spatial=spec.vae_scale_spatial, workers=self.jobs.workers, queue_size=self.jobs.queue_size,
+            server_version=wanrt.__version__,
+        )
+
+    # --- Generate ----------------------------------------------------------------------------------------
+
+    def generate(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
+        call = _Call(self, "Generate", context)
+        job: Job | None = None
+        self._call_opened(+1)
+        try:
+            request, video_format, client_request_id = self._parse_generate(raw, call)
+            job = self.jobs.submit(request, video_format, received_at=call.received_at, job_id=call.id)
+            # A cancel or deadline must reach a queued job too, which sends nothing we could fail to yield.
+            if not context.add_callback(lambda: job.cancel("client")):
+                job.cancel("client")  # the call ended before the callback could be registered
+            yield pb.GenerateResponse(accepted=pb.Accepted(job_id=job.id, queue_position=job.position))
+            yield from self._stream_job(call, job, client_request_id)
+        except Exception as err:
+            self._end_with_error(call, err)
+        finally:
+            if job is not None and not call.written:
+                job.cancel("client")  # the client went away while we were sending: free the worker
+            if not call.written:
+                try:
+                    call.finish(call.end_status())
+                except _AuditFailed:
+                    pass
+            self._call_opened(-1)
+
+    def _parse_generate(self, raw: bytes, call: _Call) -> tuple[GenerationRequest, str, str]:
+        message = parse_message(raw, pb.GenerateRequest)
+        call.record["client_request_id"] = message.client_request_id or None
+        request, video_format = request_from_proto(message)
+        call.record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
+        request.validate(self.facts.limits)
+        if request.latents is not None:
+            spec = self.facts.spec
+            expected = request.latent_shape(spec.latent_channels, spec.vae_scale_temporal, spec.vae_scale_spatial)
+            if tuple(request.latents.shape) != expected:
+                raise InvalidRequestError("latents", f"shape {list(request.latents.shape)} does not match "
+                                                     f"frames/height/width: expected {list(expected)}")
+        return request, video_format, message.client_request_id
+
+    def _stream_job(self, call: _Call, job: Job, client_request_id: str) -> Iterator[pb.GenerateResponse]:
+        context, offset = call.context, 0
+        while True:
+            event = job.next_event(timeout=_EVENT_POLL_S)
+            if event is None:
+                if not context.is_active():
+                    job.cancel("client")
+                    return  # finally in generate() records the status the client saw
+                continue
+            if isinstance(event, ProgressEvent):
+                p = event.progress
+                yield pb.GenerateResponse(progress=pb.Progress(stage=_STAGES.get(p.stage, pb.STAGE_UNSPECIFIED),
+                                                               step=p.step, total=p.total, elapsed_s=p.elapsed_s))
+            elif isinstance(event, DataEvent):
+                for start in range(0, len(event.data), CHUNK_BYTES):
+                    piece = event.data[start:start + CHUNK_BYTES]
+                    yield pb.GenerateResponse(video=pb.VideoChunk(offset=offset, data=piece))
+                    offset += len(piece)
+            elif isinstance(event, DoneEvent):
+                yield self._result(call, job, event, client_request_id)
+                return
+            elif isinstance(event, FailedEvent):
+                call.record["timings"] = _rounded(event.timings)
+                error = event.error
+                if isinstance(error, CancelledError):
+                    if job.cancel_reason == "shutdown":
+                        error = DrainingError("the server shut down before the job finished")
+                    elif not context.is_active():
+                        call.finish(call.end_status(), status_for(error))
+                        return
+                self._abort(call, status_for(error, job.id))
+
+    def _result(self, call: _Call, job: Job, done: DoneEvent, client_request_id: str) -> pb.GenerateResponse:
+        request = job.request
+        timings = {**done.timings, "total_s": time.monotonic() - call.received_at}
+        result = pb.GenerateResponse(result=pb.Result(
+            job_id=job.id, video_sha256=done.sha256, video_bytes=done.nbytes, format=FORMAT_ENUMS[job.format],
+            frames=done.frames, height=request.height, width=request.width, fps=request.fps, steps=request.steps,
+            seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
+            identity=self.facts.identity, client_request_id=client_request_id,
+        ))
+        # Recorded before the Result leaves: a client never holds a clip the audit log does not know.
+        call.finish(grpc.StatusCode.OK, timings=_rounded(timings), identity=self.facts.identity,
+                    output={"sha256": done.sha256, "bytes": done.nbytes, "format": job.format,
+                            "frames": done.frames})
+        return result
+
+    # --- ending calls with an error --------------------------------------------------------------------
+
+    def _end_with_error(self, call: _Call, error: Exception) -> None:
+        """The last stop of every handler: whatever escaped becomes a mapped status, never UNKNOWN."""
+        if isinstance(error, _AuditFailed):
+            self._abort_internal(call.context)
+        if call.written:
+            raise error  # our own abort (grpc ends calls by raising from context.abort): let it through
+        status = status_for(error, call.id)
+        if status.code == grpc.StatusCode.INTERNAL:
+            log.error("%s %s failed", call.method, call.id, exc_info=error)
+        self._abort(call, status)
+
+    def _abort(self, call: _Call, status: CallStatus) -> None:
+        """Audits, then ends the call with ``status`` (INVALID_ARGUMENT carries a google.rpc.BadRequest)."""
+        try:
+            call.finish(status.code, status)
+        except _AuditFailed:
+            self._abort_internal(call.context)
+        details = []
+        if status.field is not None:
+            bad = error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=status.field, description=status.description or "")])
+            packed = any_pb2.Any()
+            packed.Pack(bad)
+            details.append(packed)
+        call.context.abort_with_status(rpc_status.to_status(
+            status_pb2.Status(code=status.code.value[0], message=status.message, details=details)))
+
+    @staticmethod
+    def _abort_internal(context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.INTERNAL, "the audit log could not be written; the call was not completed")
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in timings.items()}
