@@ -128,3 +128,18 @@ def test_without_an_audit_trail_the_server_fails_closed(pipeline, tmp_path):
         assert failed.value.code == "INTERNAL" and "audit" in failed.value.details
         assert client.health() == "NOT_SERVING"
         assert served.metric("wanrt_live_jobs") == 0
+
+
+def test_onnxruntime_backend_serves_the_exported_artifact(tiny_artifact_dir, tmp_path):
+    """The serving default: an exported artifact run by onnxruntime, same bytes as in-process."""
+    from wanrt.engine.loader import load_pipeline
+
+    ort_pipeline = load_pipeline(tiny_artifact_dir, "onnxruntime")
+    request = dataclasses.replace(TINY, frames=5, height=32, width=32, steps=2, seed=5)
+    with running_server(ort_pipeline, tmp_path) as running, running.client() as client:
+        result = client.generate(request)
+    assert read_mp4_frames(result.video).shape == (5, 32, 32, 3)
+    assert result.identity["backend"] == "onnxruntime"
+    assert result.identity["manifest_sha256"] == ort_pipeline.identity["manifest_sha256"]
+    local = b"".join(encode_mp4(ort_pipeline.generate(request), request.fps))
+    assert hashlib.sha256(local).hexdigest() == result.sha256 == hashlib.sha256(result.video).hexdigest()
