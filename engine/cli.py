@@ -51,9 +51,9 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="generate a clip in this process")
     parser.add_argument("--model", type=Path, required=True,
-                        help="artifact folder (onnxruntime) or diffusers Wan folder (torch)")
+                        help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder (torch)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
 

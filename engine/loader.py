@@ -10,7 +10,7 @@ from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
 from wanrt.errors import ModelFormatError
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
@@ -20,6 +20,10 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPip
         return _load_artifact(model, device)
     if backend == "torch":
         return _load_diffusers(model, device)
+    if backend == "tensorrt":  # model: an engines folder from `wanrt build-engines` (it names its artifact)
+        from wanrt.engine.backends.tensorrt import load_tensorrt_pipeline
+
+        return load_tensorrt_pipeline(model, device)
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

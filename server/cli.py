@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
 
 
@@ -28,7 +29,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, default=os.environ.get("WANRT_MODEL"),
                         help="artifact folder (onnxruntime) or diffusers Wan folder (torch); default $WANRT_MODEL, "
                              "else the packaged demo model (onnxruntime)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")

@@ -12,6 +12,7 @@ import re
 import ssl
 from pathlib import Path
 
+from wanrt.engine.loader import BACKENDS
 from wanrt.server.errors import ConfigError
 
 DEFAULT_GRPC_PORT = 50051
@@ -123,8 +124,8 @@ class ServerConfig:
                 raise ConfigError("model", "is required (or set WANRT_MODEL)")
             if not Path(self.model).is_dir():
                 raise ConfigError("model", f"{self.model} is not a directory")
-        if self.backend not in ("onnxruntime", "torch"):
-            raise ConfigError("backend", f"must be onnxruntime or torch, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not self.devices or len(set(self.devices)) != len(self.devices):
             raise ConfigError("device", f"needs one or more distinct devices, got {list(self.devices)}")
         for device in self.devices:

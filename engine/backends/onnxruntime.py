@@ -11,7 +11,15 @@ import numpy as np
 from wanrt.engine.backends.base import DecoderState
 from wanrt.errors import ArtifactError, BackendUnavailableError
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+def providers_for(device: str) -> list[object]:
+    """``cpu``, ``cuda`` or ``cuda:N`` -> onnxruntime's provider list (one GPU per worker)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise BackendUnavailableError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:
@@ -20,8 +28,8 @@ class OnnxRuntimeBackend:
     def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu") -> None:
         import onnxruntime as ort
 
-        providers = PROVIDERS[device]
-        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        providers = providers_for(device)
+        if device != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
         options = ort.SessionOptions()
         options.log_severity_level = 3
