@@ -9,7 +9,7 @@ PY=.venv/bin/python
 "$PY" -m pip install --quiet --upgrade pip
 # CPU build of torch pinned for test machines without a GPU; a GPU image brings its own torch.
 "$PY" -m pip install --quiet "torch==2.13.0"
-"$PY" -m pip install --quiet -e ".[export,test]"
+"$PY" -m pip install --quiet -e ".[export,quant,test]"
 
 "$PY" -m ruff check .
 "$PY" -m pytest -q "$@"

@@ -1,0 +1,272 @@
+"""`wanrt quantize`: an FP32 artifact -> a new artifact whose DiT experts carry explicit Q/DQ, with its accuracy
+report, published atomically (a partial sibling folder renamed at the end) or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wanrt.engine.artifact import MANIFEST_NAME, Manifest, hash_folder, load_artifact, write_manifest
+from wanrt.errors import InvalidRequestError
+from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts
+from wanrt.quant.ptq import CALIBRATION_METHODS, MODES, ORT_SESSION_CONFIG
+
+REPORT_NAME = "quant_report.json"
+# The worst held-out clip must stay this close to the FP32 clip (same prompt, same noise). Chosen from
+# measurements on the reef demo model (see quant/README.md): INT8 with trajectory calibration stays well
+# above it, a one-sample calibration falls below.
+DEFAULT_MIN_PSNR_DB = 30.0
+# SmoothQuant strength per mode, the best measured on the reef model (quant/README.md).
+DEFAULT_SMOOTH_ALPHA = {"int8": 0.8, "fp8": 0.7}
+REPORT_SEED = 10_000  # report clips use seeds apart from calibration's 0, 1, 2, ...
+
+Say = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    mode: str = "int8"
+    calib_prompts: tuple[str, ...] = prompts.CALIBRATION_PROMPTS
+    calib_steps: int = 8
+    frames: int = 17
+    height: int = 96
+    width: int = 96
+    calib_max_samples: int | None = None  # per expert; None: every recorded call
+    calib_method: str = "max"
+    smooth_alpha: float | None = None  # SmoothQuant migration strength; None: the mode's default; 0: off
+    quantize_text_encoder: bool = False
+    report_prompts: tuple[str, ...] = prompts.REPORT_PROMPTS
+    eval_prompts: int = 0  # `wanrt eval` cases to compare (0: skip)
+    min_psnr_db: float = DEFAULT_MIN_PSNR_DB
+    force: bool = False
+    device: str = "cpu"  # onnxruntime device of the calibration runs, the calibration itself and the report
+
+    @property
+    def alpha(self) -> float:
+        return DEFAULT_SMOOTH_ALPHA[self.mode] if self.smooth_alpha is None else self.smooth_alpha
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidRequestError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.calib_method not in CALIBRATION_METHODS:
+            raise InvalidRequestError("calib_method", f"must be one of {', '.join(CALIBRATION_METHODS)}")
+        if self.calib_steps < 1:
+            raise InvalidRequestError("calib_steps", f"must be at least 1, got {self.calib_steps}")
+        if self.calib_max_samples is not None and self.calib_max_samples < 1:
+            raise InvalidRequestError("calib_max_samples", "must be at least 1")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha < 1.0:
+            raise InvalidRequestError("smooth_alpha", f"must be in [0, 1), got {self.smooth_alpha}")
+        if not self.calib_prompts:
+            raise InvalidRequestError("calib_prompts", "no prompt")
+        if not self.report_prompts:
+            raise InvalidRequestError("report_prompts", "no prompt")
+        if self.device not in ("cpu", "cuda"):
+            raise InvalidRequestError("device", f"must be cpu or cuda, got {self.device!r}")
+        if self.eval_prompts < 0:
+            raise InvalidRequestError("eval_prompts", "must be 0 or more")
+
+
+def quantize_artifact(source: Path, out_dir: Path, config: QuantizeConfig, *, say: Say | None = None) -> dict:
+    """Quantizes the artifact at ``source`` into ``out_dir`` (absent or empty); returns the report.
+
+    Raises QuantizationGateError, with nothing written, when the worst held-out clip's PSNR is under
+    ``config.min_psnr_db`` and ``config.force`` is not set.
+    """
+    say = say or (lambda _message: None)
+    config.validate()
+    source, out_dir = Path(source), Path(os.path.abspath(out_dir))
+    manifest = load_artifact(source)  # hashes checked: calibrate only what the manifest vouches for
+    if _quantization_of(source) is not None:
+        raise InvalidRequestError("model", f"{source} is already quantized; quantize the FP32 artifact")
+    from wanrt.quant.ptq import require_modelopt
+
+    require_modelopt()  # before minutes of calibration runs
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InvalidRequestError("out", f"{out_dir} already exists and is not empty; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
+    partial.mkdir()
+    try:
+        report = _quantize_into(source, manifest, partial, config, say)
+        if out_dir.exists():
+            out_dir.rmdir()
+        partial.rename(out_dir)
+    except BaseException:  # the gate's refusal included: nothing half-made or refused is left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    say(f"wrote {out_dir}")
+    return report
+
+
+def _quantization_of(art_dir: Path) -> dict | None:
+    data = json.loads((art_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    return data.get("quantization")
+
+
+def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: QuantizeConfig, say: Say) -> dict:
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.quant import calibration, ptq, report
+
+    spec = manifest.spec
+    targets = {name: placement.EXPERT_RULES for name in spec.experts}
+    if config.quantize_text_encoder:
+        targets["text_encoder"] = placement.TEXT_ENCODER_RULES
+    for name in targets:
+        if name not in manifest.graphs:
+            raise QuantizationError(f"{source} has no {name} graph")
+    replaced = {f for name in targets for f in manifest.graphs[name].get("files", [manifest.graphs[name]["file"]])}
+    for rel in manifest.files:
+        if rel not in replaced:
+            (art_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, art_dir / rel)
+
+    pipeline = load_pipeline(source, "onnxruntime", device=config.device)
+    requests = calibration.calibration_requests(config.calib_prompts, steps=config.calib_steps, frames=config.frames,
+                                                height=config.height, width=config.width)
+    say(f"calibration: {len(requests)} prompts x {config.calib_steps} steps on the FP32 artifact")
+    record = calibration.capture(pipeline, requests)
+
+    graphs = dict(manifest.graphs)
+    sessions, details = {}, {}
+    for name, rules in targets.items():
+        samples = record.text_calls if name == "text_encoder" else record.samples(name)
+        samples = calibration.limit_samples(samples, config.calib_max_samples)
+        say(f"{name}: {config.mode} PTQ on {len(samples)} calibration calls")
+        model, entry, detail = _quantize_one(source, art_dir, manifest.graphs[name], name, rules, samples, config)
+        graphs[name] = entry
+        details[name] = detail
+        sessions[name] = ptq.session(art_dir / entry["file"], config.device)
+        del model
+
+    networks = report.QuantizedNetworks({n: s for n, s in sessions.items() if n != "text_encoder"},
+                                        sessions.get("text_encoder"))
+    report_requests = calibration.calibration_requests(config.report_prompts, steps=config.calib_steps,
+                                                       frames=config.frames, height=config.height,
+                                                       width=config.width, first_seed=REPORT_SEED)
+    result = _report(pipeline, networks, report_requests, config, source, details, say)
+    (art_dir / REPORT_NAME).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    say(report.format_table(result))
+    if not result["gate"]["passed"] and not config.force:
+        raise QuantizationGateError(
+            f"worst held-out clip PSNR {result['gate']['value_db']:.2f} dB is under the gate's "
+            f"{config.min_psnr_db:.1f} dB: nothing written (better calibration data, or --force to keep it)")
+
+    quant_block = _quantization_block(source, config, record, details, result)
+    new = dataclasses.replace(
+        manifest, graphs=graphs, files=hash_folder(art_dir),
+        versions={**manifest.versions, **quant_block["tools"]},
+        created_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    path = write_manifest(art_dir, new)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["quantization"] = quant_block
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    load_artifact(art_dir)  # what we publish must read back, hashes included
+    return result
+
+
+def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str, rules: tuple[placement.Rule, ...],
+                  samples: list, config: QuantizeConfig) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    from wanrt.quant import ptq, smooth
+
+    model = ptq.load_graph(source / entry["file"])
+    plan = placement.plan(model, rules)
+    smoothed = {}
+    if config.alpha > 0:
+        smoothed = smooth.smooth(model, plan.quantize, samples, config.alpha)
+    dest = art_dir / entry["file"]
+    quantized = ptq.quantize_graph(model, dest, mode=config.mode, samples=samples, nodes_to_quantize=plan.quantize,
+                                   nodes_to_exclude=[d.name for d in plan.excluded],
+                                   calibration_method=config.calib_method, scratch=art_dir / ".scratch",
+                                   device=config.device)
+    done, problems = placement.check_placement(quantized, plan, config.mode)
+    if problems:
+        raise QuantizationError(f"{name}: the quantized graph breaks the placement rules: {'; '.join(problems[:5])}")
+    skipped = [d for d in plan.decisions if d.quantize and d.name not in set(done)]
+    excluded = [d.as_dict() for d in plan.excluded] + [
+        {**d.as_dict(), "reason": "left in high precision by ModelOpt"} for d in skipped]
+    files = [dest.name] + ([dest.name + ".data"] if (art_dir / (dest.name + ".data")).exists() else [])
+    opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
+    new_entry = {**entry, "files": files, "opset": opset}
+    detail = {"quantized": [{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
+              "excluded": excluded, "calibration_calls": len(samples),
+              "smoothquant": {"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None}
+    return quantized, new_entry, detail
+
+
+def _report(pipeline: Any, networks: Any, requests: list, config: QuantizeConfig, source: Path,
+            details: dict[str, Any], say: Say) -> dict[str, Any]:
+    from wanrt.quant import report
+
+    req = requests[0]
+    result: dict[str, Any] = {
+        "mode": config.mode,
+        "reference": {"artifact": str(source.resolve()),
+                      "manifest_sha256": hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()},
+        "request": {"frames": req.frames, "height": req.height, "width": req.width, "steps": req.steps,
+                    "guidance": req.guidance, "first_seed": req.seed},
+        "prompts": [r.prompt for r in requests],
+    }
+    result.update(report.measure(pipeline, networks, requests, say))
+    if config.eval_prompts:
+        # `wanrt eval`'s own defaults (steps, guidance), so the numbers match what it prints for either artifact.
+        from wanrt.engine.request import GenerationRequest
+
+        base = GenerationRequest(prompt="-", frames=config.frames, height=config.height, width=config.width)
+        result["eval"] = report.eval_change(pipeline, networks, config.eval_prompts, say, base)
+    worst = result["end_to_end"]["psnr_db_min"]
+    result["gate"] = {"metric": "end-to-end PSNR of the worst held-out clip (dB)", "value_db": worst,
+                      "threshold_db": config.min_psnr_db, "passed": worst >= config.min_psnr_db,
+                      "forced": config.force}
+    return result
+
+
+def _quantization_block(source: Path, config: QuantizeConfig, record: Any, details: dict[str, Any],
+                        result: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    import wanrt
+    from wanrt.quant.ptq import modelopt_version
+
+    experts = {n: d for n, d in details.items() if n != "text_encoder"}
+    return {
+        "mode": config.mode,
+        "weights": f"{config.mode} symmetric, per output channel (constant, behind DequantizeLinear)",
+        "activations": f"{config.mode} per tensor (QuantizeLinear/DequantizeLinear), calibration "
+                       f"'{config.calib_method}'",
+        "tools": {"nvidia-modelopt": modelopt_version(), "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "wanrt": wanrt.__version__},
+        "source": {"artifact": str(source.resolve()),
+                   "manifest_sha256": hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()},
+        "calibration": {
+            "prompts_sha256": prompts.prompts_sha256(config.calib_prompts),
+            "prompts": len(config.calib_prompts),
+            "steps": config.calib_steps,
+            "request": {"frames": config.frames, "height": config.height, "width": config.width},
+            "calls": {n: d["calibration_calls"] for n, d in details.items()},
+            "recorded_calls": {n: len(record.samples(n)) for n in experts},
+            "max_samples": config.calib_max_samples,
+            "method": config.calib_method,
+            "smoothquant_alpha": config.alpha,
+        },
+        "graphs": details,
+        "unquantized": {"vae_decoder": "fp32", "text_encoder": "quantized" if "text_encoder" in details else "fp32",
+                        "never_quantized_ops": list(placement.NEVER_QUANTIZED)},
+        # What the report's sessions used; a backend must set it to load FP8 graphs (see ptq.ORT_SESSION_CONFIG).
+        "onnxruntime_session_config": dict(ORT_SESSION_CONFIG),
+        "report": {"file": REPORT_NAME, "psnr_db_mean": result["end_to_end"]["psnr_db_mean"],
+                   "psnr_db_min": result["end_to_end"]["psnr_db_min"], "ssim_mean": result["end_to_end"]["ssim_mean"],
+                   "experts": {n: {"rel_error_mean": e["rel_error_mean"], "cosine_min": e["cosine_min"]}
+                               for n, e in result["experts"].items()},
+                   **({"eval_change_points": result["eval"]["change_points"]} if "eval" in result else {})},
+        "gate": result["gate"],
+    }
