@@ -50,8 +50,9 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="generate a clip in this process")
-    parser.add_argument("--model", type=Path, required=True,
-                        help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder (torch)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
+                             "(torch); default: the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_video_arguments(parser)
@@ -65,7 +66,7 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.engine.video import write_video
 
     request = request_from_args(args)
-    pipeline = load_pipeline(args.model, args.backend, device=args.device)
+    pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
     bars: dict[str, tqdm] = {}
 
     def show(progress: object) -> None:
@@ -81,3 +82,17 @@ def _generate(args: argparse.Namespace) -> int:
             bar.close()
     print(args.out)
     return 0
+
+
+def _model_or_default(args: argparse.Namespace) -> Path:
+    from wanrt.errors import InvalidRequestError
+
+    if args.model is not None:
+        return args.model
+    if args.backend != "onnxruntime":
+        raise InvalidRequestError("model", f"is required with --backend {args.backend}")
+    try:
+        from wanrt.reef import default_model_dir
+    except ImportError:
+        raise InvalidRequestError("model", "is required: this install has no embedded demo model") from None
+    return default_model_dir()
