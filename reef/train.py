@@ -1,0 +1,567 @@
+"""Trains the reef model: a small Wan2.2-A14B-shaped text-to-video pipeline for the procedural underwater world.
+
+    python -m wanrt.reef.train --out DIR --seed 0
+
+Stages, all on the CPU and reproducible from the seed (one thread):
+1. tokenizer: word-level over the training prompts (English words, Chinese characters);
+2. text encoder (UMT5): first taught to name a prompt's attributes (an auxiliary head, discarded), so the
+   experts get an informative condition from their first step, then trained on with the flow loss;
+3. VAE (AutoencoderKLWan, 4x temporal, 8x spatial, 16 channels): the latent space is a whitened block PCA
+   (BlockPCA: well conditioned by construction) and the Wan decoder is trained to invert it, single frames
+   first, then whole clips; the basis is saved next to the VAE weights;
+4. latents of the training clips are cached, normalised per channel (the VAE config's latents_mean/std);
+5. experts (WanTransformer3DModel): one model on all noise levels first, then split, as Wan2.2 grew its two
+   experts out of one: `transformer` on sigma >= boundary (0.875), `transformer_2` below, each with an EMA,
+   flow matching (x_t = (1 - s) x0 + s noise, target noise - x0), 10% empty prompts for CFG.
+The result is a diffusers WanPipeline folder (save_pretrained) that `wanrt export` turns into an artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wanrt.reef.prompts import make_prompt
+from wanrt.reef.renderer import SceneAttributes, all_attributes, render_clip
+from wanrt.reef.text import (
+    ATTRIBUTE_CLASSES,
+    EOS_ID,
+    PAD_ID,
+    TRAIN_TEXT_LENGTH,
+    UNK_ID,
+    attribute_targets,
+    build_tokenizer,
+)
+
+WAN_TEXT_LENGTH = 512  # the pipeline's context length; padding positions are zeros, as WanPipeline makes them
+BOUNDARY_RATIO = 0.875  # Wan2.2-A14B's switch between the high- and low-noise experts
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    frames: int = 17
+    size: int = 96
+    flow_shift: float = 3.0
+    # text encoder
+    text_dim: int = 64
+    text_layers: int = 2
+    text_steps: int = 300
+    text_batch: int = 64
+    word_dropout: float = 0.1
+    aux_weight: float = 0.1
+    # VAE
+    vae_base_dim: int = 8
+    vae_decoder_dim: int = 12
+    vae_clips: int = 200  # clips the latent basis is fitted on and the decoder learns from
+    vae_image_steps: int = 900  # decoder on single frames (the first-frame path): spatial decoding, cheap
+    vae_image_batch: int = 16
+    vae_clip_steps: int = 300  # then on whole clips: the temporal path (4 frames per latent frame)
+    vae_clip_batch: int = 2
+    vae_crop: int = 48
+    vae_lr: float = 2e-3
+    # experts
+    clips: int = 1600
+    heads: int = 4
+    head_dim: int = 24
+    ffn_dim: int = 256
+    layers: int = 4
+    joint_steps: int = 800
+    expert_steps: int = 400  # per expert, interleaved
+    batch: int = 16
+    lr: float = 6e-4
+    text_lr: float = 3e-4
+    ema: float = 0.995
+    drop_prompt: float = 0.1
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> TrainConfig:
+        """Minutes-long settings for tests: the same code path on tiny sizes, no claim on quality."""
+        return cls(seed=seed, frames=5, size=32, text_steps=5, text_batch=8, vae_clips=4, vae_image_steps=2,
+                   vae_image_batch=2, vae_clip_steps=2, vae_clip_batch=1, vae_crop=16, clips=6, layers=1, heads=2,
+                   head_dim=12, ffn_dim=32, joint_steps=2, expert_steps=2, batch=2)
+
+
+Log = Callable[[str], None]
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+def build_text_encoder(vocab_size: int, cfg: TrainConfig) -> torch.nn.Module:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(vocab_size=vocab_size, d_model=cfg.text_dim, d_kv=cfg.text_dim // 4,
+                        d_ff=cfg.text_dim * 2, num_layers=cfg.text_layers, num_heads=4,
+                        relative_attention_num_buckets=16, relative_attention_max_distance=32, dropout_rate=0.0,
+                        pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID)
+    return UMT5EncoderModel(config)
+
+
+def build_vae(cfg: TrainConfig) -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
+    # Wan's layout (3 spatial halvings, 2 temporal), narrow: the encoder only runs while training.
+    return AutoencoderKLWan(base_dim=cfg.vae_base_dim, decoder_base_dim=cfg.vae_decoder_dim, z_dim=16,
+                            dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
+
+
+def build_expert(cfg: TrainConfig) -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=16,
+        out_channels=16, text_dim=cfg.text_dim, freq_dim=64, ffn_dim=cfg.ffn_dim, num_layers=cfg.layers,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64)
+
+
+def build_scheduler(cfg: TrainConfig) -> object:
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                   num_train_timesteps=1000, flow_shift=cfg.flow_shift)
+
+
+class AttributeHead(torch.nn.Module):
+    """Predicts the scene attributes from the mean of the text encoder's real tokens (training only)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, len(v)) for k, v in ATTRIBUTE_CLASSES.items()})
+
+    def loss(self, hidden: torch.Tensor, mask: torch.Tensor, targets: dict[str, np.ndarray]) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return sum(F.cross_entropy(head(pooled), torch.from_numpy(targets[k]), ignore_index=-100)
+                   for k, head in self.heads.items())
+
+
+# --- text ------------------------------------------------------------------------------------------------
+
+class PromptBatcher:
+    """Writes prompts for attributes and tokenises them exactly as the serving pipeline does."""
+
+    def __init__(self, tokenizer_json: Path, rng: np.random.Generator, word_dropout: float) -> None:
+        from wanrt.engine.text import PromptTokenizer
+
+        self.tokenizer = PromptTokenizer(tokenizer_json, TRAIN_TEXT_LENGTH)
+        self.rng = rng
+        self.word_dropout = word_dropout
+
+    def __call__(self, attrs: list[SceneAttributes | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = ["" if a is None else make_prompt(a, self.rng, split="train") for a in attrs]
+        ids, mask = self.tokenizer(prompts)
+        if self.word_dropout:
+            # Unknown words in new phrasings become <unk>: seeing some in training keeps them harmless.
+            drop = (self.rng.uniform(size=ids.shape) < self.word_dropout) & (ids > UNK_ID)
+            ids = np.where(drop, UNK_ID, ids)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def wan_context(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 512, D) context as WanPipeline builds it from the encoder's states: real tokens, then zeros."""
+    hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+    return F.pad(hidden, (0, 0, 0, WAN_TEXT_LENGTH - hidden.shape[1]))
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+def balanced_attributes(n: int, rng: np.random.Generator) -> list[SceneAttributes]:
+    """``n`` scenes cycling through every valid combination (shuffled), so none is under-represented."""
+    combos = all_attributes()
+    out: list[SceneAttributes] = []
+    while len(out) < n:
+        out.extend(combos[i] for i in rng.permutation(len(combos)))
+    return out[:n]
+
+
+def to_video_tensor(clips: np.ndarray) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def render_set(attrs: list[SceneAttributes], cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    seeds = rng.integers(0, 2**31, len(attrs))
+    return np.stack([render_clip(a, frames=cfg.frames, height=cfg.size, width=cfg.size, seed=int(s))
+                     for a, s in zip(attrs, seeds, strict=True)])
+
+
+# --- training stages -------------------------------------------------------------------------------------
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_text_encoder(text_encoder: torch.nn.Module, head: AttributeHead, batcher: PromptBatcher,
+                       cfg: TrainConfig, rng: np.random.Generator, log: Log) -> float:
+    """Teaches the encoder to tell attributes apart from prompt text alone (cheap: no video involved)."""
+    params = list(text_encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    combos = all_attributes()
+    loss_value = float("nan")
+    for step in range(cfg.text_steps):
+        attrs = [combos[i] for i in rng.integers(0, len(combos), cfg.text_batch)]
+        ids, mask = batcher(attrs)
+        loss = head.loss(text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask,
+                         attribute_targets(attrs))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_value = loss.item()
+        if step % 100 == 0 or step == cfg.text_steps - 1:
+            log(f"text {step}/{cfg.text_steps} attribute loss {loss_value:.4f}")
+    return loss_value
+
+
+def decode_unclamped(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """AutoencoderKLWan._decode without its final clamp to [-1, 1].
+
+    The clamp has zero gradient outside the range: a decoder whose dark pixels start below -1 (deep water is
+    near black) would never learn them. Same causal frame-by-frame loop and cache as diffusers 0.42.
+    """
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, 2)
+
+
+class BlockPCA:
+    """The latent space: whitened principal components of each latent cell's pixel block.
+
+    Wan's VAE maps frame 0 alone, then every 4 frames, to one latent frame, and 8x8 pixels to one latent cell.
+    Here a cell's latent is the top-16 PCA projection of its block (8x8x3 for frame 0, 4x8x8x3 after),
+    divided by the components' standard deviations: well conditioned by construction (unit variance,
+    uncorrelated channels) and, on these scenes, >99% of the pixel variance. The Wan decoder is trained to
+    invert it; the Wan encoder is not needed for text-to-video and stays as initialised (see reef/README.md).
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    @staticmethod
+    def _blocks(video: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, T, H, W, 3) in [-1, 1] -> frame-0 blocks (N, h, w, 192), later blocks (N, T', h, w, 768)."""
+        n, t, h, w, _ = video.shape
+        first = video[:, 0].reshape(n, h // 8, 8, w // 8, 8, 3).transpose(0, 1, 3, 2, 4, 5)
+        first = first.reshape(n, h // 8, w // 8, -1)
+        if t == 1:
+            return first, None
+        rest = video[:, 1:].reshape(n, (t - 1) // 4, 4, h // 8, 8, w // 8, 8, 3).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        return first, rest.reshape(n, (t - 1) // 4, h // 8, w // 8, -1)
+
+    @classmethod
+    def fit(cls, clips: np.ndarray, channels: int = 16) -> BlockPCA:
+        first, rest = cls._blocks(clips.astype(np.float32) / 127.5 - 1)
+        arrays = {}
+        for name, data in (("first", first), ("rest", rest)):
+            data = data.reshape(-1, data.shape[-1]).astype(np.float64)
+            mean = data.mean(axis=0)
+            values, vectors = np.linalg.eigh(np.cov((data - mean).T))
+            top = np.argsort(values)[::-1][:channels]
+            arrays[f"{name}_mean"] = mean.astype(np.float32)
+            arrays[f"{name}_basis"] = vectors[:, top].astype(np.float32)
+            arrays[f"{name}_scale"] = np.sqrt(np.maximum(values[top], 1e-8)).astype(np.float32)
+            arrays[f"{name}_explained"] = np.array(values[top].sum() / values.sum(), np.float32)
+        return cls(arrays)
+
+    def encode(self, clips: np.ndarray) -> torch.Tensor:
+        """(N, T, H, W, 3) uint8 -> (N, 16, 1 + (T - 1) / 4, H / 8, W / 8) float32."""
+        a = self.arrays
+        first, rest = self._blocks(clips.astype(np.float32) / 127.5 - 1)
+        z = [((first - a["first_mean"]) @ a["first_basis"] / a["first_scale"])[:, None]]
+        if rest is not None:
+            z.append((rest - a["rest_mean"]) @ a["rest_basis"] / a["rest_scale"])
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(z, axis=1).transpose(0, 4, 1, 2, 3)))
+
+    def save(self, path: Path) -> None:
+        np.savez(path, **self.arrays)
+
+
+@torch.no_grad()
+def start_decoder_per_frame(vae: torch.nn.Module) -> None:
+    """Makes the untrained decoder treat time trivially: causal convs see only the current frame and each
+    temporal upsampling repeats its input frame.
+
+    The single-frame phase never feeds the convs' past-frame taps (they see zero padding there), so random
+    past taps would scramble every later frame once whole clips arrive. Starting from "each latent frame
+    decodes to copies of itself", the clip phase only has to learn what happens between frames.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    for module in vae.decoder.modules():
+        if isinstance(module, WanResample) and module.mode == "upsample3d":
+            conv = module.time_conv
+            conv.weight.zero_()
+            conv.bias.zero_()
+            channels = conv.in_channels
+            eye = torch.eye(channels)
+            conv.weight[:channels, :, -1, 0, 0] = eye  # first of the two output frames
+            conv.weight[channels:, :, -1, 0, 0] = eye  # second
+        elif isinstance(module, WanCausalConv3d) and module.kernel_size[0] > 1:
+            module.weight[:, :, :-1] = 0.0  # keep only the current frame's tap
+
+
+def train_vae_decoder(vae: torch.nn.Module, pca: BlockPCA, clips: np.ndarray, cfg: TrainConfig,
+                      rng: np.random.Generator, log: Log) -> float:
+    """Teaches the Wan decoder to invert the PCA latents: single frames first, then whole clips.
+
+    Single frames go through the decoder's first-frame path only and cost 1/17 of a clip, so the spatial
+    decoding (most of the work) is learned cheaply; whole clips then train the temporal upsampling.
+    """
+    start_decoder_per_frame(vae)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    n, t, h, w, _ = clips.shape
+    crop = min(cfg.vae_crop, h, w) // 8 * 8
+    running = float("nan")
+    vae.train()
+    # Whole clips at half the rate: they refine the temporal taps without undoing the spatial decoding.
+    for phase, steps, batch, lr in (("frames", cfg.vae_image_steps, cfg.vae_image_batch, cfg.vae_lr),
+                                    ("clips", cfg.vae_clip_steps, cfg.vae_clip_batch, cfg.vae_lr / 2)):
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+        running = float("nan")
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * _cosine(step, steps, 30)
+            pieces = []
+            for i in rng.integers(0, n, batch):
+                y0, x0 = (int(v) * 8 for v in rng.integers(0, [(h - crop) // 8 + 1, (w - crop) // 8 + 1]))
+                frames = [int(rng.integers(t))] if phase == "frames" else list(range(t))
+                pieces.append(clips[i, frames, y0:y0 + crop, x0:x0 + crop])
+            video = np.stack(pieces)
+            recon = decode_unclamped(vae, pca.encode(video))
+            target = to_video_tensor(video)
+            loss = F.l1_loss(recon, target) + F.mse_loss(recon, target)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
+            if step % 50 == 0 or step == steps - 1:
+                log(f"vae decoder ({phase}) {step}/{steps} loss {running:.4f}")
+    vae.eval()
+    return float(running)
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The scheduler's time shift: uniform u -> sigma, so training sees noise levels as sampling visits them."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def boundary_u(shift: float, boundary: float = BOUNDARY_RATIO) -> float:
+    """The u whose shifted sigma is the expert boundary (0.7 for shift 3 and boundary 0.875)."""
+    return boundary / (shift - (shift - 1) * boundary)
+
+
+def flow_matching_loss(expert: torch.nn.Module, context: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+                       noise: torch.Tensor) -> torch.Tensor:
+    """MSE between the expert's velocity and noise - x0 at x_t = (1 - sigma) x0 + sigma noise, t = 1000 sigma."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    pred = expert(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=context, return_dict=False)[0]
+    return F.mse_loss(pred, noise - x0)
+
+
+class ExpertTrainer:
+    """One expert (or the shared trunk before the split): optimiser, schedule, EMA and its sigma range."""
+
+    def __init__(self, name: str, model: torch.nn.Module, u_range: tuple[float, float], cfg: TrainConfig,
+                 total_steps: int, ema: bool) -> None:
+        self.name, self.model, self.u_range, self.cfg, self.total = name, model, u_range, cfg, total_steps
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if ema else None
+        self.step = 0
+        self.running: float | None = None
+
+    def sigmas(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        lo, hi = self.u_range
+        return shifted_sigmas(lo + (hi - lo) * torch.rand(n, generator=gen), self.cfg.flow_shift)
+
+    def update_ema(self) -> None:
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                e.lerp_(p, 1 - self.cfg.ema)
+
+    def record(self, loss: float) -> None:
+        self.running = loss if self.running is None else 0.98 * self.running + 0.02 * loss
+        self.step += 1
+
+
+def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: PromptBatcher,
+                  latents: torch.Tensor, attrs: list[SceneAttributes], cfg: TrainConfig,
+                  rng: np.random.Generator, gen: torch.Generator,
+                  log: Log) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, float]]:
+    """Shared trunk on all noise levels, then high- and low-noise experts interleaved step by step."""
+    ub = boundary_u(cfg.flow_shift)
+    text_opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(head.parameters()), lr=cfg.text_lr,
+                                 weight_decay=0.01)
+    trunk = ExpertTrainer("trunk", build_expert(cfg), (0.0, 1.0), cfg, cfg.joint_steps, ema=False)
+    schedule = [trunk] * cfg.joint_steps
+    experts: list[ExpertTrainer] = []
+    total = cfg.joint_steps + 2 * cfg.expert_steps
+    started = time.monotonic()
+    text_encoder.train()
+    for i in range(total):
+        if i == cfg.joint_steps:  # the split: both experts start from the trunk
+            experts = [ExpertTrainer("transformer", copy.deepcopy(trunk.model), (ub, 1.0), cfg, cfg.expert_steps,
+                                     ema=True),
+                       ExpertTrainer("transformer_2", copy.deepcopy(trunk.model), (0.0, ub), cfg, cfg.expert_steps,
+                                     ema=True)]
+            text_ema = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+        job = schedule[i] if i < cfg.joint_steps else experts[(i - cfg.joint_steps) % 2]
+        lr_scale = _cosine(job.step, job.total, 50 if job is trunk else 20)
+        for group in job.opt.param_groups:
+            group["lr"] = cfg.lr * lr_scale
+        for group in text_opt.param_groups:
+            group["lr"] = cfg.text_lr * _cosine(i, total, 50)
+
+        idx = rng.integers(0, len(latents), cfg.batch)
+        batch_attrs: list[SceneAttributes | None] = [
+            None if rng.uniform() < cfg.drop_prompt else attrs[j] for j in idx]
+        ids, mask = batcher(batch_attrs)
+        hidden = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        context = wan_context(hidden, mask)
+        x0 = latents[torch.from_numpy(idx)]
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = flow_matching_loss(job.model, context, x0, job.sigmas(len(idx), gen), noise)
+        aux = head.loss(hidden, mask, attribute_targets(batch_attrs))
+        job.opt.zero_grad()
+        text_opt.zero_grad()
+        (loss + cfg.aux_weight * aux).backward()
+        torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
+        job.opt.step()
+        text_opt.step()
+        job.update_ema()
+        job.record(loss.item())
+        if experts:
+            with torch.no_grad():
+                for e, p in zip(text_ema.parameters(), text_encoder.parameters(), strict=True):
+                    e.lerp_(p, 1 - cfg.ema)
+        if i % 50 == 0 or i == total - 1:
+            elapsed = time.monotonic() - started
+            losses = " ".join(f"{j.name} {j.running:.4f}" for j in ([trunk] if not experts else experts)
+                              if j.running is not None)
+            log(f"flow {i}/{total} {losses} aux {aux.item():.3f} ({elapsed:.0f}s, eta "
+                f"{elapsed / (i + 1) * (total - i - 1):.0f}s)")
+    text_encoder.eval()
+    if experts:
+        text_encoder.load_state_dict(text_ema.state_dict())
+        high, low = experts[0].ema, experts[1].ema
+    else:  # no expert steps (tests): both experts are the trunk
+        high, low = trunk.model, copy.deepcopy(trunk.model)
+    final = {j.name: float(j.running) for j in ([trunk, *experts]) if j.running is not None}
+    return high.eval(), low.eval(), final
+
+
+# --- the whole run ---------------------------------------------------------------------------------------
+
+def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object]:
+    """Runs every stage and writes a diffusers WanPipeline folder to ``out_dir``; returns the run summary."""
+    from diffusers import WanPipeline
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings[name] = round(now - clock, 1)
+        clock = now
+        log(f"== {name} done in {timings[name]:.0f}s")
+
+    tok_dir = out_dir / "tokenizer"
+    build_tokenizer(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    batcher = PromptBatcher(tok_dir / "tokenizer.json", rng, cfg.word_dropout)
+    text_encoder = build_text_encoder(len(tokenizer), cfg)
+    head = AttributeHead(cfg.text_dim)
+    text_loss = train_text_encoder(text_encoder, head, batcher, cfg, rng, log)
+    lap("text_encoder")
+
+    vae = build_vae(cfg)
+    vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng)
+    pca = BlockPCA.fit(vae_clips)
+    log(f"latent basis explains {float(pca.arrays['first_explained']):.4f} (frame 0) and "
+        f"{float(pca.arrays['rest_explained']):.4f} (later frames) of the pixel variance")
+    vae_loss_value = train_vae_decoder(vae, pca, vae_clips, cfg, rng, log)
+    del vae_clips
+    lap("vae")
+
+    attrs = balanced_attributes(cfg.clips, rng)
+    chunks = []
+    for start in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
+        chunks.append(pca.encode(render_set(attrs[start:start + 100], cfg, rng)))
+        log(f"latents {min(start + 100, cfg.clips)}/{cfg.clips}")
+    raw = torch.cat(chunks)
+    mean = raw.mean(dim=(0, 2, 3, 4))
+    std = raw.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
+    latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean],
+                           latents_std=[round(float(v), 6) for v in std])
+    lap("latents")
+
+    high, low, flow_losses = train_experts(text_encoder, head, batcher, latents, attrs, cfg, rng, gen, log)
+    lap("experts")
+
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=build_scheduler(cfg),
+                       transformer=high, transformer_2=low, boundary_ratio=BOUNDARY_RATIO)
+    pipe.save_pretrained(out_dir)
+    pca.save(out_dir / "vae" / "reef_latent_basis.npz")  # the encoder the latents were made with
+    summary = {"config": dataclasses.asdict(cfg), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
+               "losses": {"text_attributes": text_loss, "vae": vae_loss_value, **flow_losses},
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (out_dir / "reef_training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {out_dir} in {summary['total_seconds']:.0f}s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wanrt.reef.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="diffusers WanPipeline folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (tests)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainConfig field, e.g. --set joint_steps=200")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        kind = type(getattr(cfg, name))
+        overrides[name] = kind(value)
+    cfg = dataclasses.replace(cfg, **overrides)
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    train(args.out, cfg, log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The training script: its pieces (loss, sigma ranges, text context) and a quick end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wanrt.reef import train as T
+
+
+def test_sigma_ranges_meet_at_the_expert_boundary():
+    u = T.boundary_u(3.0)
+    assert abs(float(T.shifted_sigmas(torch.tensor(u), 3.0)) - T.BOUNDARY_RATIO) < 1e-6
+    assert float(T.shifted_sigmas(torch.tensor(0.0), 3.0)) == 0.0
+    assert float(T.shifted_sigmas(torch.tensor(1.0), 3.0)) == 1.0
+
+
+def test_a_training_step_lowers_the_flow_matching_loss():
+    torch.manual_seed(0)
+    cfg = T.TrainConfig.quick()
+    expert = T.build_expert(cfg)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 16, 2, 4, 4, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = torch.full((4,), 0.5)
+    context = torch.randn(4, T.WAN_TEXT_LENGTH, cfg.text_dim, generator=gen)
+    opt = torch.optim.AdamW(expert.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = T.flow_matching_loss(expert, context, x0, sigma, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_training_context_equals_the_pipeline_context(tmp_path):
+    """Training encodes prompts at 48 tokens; the pipeline at 512. Real tokens must come out the same."""
+    from wanrt.engine.text import PromptTokenizer, zero_padding_positions
+    from wanrt.reef.text import TRAIN_TEXT_LENGTH, build_tokenizer
+
+    build_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    encoder = T.build_text_encoder(200, T.TrainConfig.quick()).eval()
+    prompts = ["A sea turtle slowly moving left in deep blue water.", "一群小鱼在浑浊的绿色海水中向右游。", ""]
+    with torch.no_grad():
+        ids, mask = (torch.from_numpy(a) for a in PromptTokenizer(tmp_path / "tokenizer.json",
+                                                                   TRAIN_TEXT_LENGTH)(prompts))
+        ours = T.wan_context(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask).numpy()
+        ids, mask = PromptTokenizer(tmp_path / "tokenizer.json", T.WAN_TEXT_LENGTH)(prompts)
+        hidden = encoder(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+    theirs = zero_padding_positions(hidden.numpy(), mask)
+    assert ours.shape == theirs.shape == (3, T.WAN_TEXT_LENGTH, 64)
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_the_attribute_head_learns_from_prompts(tmp_path):
+    from wanrt.reef.text import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    cfg = T.TrainConfig(text_steps=80, text_batch=16, word_dropout=0.0)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    batcher = T.PromptBatcher(tmp_path / "tokenizer.json", rng, 0.0)
+    encoder = T.build_text_encoder(300, cfg)
+    head = T.AttributeHead(cfg.text_dim)
+    final = T.train_text_encoder(encoder, head, batcher, cfg, rng, lambda _m: None)
+    assert final < 4.0  # from ~ln(6)+ln(5)+ln(2)+ln(5) = 5.8 at random
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reef") / "model"
+    assert T.main(["--out", str(out), "--quick", "--seed", "3"]) == 0
+    return out
+
+
+def test_quick_run_writes_a_wan22_pipeline_folder(quick_run):
+    from wanrt.engine.spec import spec_from_diffusers
+
+    spec = spec_from_diffusers(quick_run)
+    assert spec.experts == ("transformer", "transformer_2") and spec.boundary_ratio == 0.875
+    assert (spec.vae_scale_temporal, spec.vae_scale_spatial, spec.latent_channels) == (4, 8, 16)
+    summary = json.loads((quick_run / "reef_training.json").read_text(encoding="utf-8"))
+    assert summary["config"]["seed"] == 3 and summary["threads"] == 1
+    assert all(np.isfinite(v) for v in summary["losses"].values())
+
+
+def test_quick_run_generates_with_the_torch_backend(quick_run):
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.request import GenerationRequest
+
+    pipeline = load_pipeline(quick_run, "torch")
+    frames = np.concatenate(list(pipeline.generate(GenerationRequest(prompt="一只海龟向左游", frames=5, height=32,
+                                                                     width=32, steps=2))))
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
+
+
+def test_block_pca_latents_have_wan_shape_and_unit_scale():
+    from wanrt.reef.renderer import SceneAttributes, render_clip
+
+    clips = np.stack([render_clip(SceneAttributes(s, "left", "fast", p), frames=9, height=32, width=48, seed=i)
+                      for i, (s, p) in enumerate([("fish", "turquoise"), ("ray", "red_vent"), ("turtle", "sunbeams"),
+                                                  ("particles", "deep_blue")])])
+    pca = T.BlockPCA.fit(clips)
+    z = pca.encode(clips)
+    assert z.shape == (4, 16, 3, 4, 6)  # 1 + (9 - 1) / 4 latent frames, 8x smaller
+    assert float(pca.arrays["first_explained"]) > 0.95 and float(pca.arrays["rest_explained"]) > 0.9
+    assert 0.5 < float(z.std()) < 1.5
