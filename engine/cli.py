@@ -63,13 +63,14 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
 
     request = request_from_args(args)
     pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
     bars: dict[str, tqdm] = {}
 
-    def show(progress: object) -> None:
+    def show(progress: Progress) -> None:
         bar = bars.get(progress.stage)
         if bar is None:
             bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step", leave=True)

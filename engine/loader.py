@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from wanrt.engine.pipeline import VideoPipeline
@@ -28,7 +27,7 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPip
 
 
 def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
-    from wanrt.engine.artifact import MANIFEST_NAME, load_artifact
+    from wanrt.engine.artifact import MANIFEST_NAME, load_artifact, sha256_file
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
 
     manifest = load_artifact(art_dir)
@@ -37,7 +36,7 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
     identity = {
         "backend": "onnxruntime",
         "model": str(art_dir.resolve()),
-        "manifest_sha256": _sha256(art_dir / MANIFEST_NAME),
+        "manifest_sha256": sha256_file(art_dir / MANIFEST_NAME),
         **{f"{name}_sha256": manifest.files[file] for name, file in graphs.items()},
     }
     return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
@@ -45,6 +44,7 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
 
 
 def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:
+    from wanrt.engine.artifact import sha256_file
     from wanrt.engine.backends.torch import TorchBackend
 
     spec = spec_from_diffusers(model_dir)
@@ -52,10 +52,7 @@ def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:
     if not tokenizer_json.is_file():
         raise ModelFormatError(f"{tokenizer_json} is missing; `wanrt export` converts slow tokenizers")
     identity = {"backend": "torch", "model": str(model_dir.resolve()),
-                "model_index_sha256": _sha256(model_dir / "model_index.json")}
+                "model_index_sha256": sha256_file(model_dir / "model_index.json")}
     return VideoPipeline(spec, PromptTokenizer(tokenizer_json, spec.text_length),
                          TorchBackend(model_dir, spec.experts, device=device), identity=identity)
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

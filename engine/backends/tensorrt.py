@@ -9,7 +9,6 @@ and GPU model are checked, and each engine's bytes are hashed as they are loaded
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import threading
 from collections.abc import Mapping
@@ -168,7 +167,7 @@ def load_tensorrt_pipeline(engines_dir: Path, device: str) -> VideoPipeline:
     identity = {
         "backend": "tensorrt",
         "model": str(engines_dir.resolve()),
-        "engines_manifest_sha256": hashlib.sha256((engines_dir / ENGINES_MANIFEST).read_bytes()).hexdigest(),
+        "engines_manifest_sha256": sha256_file(engines_dir / ENGINES_MANIFEST),
         "artifact": str(art_dir.resolve()),
         "manifest_sha256": sha256_file(art_dir / MANIFEST_NAME),
         "tensorrt_version": engines.runtime.tensorrt_version,
