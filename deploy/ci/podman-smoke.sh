@@ -6,8 +6,11 @@
 # Usage: deploy/ci/podman-smoke.sh [--workdir DIR] [--rebuild-base] [--serve]
 #   --workdir DIR    state: containers.conf, the debootstrap root, logs (default: $TMPDIR/wanrt-podman)
 #   --rebuild-base   bootstrap the Debian base again even when the local base image exists
-#   --serve          also start `wanrt serve` (embedded demo model, TLS with throwaway certificates, on
-#                    127.0.0.1, host network) and run the image HEALTHCHECK until it passes
+#   --serve          also start `wanrt serve` (embedded demo model, TLS with throwaway certificates and a
+#                    bearer token, on 127.0.0.1, host network), run the image HEALTHCHECK until it passes,
+#                    then drive it from the host with the project's client: health SERVING, one clip
+#                    generated and decoded with PyAV, the audit record written, and the running container's
+#                    root file system read-only and its user not root
 #
 # Host recipe (Debian 12, root; see shared notes): runc (crun fails on this cgroup setup), cgroupfs, file
 # events logger, explicit ulimits (no CAP_SYS_RESOURCE here), all through CONTAINERS_CONF; the base image is
@@ -16,7 +19,8 @@
 # HEALTHCHECK and no SHELL: podman drops both from an OCI build), and pip inside the build trusts this host's CA bundle
 # (TLS goes through an intercepting proxy) via the Dockerfile's extra_ca build secret.
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), EXTRA_CA (default: the host bundle),
-#   SMOKE_MODEL (--serve: an artifact folder to mount read-only and serve; default: the embedded demo model).
+#   SMOKE_MODEL (--serve: an artifact folder to mount read-only and serve; default: the embedded demo model),
+#   WANRT_PYTHON (--serve: the host interpreter with wanrt installed; default: the repo's .venv/bin/python).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -28,7 +32,7 @@ while (($#)); do
         --workdir) workdir="$2"; shift 2 ;;
         --rebuild-base) rebuild_base=true; shift ;;
         --serve) serve=true; shift ;;
-        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "podman-smoke: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -126,7 +130,13 @@ if $serve; then
         -extfile "$sec/san.ext" -out "$sec/tls.crt" 2>/dev/null
     chown 10001:10001 "$sec/tls.key"
     chmod 0400 "$sec/tls.key"
-    : >"$sec/tokens.jsonl"
+    host_py="${WANRT_PYTHON:-$repo/.venv/bin/python}"
+    [[ -x "$host_py" ]] || fail "no host interpreter with wanrt at $host_py (set WANRT_PYTHON)"
+    wanrt=("$host_py" -c 'import sys; from wanrt.cli import main; sys.exit(main())')
+    # The token goes to the host side only; the container gets its SHA-256 line, readable by its UID.
+    "${wanrt[@]}" token new --id ci-smoke --methods Generate --append "$sec/tokens.jsonl" >"$sec/token" 2>/dev/null
+    chmod 0600 "$sec/token"
+    chown 10001:10001 "$sec/tokens.jsonl"
     model_args=()
     if [[ -n "${SMOKE_MODEL:-}" ]]; then
         model_args=(-v "$(realpath "$SMOKE_MODEL"):/models/smoke:ro")
@@ -150,6 +160,26 @@ if $serve; then
     done
     $ok || { podman logs "$name" >&2 || true; fail "the image HEALTHCHECK did not pass (the container exited, or 120 s went by)"; }
     echo "podman-smoke: server healthy (TLS, image HEALTHCHECK) in the hardened container"
+
+    # The running container, as the kernel sees it: not root, and its root file system refuses writes.
+    [[ "$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$name")" == true ]] || fail "root file system not read-only"
+    uid="$(podman exec "$name" id -u)"
+    [[ "$uid" != 0 ]] || fail "the server runs as root"
+    if podman exec "$name" touch /etc/wanrt-write-probe 2>/dev/null; then fail "wrote to the root file system"; fi
+
+    # The project's client, from the host, over TLS with the bearer token.
+    client=(--server 127.0.0.1:50051 --ca "$sec/ca.crt" --server-name localhost)
+    "${wanrt[@]}" client health "${client[@]}" || fail "client health: not SERVING"
+    clip="$workdir/smoke.mp4"
+    rm -f "$clip"
+    "${wanrt[@]}" client generate "${client[@]}" --token-file "$sec/token" --quiet --seed 7 --timeout 300 \
+        --prompt "a school of glowing jellyfish drifts past a hydrothermal vent, bubbles rising" --out "$clip" \
+        || { podman logs "$name" >&2 || true; fail "client generate failed"; }
+    frames="$("$host_py" -c 'import sys; from wanrt.engine.video import read_mp4_frames
+f = read_mp4_frames(sys.argv[1]); print("x".join(map(str, f.shape)), int(f.std() > 1))' "$clip")"
+    [[ "$frames" == "17x96x96x3 1" ]] || fail "decoded clip is '$frames', expected 17x96x96x3 with content"
+    grep -q '"ci-smoke"' "$audit/audit.jsonl" || fail "no audit record for the client's call"
+    echo "podman-smoke: client generated and decoded a clip ($frames) as uid $uid; audit recorded it"
     podman stop -t 40 "$name" >/dev/null
 fi
 t4="$(now)"
