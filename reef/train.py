@@ -2,7 +2,7 @@
 
     python -m wanrt.reef.train --out DIR --seed 0
 
-Stages, all on the CPU and reproducible from the seed (one thread):
+Stages, all on the CPU and reproducible from the seed (and --threads, default 2):
 1. tokenizer: word-level over the training prompts (English words, Chinese characters);
 2. text encoder (UMT5): first taught to name a prompt's attributes (an auxiliary head, discarded), so the
    experts get an informative condition from their first step, then trained on with the flow loss;
@@ -71,18 +71,19 @@ class TrainConfig:
     vae_crop: int = 48
     vae_lr: float = 2e-3
     # experts
-    clips: int = 1600
+    clips: int = 3200
     heads: int = 4
     head_dim: int = 24
     ffn_dim: int = 256
     layers: int = 4
-    joint_steps: int = 800
-    expert_steps: int = 400  # per expert, interleaved
+    joint_steps: int = 5000
+    expert_steps: int = 3000  # per expert, interleaved
     batch: int = 16
     lr: float = 6e-4
     text_lr: float = 3e-4
-    ema: float = 0.995
+    ema: float = 0.998
     drop_prompt: float = 0.1
+    checkpoint_every: int = 2500  # expert-phase steps between evaluable snapshots in OUT/checkpoints (0: none)
 
     @classmethod
     def quick(cls, seed: int = 0) -> TrainConfig:
@@ -171,6 +172,55 @@ def wan_context(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, 512, D) context as WanPipeline builds it from the encoder's states: real tokens, then zeros."""
     hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
     return F.pad(hidden, (0, 0, 0, WAN_TEXT_LENGTH - hidden.shape[1]))
+
+
+def compact_context(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L + 1, D): the first L positions of :func:`wan_context` and one zero row standing for the rest.
+
+    Used with :class:`CompactCrossAttention`, which gives that row the weight of all 512 - L zero rows.
+    """
+    hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+    return F.pad(hidden, (0, 0, 0, 1))
+
+
+class CompactCrossAttention:
+    """Training-only cross-attention processor, exact for contexts built by :func:`compact_context`.
+
+    WanPipeline pads the text states with zeros to 512 positions, and every zero row becomes the same key and
+    value (the text projection and k/v projections are position-wise). n equal keys weigh as one key whose
+    logit is raised by log(n), so the experts attend over L + 1 rows instead of 512: cross-attention was
+    three quarters of a training step's attention time. Saved models keep diffusers' own processor.
+    """
+
+    def __init__(self, padded_rows: int) -> None:
+        self.log_rows = math.log(padded_rows)
+
+    def __call__(self, attn: torch.nn.Module, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 rotary_emb: object = None) -> torch.Tensor:
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        key = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        value = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        bias = torch.zeros(1, key.shape[2], dtype=query.dtype)
+        bias[0, -1] = self.log_rows
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def use_compact_cross_attention(expert: torch.nn.Module, text_length: int) -> None:
+    """Installs :class:`CompactCrossAttention` on every block's cross-attention (``attn2``) of ``expert``."""
+    processor = CompactCrossAttention(WAN_TEXT_LENGTH - text_length)
+    for block in expert.blocks:
+        block.attn2.set_processor(processor)
+
+
+def use_diffusers_attention(expert: torch.nn.Module) -> None:
+    """Puts diffusers' own processor back (what a saved and exported model runs)."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    for block in expert.blocks:
+        block.attn2.set_processor(WanAttnProcessor())
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -404,15 +454,23 @@ class ExpertTrainer:
         self.step += 1
 
 
+Checkpoint = Callable[[int, torch.nn.Module, torch.nn.Module, torch.nn.Module], None]
+
+
 def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: PromptBatcher,
                   latents: torch.Tensor, attrs: list[SceneAttributes], cfg: TrainConfig,
-                  rng: np.random.Generator, gen: torch.Generator,
-                  log: Log) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, float]]:
-    """Shared trunk on all noise levels, then high- and low-noise experts interleaved step by step."""
+                  rng: np.random.Generator, gen: torch.Generator, log: Log,
+                  checkpoint: Checkpoint | None = None) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, float]]:
+    """Shared trunk on all noise levels, then high- and low-noise experts interleaved step by step.
+
+    ``checkpoint(step, high, low, text_encoder)`` is called every ``cfg.checkpoint_every`` steps (the trunk
+    stands for both experts before the split), so a long run can be evaluated while it goes on.
+    """
     ub = boundary_u(cfg.flow_shift)
     text_opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(head.parameters()), lr=cfg.text_lr,
                                  weight_decay=0.01)
     trunk = ExpertTrainer("trunk", build_expert(cfg), (0.0, 1.0), cfg, cfg.joint_steps, ema=False)
+    use_compact_cross_attention(trunk.model, TRAIN_TEXT_LENGTH)  # the experts are copies: they inherit it
     schedule = [trunk] * cfg.joint_steps
     experts: list[ExpertTrainer] = []
     total = cfg.joint_steps + 2 * cfg.expert_steps
@@ -437,7 +495,7 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
             None if rng.uniform() < cfg.drop_prompt else attrs[j] for j in idx]
         ids, mask = batcher(batch_attrs)
         hidden = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        context = wan_context(hidden, mask)
+        context = compact_context(hidden, mask)
         x0 = latents[torch.from_numpy(idx)]
         noise = torch.randn(x0.shape, generator=gen)
         loss = flow_matching_loss(job.model, context, x0, job.sigmas(len(idx), gen), noise)
@@ -460,12 +518,19 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
                               if j.running is not None)
             log(f"flow {i}/{total} {losses} aux {aux.item():.3f} ({elapsed:.0f}s, eta "
                 f"{elapsed / (i + 1) * (total - i - 1):.0f}s)")
+        if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < total:
+            if experts:
+                checkpoint(i + 1, experts[0].ema, experts[1].ema, text_ema)
+            else:
+                checkpoint(i + 1, trunk.model, trunk.model, text_encoder)
     text_encoder.eval()
     if experts:
         text_encoder.load_state_dict(text_ema.state_dict())
         high, low = experts[0].ema, experts[1].ema
     else:  # no expert steps (tests): both experts are the trunk
         high, low = trunk.model, copy.deepcopy(trunk.model)
+    for expert in (high, low):
+        use_diffusers_attention(expert)
     final = {j.name: float(j.running) for j in ([trunk, *experts]) if j.running is not None}
     return high.eval(), low.eval(), final
 
@@ -523,13 +588,20 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object
                            latents_std=[round(float(v), 6) for v in std])
     lap("latents")
 
-    high, low, flow_losses = train_experts(text_encoder, head, batcher, latents, attrs, cfg, rng, gen, log)
-    lap("experts")
+    def save(folder: Path, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module) -> None:
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, scheduler=build_scheduler(cfg),
+                           transformer=high, transformer_2=low, boundary_ratio=BOUNDARY_RATIO)
+        pipe.save_pretrained(folder)
+        pca.save(folder / "vae" / "reef_latent_basis.npz")  # the encoder the latents were made with
 
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=build_scheduler(cfg),
-                       transformer=high, transformer_2=low, boundary_ratio=BOUNDARY_RATIO)
-    pipe.save_pretrained(out_dir)
-    pca.save(out_dir / "vae" / "reef_latent_basis.npz")  # the encoder the latents were made with
+    def checkpoint(step: int, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module) -> None:
+        save(out_dir / "checkpoints" / f"step_{step}", high, low, text)
+        log(f"checkpoint at flow step {step}")
+
+    high, low, flow_losses = train_experts(text_encoder, head, batcher, latents, attrs, cfg, rng, gen, log,
+                                           checkpoint)
+    lap("experts")
+    save(out_dir, high, low, text_encoder)
     summary = {"config": dataclasses.asdict(cfg), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
                "losses": {"text_attributes": text_loss, "vae": vae_loss_value, **flow_losses},
                "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -543,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="diffusers WanPipeline folder to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (tests)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field, e.g. --set joint_steps=200")
     args = parser.parse_args(argv)

@@ -38,6 +38,32 @@ def test_a_training_step_lowers_the_flow_matching_loss():
     assert losses[-1] < losses[0]
 
 
+def test_compact_cross_attention_is_exact_and_removable():
+    """Training attends over L + 1 context rows; the pipeline over 512 with zero padding: same outputs."""
+    torch.manual_seed(0)
+    cfg = T.TrainConfig.quick()
+    expert = T.build_expert(cfg).eval()
+    length = 12
+    x = torch.randn(3, 16, 2, 4, 4)
+    hidden = torch.randn(3, length, cfg.text_dim)
+    mask = (torch.arange(length)[None] < torch.tensor([[3], [7], [12]])).long()
+    timestep = torch.tensor([10.0, 500.0, 990.0])
+
+    def run(context: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return expert(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+    full = run(T.wan_context(hidden, mask))
+    T.use_compact_cross_attention(expert, length)
+    compact = run(T.compact_context(hidden, mask))
+    assert T.compact_context(hidden, mask).shape[1] == length + 1
+    assert torch.allclose(compact, full, atol=1e-5) and full.abs().max() > 0.1
+    # Without the padding row's weight the output differs: the bias is what makes it exact.
+    assert not torch.allclose(run(T.compact_context(hidden, mask)[:, :length]), full, atol=1e-3)
+    T.use_diffusers_attention(expert)
+    assert torch.allclose(run(T.wan_context(hidden, mask)), full, atol=1e-6)
+
+
 def test_training_context_equals_the_pipeline_context(tmp_path):
     """Training encodes prompts at 48 tokens; the pipeline at 512. Real tokens must come out the same."""
     from wanrt.engine.text import PromptTokenizer, zero_padding_positions
