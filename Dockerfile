@@ -141,6 +141,11 @@ RUN groupadd --system --gid 10001 wanrt \
          if command -v "$c" >/dev/null; then echo "compiler in the CPU base image: $(command -v "$c")" >&2; exit 1; fi; \
        done
 COPY --from=cpu-builder /opt/wanrt /opt/wanrt
+# The embedded demo model under a fixed name, so docker-compose.yml can serve it out of the box (the
+# package's own path carries the Python version).
+RUN ln -s "$(/opt/wanrt/bin/python -c 'from wanrt.reef import default_model_dir; print(default_model_dir())')" \
+          /opt/wanrt/reef-model \
+    && test -f /opt/wanrt/reef-model/manifest.json
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -138,14 +138,16 @@ if $serve; then
     chmod 0600 "$sec/token"
     chown 10001:10001 "$sec/tokens.jsonl"
     model_args=()
+    served=/opt/wanrt/reef-model  # the image's embedded demo model, as docker-compose.yml serves it
     if [[ -n "${SMOKE_MODEL:-}" ]]; then
         model_args=(-v "$(realpath "$SMOKE_MODEL"):/models/smoke:ro")
+        served=/models/smoke
     fi
     podman run -d --name "$name" "${hardened[@]:1}" \
         -v "$sec/tls.crt:/run/secrets/wanrt_tls_cert:ro" -v "$sec/tls.key:/run/secrets/wanrt_tls_key:ro" \
         -v "$sec/ca.crt:/run/secrets/wanrt_tls_ca:ro" -v "$sec/tokens.jsonl:/run/secrets/wanrt_tokens:ro" \
         -v "$out:/var/lib/wanrt/outputs" -v "$audit:/var/log/wanrt" "${model_args[@]}" \
-        "$image" serve ${SMOKE_MODEL:+--model /models/smoke} --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
+        "$image" serve --model "$served" --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
         --tls-cert /run/secrets/wanrt_tls_cert --tls-key /run/secrets/wanrt_tls_key \
         --tokens /run/secrets/wanrt_tokens --audit-log /var/log/wanrt/audit.jsonl >/dev/null
     trap 'podman rm -f "$name" >/dev/null 2>&1 || true' EXIT
