@@ -101,7 +101,7 @@ def test_the_attribute_head_learns_from_prompts(tmp_path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reef") / "model"
-    assert T.main(["--out", str(out), "--quick", "--seed", "3"]) == 0
+    assert T.main(["--out", str(out), "--quick", "--seed", "3", "--threads", "1"]) == 0
     return out
 
 
