@@ -83,7 +83,7 @@ class TrainConfig:
     text_lr: float = 3e-4
     ema: float = 0.998
     drop_prompt: float = 0.1
-    checkpoint_every: int = 2500  # expert-phase steps between evaluable snapshots in OUT/checkpoints (0: none)
+    checkpoint_every: int = 2500  # flow steps (trunk and experts) between snapshots in OUT/checkpoints; 0: none
 
     @classmethod
     def quick(cls, seed: int = 0) -> TrainConfig:
