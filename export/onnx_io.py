@@ -45,10 +45,23 @@ def export_graph(
             optimize=True,
             verify=False,
         )
+    _strip_trace_metadata(program.model)
     external = _weight_bytes(module) > external_data_threshold
     program.save(path, external_data=external)
     data = path.with_name(path.name + ".data")
     return [path, data] if external and data.exists() else [path]
+
+
+def _strip_trace_metadata(model: Any) -> None:
+    """Drops what the exporter records per node: the Python stack trace, module path and FX node.
+
+    They hold paths of the machine that exported (so the same export differs byte for byte between
+    machines), and they are a fifth of a small model's file. The graph and its weights are untouched.
+    """
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.clear()
 
 
 def _weight_bytes(module: torch.nn.Module) -> int:

@@ -93,6 +93,16 @@ def test_single_expert_export(single_expert_artifact_dir):
     assert any(p["graph"] == "transformer.onnx" for p in manifest.parity)
 
 
+def test_graphs_carry_no_exporter_trace(single_expert_artifact_dir):
+    """Stack traces name the exporting machine's paths: an artifact must not depend on where it was made."""
+    import onnx
+
+    for name in ("transformer.onnx", "text_encoder.onnx", "vae_decoder_step.onnx"):
+        model = onnx.load(single_expert_artifact_dir / name, load_external_data=False)
+        traced = [n.name for n in model.graph.node if n.metadata_props or n.doc_string]
+        assert not traced, f"{name}: {len(traced)} nodes keep exporter metadata, e.g. {traced[:3]}"
+
+
 @pytest.mark.parametrize("index", [None, {"_class_name": "StableDiffusionPipeline"}], ids=["no-index", "not-wan"])
 def test_not_a_wan_pipeline_writes_nothing(tmp_path, index):
     model = tmp_path / "model"
