@@ -2,7 +2,8 @@
 
     python -m wanrt.reef.train --out DIR --seed 0
 
-Stages, all on the CPU and reproducible from the seed (and --threads, default 2):
+Stages, reproducible from the seed (and --threads, default 2); with --device cuda the same seed draws the same
+data, noise and prompts, but GPU kernels (attention's backward among them) do not promise bit-equal results:
 1. tokenizer: word-level over the training prompts (English words, Chinese characters);
 2. text encoder (UMT5): first taught to name a prompt's attributes (an auxiliary head, discarded), so the
    experts get an informative condition from their first step, then trained on with the flow loss;
@@ -23,6 +24,8 @@ import copy
 import dataclasses
 import json
 import math
+import multiprocessing
+import multiprocessing.pool
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +89,14 @@ class TrainConfig:
     checkpoint_every: int = 2500  # flow steps (trunk and experts) between snapshots in OUT/checkpoints; 0: none
 
     @classmethod
+    def gpu(cls, seed: int = 0) -> TrainConfig:
+        """The shipped model's settings (with ``--device cuda``): wider, deeper experts (6 heads, 6 layers) and 8x
+        the clips per step. On one H100: about 3 min of text, VAE and latents, then 75 ms a flow step. The
+        shipped artifact is this run's snapshot at flow step 3300 (reef/README.md); it runs on a CPU."""
+        return cls(seed=seed, clips=6400, heads=6, ffn_dim=512, layers=6, joint_steps=2000, expert_steps=1200,
+                   batch=128, lr=8e-4, checkpoint_every=1100)
+
+    @classmethod
     def quick(cls, seed: int = 0) -> TrainConfig:
         """Minutes-long settings for tests: the same code path on tiny sizes, no claim on quality."""
         return cls(seed=seed, frames=5, size=32, text_steps=5, text_batch=8, vae_clips=4, vae_image_steps=2,
@@ -142,7 +153,7 @@ class AttributeHead(torch.nn.Module):
     def loss(self, hidden: torch.Tensor, mask: torch.Tensor, targets: dict[str, np.ndarray]) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        return sum(F.cross_entropy(head(pooled), torch.from_numpy(targets[k]), ignore_index=-100)
+        return sum(F.cross_entropy(head(pooled), torch.from_numpy(targets[k]).to(hidden.device), ignore_index=-100)
                    for k, head in self.heads.items())
 
 
@@ -151,12 +162,14 @@ class AttributeHead(torch.nn.Module):
 class PromptBatcher:
     """Writes prompts for attributes and tokenises them exactly as the serving pipeline does."""
 
-    def __init__(self, tokenizer_json: Path, rng: np.random.Generator, word_dropout: float) -> None:
+    def __init__(self, tokenizer_json: Path, rng: np.random.Generator, word_dropout: float,
+                 device: torch.device | str = "cpu") -> None:
         from wanrt.engine.text import PromptTokenizer
 
         self.tokenizer = PromptTokenizer(tokenizer_json, TRAIN_TEXT_LENGTH)
         self.rng = rng
         self.word_dropout = word_dropout
+        self.device = torch.device(device)
 
     def __call__(self, attrs: list[SceneAttributes | None]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = ["" if a is None else make_prompt(a, self.rng, split="train") for a in attrs]
@@ -165,7 +178,7 @@ class PromptBatcher:
             # Unknown words in new phrasings become <unk>: seeing some in training keeps them harmless.
             drop = (self.rng.uniform(size=ids.shape) < self.word_dropout) & (ids > UNK_ID)
             ids = np.where(drop, UNK_ID, ids)
-        return torch.from_numpy(ids), torch.from_numpy(mask)
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
 
 def wan_context(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -201,7 +214,7 @@ class CompactCrossAttention:
         query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
         key = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
         value = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        bias = torch.zeros(1, key.shape[2], dtype=query.dtype)
+        bias = torch.zeros(1, key.shape[2], dtype=query.dtype, device=query.device)
         bias[0, -1] = self.log_rows
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
@@ -239,10 +252,16 @@ def to_video_tensor(clips: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def render_set(attrs: list[SceneAttributes], cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    seeds = rng.integers(0, 2**31, len(attrs))
-    return np.stack([render_clip(a, frames=cfg.frames, height=cfg.size, width=cfg.size, seed=int(s))
-                     for a, s in zip(attrs, seeds, strict=True)])
+def _render_one(job: tuple[SceneAttributes, int, int, int]) -> np.ndarray:
+    attrs, frames, size, seed = job
+    return render_clip(attrs, frames=frames, height=size, width=size, seed=seed)
+
+
+def render_set(attrs: list[SceneAttributes], cfg: TrainConfig, rng: np.random.Generator,
+               pool: multiprocessing.pool.Pool | None = None) -> np.ndarray:
+    """Renders one clip per attribute set; the seeds are drawn first, so a ``pool`` never changes a pixel."""
+    jobs = [(a, cfg.frames, cfg.size, int(s)) for a, s in zip(attrs, rng.integers(0, 2**31, len(attrs)), strict=True)]
+    return np.stack(pool.map(_render_one, jobs, chunksize=4) if pool else [_render_one(job) for job in jobs])
 
 
 # --- training stages -------------------------------------------------------------------------------------
@@ -375,6 +394,7 @@ def train_vae_decoder(vae: torch.nn.Module, pca: BlockPCA, clips: np.ndarray, cf
     decoding (most of the work) is learned cheaply; whole clips then train the temporal upsampling.
     """
     start_decoder_per_frame(vae)
+    device = next(vae.parameters()).device
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     n, t, h, w, _ = clips.shape
     crop = min(cfg.vae_crop, h, w) // 8 * 8
@@ -394,8 +414,8 @@ def train_vae_decoder(vae: torch.nn.Module, pca: BlockPCA, clips: np.ndarray, cf
                 frames = [int(rng.integers(t))] if phase == "frames" else list(range(t))
                 pieces.append(clips[i, frames, y0:y0 + crop, x0:x0 + crop])
             video = np.stack(pieces)
-            recon = decode_unclamped(vae, pca.encode(video))
-            target = to_video_tensor(video)
+            recon = decode_unclamped(vae, pca.encode(video).to(device))
+            target = to_video_tensor(video).to(device)
             loss = F.l1_loss(recon, target) + F.mse_loss(recon, target)
             opt.zero_grad()
             loss.backward()
@@ -427,27 +447,32 @@ def flow_matching_loss(expert: torch.nn.Module, context: torch.Tensor, x0: torch
     return F.mse_loss(pred, noise - x0)
 
 
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, in one fused call (a loop launches a kernel per tensor)."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+
+
 class ExpertTrainer:
     """One expert (or the shared trunk before the split): optimiser, schedule, EMA and its sigma range."""
 
     def __init__(self, name: str, model: torch.nn.Module, u_range: tuple[float, float], cfg: TrainConfig,
                  total_steps: int, ema: bool) -> None:
         self.name, self.model, self.u_range, self.cfg, self.total = name, model, u_range, cfg, total_steps
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01,
+                                     fused=next(model.parameters()).is_cuda)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if ema else None
         self.step = 0
         self.running: float | None = None
 
     def sigmas(self, n: int, gen: torch.Generator) -> torch.Tensor:
         lo, hi = self.u_range
-        return shifted_sigmas(lo + (hi - lo) * torch.rand(n, generator=gen), self.cfg.flow_shift)
+        return shifted_sigmas(lo + (hi - lo) * torch.rand(n, generator=gen, device=gen.device), self.cfg.flow_shift)
 
     def update_ema(self) -> None:
         if self.ema is None:
             return
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                e.lerp_(p, 1 - self.cfg.ema)
+        ema_update(self.ema, self.model, self.cfg.ema)
 
     def record(self, loss: float) -> None:
         self.running = loss if self.running is None else 0.98 * self.running + 0.02 * loss
@@ -469,7 +494,8 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
     ub = boundary_u(cfg.flow_shift)
     text_opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(head.parameters()), lr=cfg.text_lr,
                                  weight_decay=0.01)
-    trunk = ExpertTrainer("trunk", build_expert(cfg), (0.0, 1.0), cfg, cfg.joint_steps, ema=False)
+    trunk = ExpertTrainer("trunk", build_expert(cfg).to(latents.device), (0.0, 1.0), cfg, cfg.joint_steps,
+                          ema=False)
     use_compact_cross_attention(trunk.model, TRAIN_TEXT_LENGTH)  # the experts are copies: they inherit it
     schedule = [trunk] * cfg.joint_steps
     experts: list[ExpertTrainer] = []
@@ -496,8 +522,8 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
         ids, mask = batcher(batch_attrs)
         hidden = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         context = compact_context(hidden, mask)
-        x0 = latents[torch.from_numpy(idx)]
-        noise = torch.randn(x0.shape, generator=gen)
+        x0 = latents[torch.from_numpy(idx).to(latents.device)]
+        noise = torch.randn(x0.shape, generator=gen, device=gen.device)
         loss = flow_matching_loss(job.model, context, x0, job.sigmas(len(idx), gen), noise)
         aux = head.loss(hidden, mask, attribute_targets(batch_attrs))
         job.opt.zero_grad()
@@ -509,9 +535,7 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
         job.update_ema()
         job.record(loss.item())
         if experts:
-            with torch.no_grad():
-                for e, p in zip(text_ema.parameters(), text_encoder.parameters(), strict=True):
-                    e.lerp_(p, 1 - cfg.ema)
+            ema_update(text_ema, text_encoder, cfg.ema)
         if i % 50 == 0 or i == total - 1:
             elapsed = time.monotonic() - started
             losses = " ".join(f"{j.name} {j.running:.4f}" for j in ([trunk] if not experts else experts)
@@ -537,15 +561,20 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
 
 # --- the whole run ---------------------------------------------------------------------------------------
 
-def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object]:
-    """Runs every stage and writes a diffusers WanPipeline folder to ``out_dir``; returns the run summary."""
+def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu",
+          workers: int = 1) -> dict[str, object]:
+    """Runs every stage and writes a diffusers WanPipeline folder to ``out_dir``; returns the run summary.
+
+    ``device`` runs the models there (see the module's note on reproducibility); ``workers`` processes render
+    the clips and change no pixel.
+    """
     from diffusers import WanPipeline
     from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     timings: dict[str, float] = {}
     clock = time.monotonic()
@@ -560,14 +589,16 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object
     tok_dir = out_dir / "tokenizer"
     build_tokenizer(tok_dir)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    batcher = PromptBatcher(tok_dir / "tokenizer.json", rng, cfg.word_dropout)
-    text_encoder = build_text_encoder(len(tokenizer), cfg)
-    head = AttributeHead(cfg.text_dim)
+    batcher = PromptBatcher(tok_dir / "tokenizer.json", rng, cfg.word_dropout, device)
+    text_encoder = build_text_encoder(len(tokenizer), cfg).to(device)
+    head = AttributeHead(cfg.text_dim).to(device)
     text_loss = train_text_encoder(text_encoder, head, batcher, cfg, rng, log)
     lap("text_encoder")
 
-    vae = build_vae(cfg)
-    vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng)
+    vae = build_vae(cfg).to(device)
+    # Workers are spawned, not forked: the parent may hold CUDA and torch's thread pools.
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng, pool)
     pca = BlockPCA.fit(vae_clips)
     log(f"latent basis explains {float(pca.arrays['first_explained']):.4f} (frame 0) and "
         f"{float(pca.arrays['rest_explained']):.4f} (later frames) of the pixel variance")
@@ -578,9 +609,12 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object
     attrs = balanced_attributes(cfg.clips, rng)
     chunks = []
     for start in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
-        chunks.append(pca.encode(render_set(attrs[start:start + 100], cfg, rng)))
-        log(f"latents {min(start + 100, cfg.clips)}/{cfg.clips}")
-    raw = torch.cat(chunks)
+        chunks.append(pca.encode(render_set(attrs[start:start + 100], cfg, rng, pool)))
+        if start % 1000 == 0:
+            log(f"latents {min(start + 100, cfg.clips)}/{cfg.clips}")
+    if pool is not None:
+        pool.close()
+    raw = torch.cat(chunks).to(device)
     mean = raw.mean(dim=(0, 2, 3, 4))
     std = raw.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
@@ -589,8 +623,11 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object
     lap("latents")
 
     def save(folder: Path, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module) -> None:
-        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, scheduler=build_scheduler(cfg),
-                           transformer=high, transformer_2=low, boundary_ratio=BOUNDARY_RATIO)
+        def cpu(model: torch.nn.Module) -> torch.nn.Module:
+            return copy.deepcopy(model).to("cpu")
+
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=cpu(text), vae=cpu(vae), scheduler=build_scheduler(cfg),
+                           transformer=cpu(high), transformer_2=cpu(low), boundary_ratio=BOUNDARY_RATIO)
         pipe.save_pretrained(folder)
         pca.save(folder / "vae" / "reef_latent_basis.npz")  # the encoder the latents were made with
 
@@ -604,7 +641,8 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print) -> dict[str, object
     save(out_dir, high, low, text_encoder)
     summary = {"config": dataclasses.asdict(cfg), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
                "losses": {"text_attributes": text_loss, "vae": vae_loss_value, **flow_losses},
-               "torch": torch.__version__, "threads": torch.get_num_threads()}
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+               "device_name": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu"}
     (out_dir / "reef_training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out_dir} in {summary['total_seconds']:.0f}s")
     return summary
@@ -614,13 +652,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wanrt.reef.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="diffusers WanPipeline folder to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (tests)")
+    parser.add_argument("--preset", choices=["cpu", "gpu", "quick"], default="cpu",
+                        help="cpu: the defaults, about an hour on 2 cores; gpu: the shipped model's settings "
+                             "(use with --device cuda); quick: tiny sizes and a few steps (tests)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
+    parser.add_argument("--device", default="cpu", help="torch device for the models, e.g. cuda")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering clips (no effect on results)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field, e.g. --set joint_steps=200")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
+    cfg = {"cpu": TrainConfig, "gpu": TrainConfig.gpu, "quick": TrainConfig.quick}[args.preset](seed=args.seed)
     overrides = {}
     for item in args.set:
         name, _, value = item.partition("=")
@@ -631,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    train(args.out, cfg, log)
+    train(args.out, cfg, log, args.device, args.workers)
     return 0
 
 

@@ -101,7 +101,7 @@ def test_the_attribute_head_learns_from_prompts(tmp_path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reef") / "model"
-    assert T.main(["--out", str(out), "--quick", "--seed", "3", "--threads", "1"]) == 0
+    assert T.main(["--out", str(out), "--preset", "quick", "--seed", "3", "--threads", "1", "--workers", "2"]) == 0
     return out
 
 
@@ -137,3 +137,14 @@ def test_block_pca_latents_have_wan_shape_and_unit_scale():
     assert z.shape == (4, 16, 3, 4, 6)  # 1 + (9 - 1) / 4 latent frames, 8x smaller
     assert float(pca.arrays["first_explained"]) > 0.95 and float(pca.arrays["rest_explained"]) > 0.9
     assert 0.5 < float(z.std()) < 1.5
+
+
+def test_render_set_with_a_pool_gives_the_same_pixels():
+    import multiprocessing
+
+    cfg = T.TrainConfig.quick()
+    attrs = T.balanced_attributes(6, np.random.default_rng(1))
+    serial = T.render_set(attrs, cfg, np.random.default_rng(7))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pooled = T.render_set(attrs, cfg, np.random.default_rng(7), pool=pool)
+    assert serial.shape == (6, 5, 32, 32, 3) and np.array_equal(pooled, serial)
