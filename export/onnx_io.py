@@ -14,6 +14,8 @@ import torch
 from wanrt.errors import ExportVerificationError
 
 OPSET = 18
+# The one piece of exporter metadata an artifact keeps: each node's module path (quantization places by it).
+SCOPE_METADATA_KEY = "pkg.torch.onnx.name_scopes"
 # protobuf refuses single messages over 2 GiB; ONNX's own rule is to move weights out beyond that.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 
@@ -53,15 +55,17 @@ def export_graph(
 
 
 def _strip_trace_metadata(model: Any) -> None:
-    """Drops what the exporter records per node: the Python stack trace, module path and FX node.
+    """Keeps only each node's module scope (``pkg.torch.onnx.name_scopes``, which quant/placement.py reads).
 
-    They hold paths of the machine that exported (so the same export differs byte for byte between
-    machines), and they are a fifth of a small model's file. The graph and its weights are untouched.
+    The exporter also records the Python stack trace, class hierarchy and FX node: they hold paths of the
+    machine that exported (so the same export differed byte for byte between machines), and they were a fifth
+    of a small model's file. The graph and its weights are untouched.
     """
     import onnx_ir as ir
 
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        node.metadata_props.clear()
+        for key in [k for k in node.metadata_props if k != SCOPE_METADATA_KEY]:
+            del node.metadata_props[key]
 
 
 def _weight_bytes(module: torch.nn.Module) -> int:
