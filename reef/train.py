@@ -598,22 +598,24 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
     vae = build_vae(cfg).to(device)
     # Workers are spawned, not forked: the parent may hold CUDA and torch's thread pools.
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng, pool)
-    pca = BlockPCA.fit(vae_clips)
-    log(f"latent basis explains {float(pca.arrays['first_explained']):.4f} (frame 0) and "
-        f"{float(pca.arrays['rest_explained']):.4f} (later frames) of the pixel variance")
-    vae_loss_value = train_vae_decoder(vae, pca, vae_clips, cfg, rng, log)
-    del vae_clips
-    lap("vae")
+    try:
+        vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng, pool)
+        pca = BlockPCA.fit(vae_clips)
+        log(f"latent basis explains {float(pca.arrays['first_explained']):.4f} (frame 0) and "
+            f"{float(pca.arrays['rest_explained']):.4f} (later frames) of the pixel variance")
+        vae_loss_value = train_vae_decoder(vae, pca, vae_clips, cfg, rng, log)
+        del vae_clips
+        lap("vae")
 
-    attrs = balanced_attributes(cfg.clips, rng)
-    chunks = []
-    for start in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
-        chunks.append(pca.encode(render_set(attrs[start:start + 100], cfg, rng, pool)))
-        if start % 1000 == 0:
-            log(f"latents {min(start + 100, cfg.clips)}/{cfg.clips}")
-    if pool is not None:
-        pool.close()
+        attrs = balanced_attributes(cfg.clips, rng)
+        chunks = []
+        for start in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
+            chunks.append(pca.encode(render_set(attrs[start:start + 100], cfg, rng, pool)))
+            if start % 1000 == 0:
+                log(f"latents {min(start + 100, cfg.clips)}/{cfg.clips}")
+    finally:  # the workers go even when a stage fails
+        if pool is not None:
+            pool.terminate()
     raw = torch.cat(chunks).to(device)
     mean = raw.mean(dim=(0, 2, 3, 4))
     std = raw.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
