@@ -15,6 +15,8 @@ data, noise and prompts, but GPU kernels (attention's backward among them) do no
    experts out of one: `transformer` on sigma >= boundary (0.875), `transformer_2` below, each with an EMA,
    flow matching (x_t = (1 - s) x0 + s noise, target noise - x0), 10% empty prompts for CFG.
 The result is a diffusers WanPipeline folder (save_pretrained) that `wanrt export` turns into an artifact.
+`--init-from DIR` trains the experts of such a folder on (stage 5 alone, on fresh clips), so device time lent in
+short leases adds up; reef_training.json then lists the runs the weights went through.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 import multiprocessing
 import multiprocessing.pool
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +84,9 @@ class TrainConfig:
     layers: int = 4
     joint_steps: int = 5000
     expert_steps: int = 3000  # per expert, interleaved
+    # The high-noise expert's own count when set (0: expert_steps). It lays out where the subject is and how it
+    # travels, the part that fails most (reef/README.md), while the low-noise one only sharpens.
+    high_expert_steps: int = 0
     batch: int = 16
     lr: float = 6e-4
     text_lr: float = 3e-4
@@ -90,11 +96,11 @@ class TrainConfig:
 
     @classmethod
     def gpu(cls, seed: int = 0) -> TrainConfig:
-        """The shipped model's settings (with ``--device cuda``): wider, deeper experts (6 heads, 6 layers) and 8x
-        the clips per step. On one H100: about 3 min of text, VAE and latents, then 75 ms a flow step. The
-        shipped artifact is this run's snapshot at flow step 3300 (reef/README.md); it runs on a CPU."""
-        return cls(seed=seed, clips=6400, heads=6, ffn_dim=512, layers=6, joint_steps=2000, expert_steps=1200,
-                   batch=128, lr=8e-4, checkpoint_every=1100)
+        """The shipped model's settings (with ``--device cuda``): wider, deeper experts (6 heads, 6 layers), 32x
+        the clips per step, and twice the high-noise expert's steps. On one H200 (--workers 15): about 2 min of
+        text, VAE and latents, then 96 ms a flow step, 7.5 min in all. The artifact runs on a CPU."""
+        return cls(seed=seed, clips=6400, heads=6, ffn_dim=512, layers=6, joint_steps=1200, expert_steps=750,
+                   high_expert_steps=1500, batch=512, lr=1.2e-3, checkpoint_every=600)
 
     @classmethod
     def quick(cls, seed: int = 0) -> TrainConfig:
@@ -482,39 +488,59 @@ class ExpertTrainer:
 Checkpoint = Callable[[int, torch.nn.Module, torch.nn.Module, torch.nn.Module], None]
 
 
+def expert_order(high: int, low: int) -> list[int]:
+    """Which expert (0: high-noise, 1: low-noise) trains at each step after the split: spread evenly, the
+    high-noise one first, so equal counts alternate 0, 1, 0, 1, ..."""
+    total = high + low
+    return [0 if -(-(k + 1) * high // total) > -(-k * high // total) else 1 for k in range(total)]
+
+
 def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: PromptBatcher,
                   latents: torch.Tensor, attrs: list[SceneAttributes], cfg: TrainConfig,
                   rng: np.random.Generator, gen: torch.Generator, log: Log,
-                  checkpoint: Checkpoint | None = None) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, float]]:
-    """Shared trunk on all noise levels, then high- and low-noise experts interleaved step by step.
+                  checkpoint: Checkpoint | None = None,
+                  start: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+                  ) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, float]]:
+    """Shared trunk on all noise levels, then high- and low-noise experts interleaved (``expert_order``).
 
+    With ``start`` (trained high- and low-noise experts) there is no trunk: both train on from those weights,
+    and the text encoder stays as it is (their condition must not move under them, and the attribute head
+    that kept it informative is gone).
     ``checkpoint(step, high, low, text_encoder)`` is called every ``cfg.checkpoint_every`` steps (the trunk
     stands for both experts before the split), so a long run can be evaluated while it goes on.
     """
     ub = boundary_u(cfg.flow_shift)
+    train_text = start is None
+    joint_steps = cfg.joint_steps if start is None else 0
     text_opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(head.parameters()), lr=cfg.text_lr,
-                                 weight_decay=0.01)
-    trunk = ExpertTrainer("trunk", build_expert(cfg).to(latents.device), (0.0, 1.0), cfg, cfg.joint_steps,
-                          ema=False)
-    use_compact_cross_attention(trunk.model, TRAIN_TEXT_LENGTH)  # the experts are copies: they inherit it
-    schedule = [trunk] * cfg.joint_steps
+                                 weight_decay=0.01) if train_text else None
+    if start is None:
+        trunk = ExpertTrainer("trunk", build_expert(cfg).to(latents.device), (0.0, 1.0), cfg, joint_steps,
+                              ema=False)
+        use_compact_cross_attention(trunk.model, TRAIN_TEXT_LENGTH)  # the experts are copies: they inherit it
+        start = (trunk.model, trunk.model)
+    else:
+        trunk = None
+        for expert in start:
+            use_compact_cross_attention(expert, TRAIN_TEXT_LENGTH)
+    high_steps = cfg.high_expert_steps or cfg.expert_steps
+    order = expert_order(high_steps, cfg.expert_steps)
     experts: list[ExpertTrainer] = []
-    total = cfg.joint_steps + 2 * cfg.expert_steps
+    text_ema = text_encoder
+    total = joint_steps + len(order)
     started = time.monotonic()
-    text_encoder.train()
+    text_encoder.train(train_text).requires_grad_(train_text)
     for i in range(total):
-        if i == cfg.joint_steps:  # the split: both experts start from the trunk
-            experts = [ExpertTrainer("transformer", copy.deepcopy(trunk.model), (ub, 1.0), cfg, cfg.expert_steps,
-                                     ema=True),
-                       ExpertTrainer("transformer_2", copy.deepcopy(trunk.model), (0.0, ub), cfg, cfg.expert_steps,
+        if i == joint_steps:  # the split: both experts start from the trunk (or from ``start``)
+            experts = [ExpertTrainer("transformer", copy.deepcopy(start[0]), (ub, 1.0), cfg, high_steps, ema=True),
+                       ExpertTrainer("transformer_2", copy.deepcopy(start[1]), (0.0, ub), cfg, cfg.expert_steps,
                                      ema=True)]
-            text_ema = copy.deepcopy(text_encoder).eval().requires_grad_(False)
-        job = schedule[i] if i < cfg.joint_steps else experts[(i - cfg.joint_steps) % 2]
+            if train_text:
+                text_ema = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+        job = trunk if i < joint_steps else experts[order[i - joint_steps]]
         lr_scale = _cosine(job.step, job.total, 50 if job is trunk else 20)
         for group in job.opt.param_groups:
             group["lr"] = cfg.lr * lr_scale
-        for group in text_opt.param_groups:
-            group["lr"] = cfg.text_lr * _cosine(i, total, 50)
 
         idx = rng.integers(0, len(latents), cfg.batch)
         batch_attrs: list[SceneAttributes | None] = [
@@ -525,22 +551,29 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
         x0 = latents[torch.from_numpy(idx).to(latents.device)]
         noise = torch.randn(x0.shape, generator=gen, device=gen.device)
         loss = flow_matching_loss(job.model, context, x0, job.sigmas(len(idx), gen), noise)
-        aux = head.loss(hidden, mask, attribute_targets(batch_attrs))
         job.opt.zero_grad()
-        text_opt.zero_grad()
-        (loss + cfg.aux_weight * aux).backward()
+        objective = loss
+        if text_opt is not None:
+            for group in text_opt.param_groups:
+                group["lr"] = cfg.text_lr * _cosine(i, total, 50)
+            aux = head.loss(hidden, mask, attribute_targets(batch_attrs))
+            text_opt.zero_grad()
+            objective = loss + cfg.aux_weight * aux
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
         job.opt.step()
-        text_opt.step()
+        if text_opt is not None:
+            text_opt.step()
         job.update_ema()
         job.record(loss.item())
-        if experts:
+        if experts and train_text:
             ema_update(text_ema, text_encoder, cfg.ema)
         if i % 50 == 0 or i == total - 1:
             elapsed = time.monotonic() - started
             losses = " ".join(f"{j.name} {j.running:.4f}" for j in ([trunk] if not experts else experts)
                               if j.running is not None)
-            log(f"flow {i}/{total} {losses} aux {aux.item():.3f} ({elapsed:.0f}s, eta "
+            aux_note = f" aux {aux.item():.3f}" if text_opt is not None else ""
+            log(f"flow {i}/{total} {losses}{aux_note} ({elapsed:.0f}s, eta "
                 f"{elapsed / (i + 1) * (total - i - 1):.0f}s)")
         if checkpoint is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < total:
             if experts:
@@ -549,24 +582,56 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
                 checkpoint(i + 1, trunk.model, trunk.model, text_encoder)
     text_encoder.eval()
     if experts:
-        text_encoder.load_state_dict(text_ema.state_dict())
+        if train_text:
+            text_encoder.load_state_dict(text_ema.state_dict())
         high, low = experts[0].ema, experts[1].ema
     else:  # no expert steps (tests): both experts are the trunk
-        high, low = trunk.model, copy.deepcopy(trunk.model)
+        high, low = start[0], copy.deepcopy(start[1])
     for expert in (high, low):
         use_diffusers_attention(expert)
-    final = {j.name: float(j.running) for j in ([trunk, *experts]) if j.running is not None}
+    final = {j.name: float(j.running) for j in ([trunk, *experts]) if j is not None and j.running is not None}
     return high.eval(), low.eval(), final
 
 
 # --- the whole run ---------------------------------------------------------------------------------------
 
+def load_trained(folder: Path, device: str) -> tuple[torch.nn.Module, torch.nn.Module, BlockPCA,
+                                                     tuple[torch.nn.Module, torch.nn.Module]]:
+    """Text encoder, VAE, latent basis and both experts of a folder this script wrote, to train on from."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    basis = folder / "vae" / "reef_latent_basis.npz"
+    if not basis.is_file():
+        raise FileNotFoundError(f"{basis} is missing: --init-from takes a folder written by this script")
+    text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder").to(device)
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae").to(device)
+    experts = tuple(WanTransformer3DModel.from_pretrained(folder / name).to(device)
+                    for name in ("transformer", "transformer_2"))
+    with np.load(basis) as arrays:
+        pca = BlockPCA(dict(arrays))
+    return text_encoder, vae, pca, experts
+
+
+def lineage(init_from: Path | None) -> list[dict[str, object]]:
+    """The runs a model's weights went through, oldest first: each run's summary without its own lineage."""
+    if init_from is None:
+        return []
+    record = Path(init_from) / "reef_training.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} is missing: a model trained on must say how it was made")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    earlier = summary.pop("init_from", [])
+    return [*earlier, {"path": str(init_from), **summary}]
+
+
 def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu",
-          workers: int = 1) -> dict[str, object]:
+          workers: int = 1, init_from: Path | None = None) -> dict[str, object]:
     """Runs every stage and writes a diffusers WanPipeline folder to ``out_dir``; returns the run summary.
 
     ``device`` runs the models there (see the module's note on reproducibility); ``workers`` processes render
-    the clips and change no pixel.
+    the clips and change no pixel. ``init_from`` (a folder this function wrote) trains its experts on: its
+    tokenizer, text encoder, VAE and latent normalisation are kept, and fresh clips are drawn from ``cfg.seed``.
     """
     from diffusers import WanPipeline
     from transformers import AutoTokenizer
@@ -574,6 +639,8 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    if str(device).startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores: these small models are otherwise slow
     gen = torch.Generator(device).manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     timings: dict[str, float] = {}
@@ -587,41 +654,55 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
         log(f"== {name} done in {timings[name]:.0f}s")
 
     tok_dir = out_dir / "tokenizer"
-    build_tokenizer(tok_dir)
+    start = None
+    if init_from is None:
+        build_tokenizer(tok_dir)
+    else:
+        shutil.copytree(Path(init_from) / "tokenizer", tok_dir, dirs_exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     batcher = PromptBatcher(tok_dir / "tokenizer.json", rng, cfg.word_dropout, device)
-    text_encoder = build_text_encoder(len(tokenizer), cfg).to(device)
     head = AttributeHead(cfg.text_dim).to(device)
-    text_loss = train_text_encoder(text_encoder, head, batcher, cfg, rng, log)
-    lap("text_encoder")
+    losses: dict[str, float] = {}
+    if init_from is None:
+        text_encoder = build_text_encoder(len(tokenizer), cfg).to(device)
+        losses["text_attributes"] = train_text_encoder(text_encoder, head, batcher, cfg, rng, log)
+        lap("text_encoder")
+        vae = build_vae(cfg).to(device)
+    else:
+        text_encoder, vae, pca, start = load_trained(Path(init_from), device)
+        lap("loaded")
 
-    vae = build_vae(cfg).to(device)
     # Workers are spawned, not forked: the parent may hold CUDA and torch's thread pools.
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
-        vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng, pool)
-        pca = BlockPCA.fit(vae_clips)
-        log(f"latent basis explains {float(pca.arrays['first_explained']):.4f} (frame 0) and "
-            f"{float(pca.arrays['rest_explained']):.4f} (later frames) of the pixel variance")
-        vae_loss_value = train_vae_decoder(vae, pca, vae_clips, cfg, rng, log)
-        del vae_clips
-        lap("vae")
+        if init_from is None:
+            vae_clips = render_set(balanced_attributes(cfg.vae_clips, rng), cfg, rng, pool)
+            pca = BlockPCA.fit(vae_clips)
+            log(f"latent basis explains {float(pca.arrays['first_explained']):.4f} (frame 0) and "
+                f"{float(pca.arrays['rest_explained']):.4f} (later frames) of the pixel variance")
+            losses["vae"] = train_vae_decoder(vae, pca, vae_clips, cfg, rng, log)
+            del vae_clips
+            lap("vae")
 
         attrs = balanced_attributes(cfg.clips, rng)
         chunks = []
-        for start in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
-            chunks.append(pca.encode(render_set(attrs[start:start + 100], cfg, rng, pool)))
-            if start % 1000 == 0:
-                log(f"latents {min(start + 100, cfg.clips)}/{cfg.clips}")
+        for first in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
+            chunks.append(pca.encode(render_set(attrs[first:first + 100], cfg, rng, pool)))
+            if first % 1000 == 0:
+                log(f"latents {min(first + 100, cfg.clips)}/{cfg.clips}")
     finally:  # the workers go even when a stage fails
         if pool is not None:
             pool.terminate()
     raw = torch.cat(chunks).to(device)
-    mean = raw.mean(dim=(0, 2, 3, 4))
-    std = raw.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
+    if init_from is None:
+        mean = raw.mean(dim=(0, 2, 3, 4))
+        std = raw.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
+        vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean],
+                               latents_std=[round(float(v), 6) for v in std])
+    else:  # the experts were trained in this normalisation: keep it
+        mean = torch.tensor(vae.config.latents_mean, device=device)
+        std = torch.tensor(vae.config.latents_std, device=device)
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
-    vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean],
-                           latents_std=[round(float(v), 6) for v in std])
     lap("latents")
 
     def save(folder: Path, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module) -> None:
@@ -638,11 +719,11 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
         log(f"checkpoint at flow step {step}")
 
     high, low, flow_losses = train_experts(text_encoder, head, batcher, latents, attrs, cfg, rng, gen, log,
-                                           checkpoint)
+                                           checkpoint, start)
     lap("experts")
     save(out_dir, high, low, text_encoder)
     summary = {"config": dataclasses.asdict(cfg), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
-               "losses": {"text_attributes": text_loss, "vae": vae_loss_value, **flow_losses},
+               "losses": {**losses, **flow_losses}, "init_from": lineage(init_from),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                "device_name": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu"}
     (out_dir / "reef_training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -660,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--device", default="cpu", help="torch device for the models, e.g. cuda")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering clips (no effect on results)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                        help="a folder this script wrote: train its experts on (fresh clips from --seed), keeping "
+                             "its tokenizer, text encoder and VAE; the architecture is the folder's")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field, e.g. --set joint_steps=200")
     args = parser.parse_args(argv)
@@ -675,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    train(args.out, cfg, log, args.device, args.workers)
+    train(args.out, cfg, log, args.device, args.workers, args.init_from)
     return 0
 
 

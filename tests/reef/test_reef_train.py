@@ -126,6 +126,36 @@ def test_quick_run_generates_with_the_torch_backend(quick_run):
     assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
 
 
+def test_training_on_from_a_run_keeps_its_latent_space_and_says_where_it_came_from(quick_run, tmp_path):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    out = tmp_path / "more"
+    assert T.main(["--out", str(out), "--preset", "quick", "--seed", "4", "--threads", "1", "--init-from",
+                   str(quick_run), "--set", "expert_steps=2", "--set", "high_expert_steps=3"]) == 0
+    before, after = (AutoencoderKLWan.from_pretrained(d / "vae").config for d in (quick_run, out))
+    # The experts were trained in the first run's normalisation and basis: both must survive unchanged.
+    assert after.latents_mean == before.latents_mean and after.latents_std == before.latents_std
+    for kept in ("vae/reef_latent_basis.npz", "tokenizer/tokenizer.json"):
+        assert (out / kept).read_bytes() == (quick_run / kept).read_bytes(), kept
+    old, new = (WanTransformer3DModel.from_pretrained(d / "transformer").state_dict() for d in (quick_run, out))
+    assert any(not torch.equal(old[k], new[k]) for k in old), "the high-noise expert did not train on"
+    summary = json.loads((out / "reef_training.json").read_text(encoding="utf-8"))
+    assert [r["path"] for r in summary["init_from"]] == [str(quick_run)]
+    assert summary["init_from"][0]["config"]["seed"] == 3 and "text_encoder" not in summary["seconds"]
+
+
+def test_init_from_refuses_a_folder_without_the_latent_basis(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reef_latent_basis.npz"):
+        T.load_trained(tmp_path, "cpu")
+
+
+def test_expert_order_spreads_the_high_noise_expert_evenly():
+    assert T.expert_order(3, 3) == [0, 1, 0, 1, 0, 1]  # equal counts alternate, high-noise first
+    order = T.expert_order(1500, 750)
+    assert order.count(0) == 1500 and order.count(1) == 750
+    assert all(order[i:i + 3].count(0) == 2 for i in range(0, len(order), 3))
+
+
 def test_block_pca_latents_have_wan_shape_and_unit_scale():
     from wanrt.reef.renderer import SceneAttributes, render_clip
 
