@@ -449,15 +449,19 @@ _SUBJECT_RENDERERS = {"bubbles": _bubbles, "jellyfish": _jellyfish, "fish": _fis
 
 
 def render_clip(attrs: SceneAttributes, *, frames: int = 17, height: int = 96, width: int = 96,
-                seed: int = 0) -> np.ndarray:
-    """Renders one clip as (frames, height, width, 3) uint8; the same attributes and seed give the same clip."""
+                seed: int = 0, subject: bool = True) -> np.ndarray:
+    """Renders one clip as (frames, height, width, 3) uint8; the same attributes and seed give the same clip.
+
+    ``subject=False`` gives the same clip without its subject (same water, light, current and grain): the
+    difference of the two is what the subject adds, pixel for pixel.
+    """
     rng = np.random.default_rng(seed)
     scene = _Scene(attrs.palette, height, width, rng)
     # The current carries the water's haze the way the subject goes; a bubble plume drags water up with it
     # (more slowly than the bubbles). Still water stays still.
     speed = SPEED_PER_FRAME[attrs.speed] * (0.5 if attrs.subject == "bubbles" else 1.0)
     scene.drift = tuple(v * speed for v in DIRECTIONS[attrs.motion])
-    images = _SUBJECT_RENDERERS[attrs.subject](scene, attrs, frames, rng)
-    video = np.stack(images)
+    images = _SUBJECT_RENDERERS[attrs.subject](scene, attrs, frames, rng)  # drawn either way: same random stream
+    video = np.stack(images if subject else [scene.background(t) for t in range(frames)])
     video = video + rng.normal(0, 0.008, video.shape).astype(np.float32)  # sensor grain, so nothing is flat
     return np.round(np.clip(video, 0, 1) * 255).astype(np.uint8)

@@ -364,6 +364,24 @@ class BlockPCA:
             z.append((rest - a["rest_mean"]) @ a["rest_basis"] / a["rest_scale"])
         return torch.from_numpy(np.ascontiguousarray(np.concatenate(z, axis=1).transpose(0, 4, 1, 2, 3)))
 
+    def project(self, clips: np.ndarray) -> np.ndarray:
+        """(N, T, H, W, 3) uint8 -> the clips as the latent space keeps them, in [-1, 1] units (unclipped):
+        every block projected onto its components. The Wan decoder is trained towards this."""
+        a = self.arrays
+        n, t, h, w, _ = clips.shape
+        first, rest = self._blocks(clips.astype(np.float32) / 127.5 - 1)
+
+        def keep(blocks: np.ndarray, name: str) -> np.ndarray:
+            basis, mean = a[f"{name}_basis"], a[f"{name}_mean"]
+            return (blocks - mean) @ basis @ basis.T + mean
+
+        frames = [keep(first, "first").reshape(n, 1, h // 8, w // 8, 8, 8, 3)]
+        if rest is not None:
+            kept = keep(rest, "rest").reshape(n, (t - 1) // 4, h // 8, w // 8, 4, 8, 8, 3)
+            frames.append(kept.transpose(0, 1, 4, 2, 3, 5, 6, 7).reshape(n, t - 1, h // 8, w // 8, 8, 8, 3))
+        video = np.concatenate(frames, axis=1)  # (N, T, h, w, 8, 8, 3): blocks back into frames
+        return video.transpose(0, 1, 2, 4, 3, 5, 6).reshape(n, t, h, w, 3)
+
     def save(self, path: Path) -> None:
         np.savez(path, **self.arrays)
 
