@@ -45,21 +45,13 @@ def subject_report(pca: BlockPCA, clips: int = 12, seed: int = 0) -> dict[str, f
     return report
 
 
-def load_basis(model: Path) -> BlockPCA:
-    path = Path(model) / "vae" / "reef_latent_basis.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: --model takes a folder written by python -m wanrt.reef.train")
-    with np.load(path) as arrays:
-        return BlockPCA(dict(arrays))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wanrt.reef.latent_check", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a folder written by python -m wanrt.reef.train")
     parser.add_argument("--clips", type=int, default=12, help="clips per subject")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    report = subject_report(load_basis(args.model), args.clips, args.seed)
+    report = subject_report(BlockPCA.load(args.model), args.clips, args.seed)
     print(f"subject detail kept by the latent basis ({args.clips} clips each, motions {', '.join(MOTIONS)}):")
     for subject, share in report.items():
         print(f"  {subject:10s} {share:6.1%}")

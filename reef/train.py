@@ -385,6 +385,15 @@ class BlockPCA:
     def save(self, path: Path) -> None:
         np.savez(path, **self.arrays)
 
+    @classmethod
+    def load(cls, model_dir: Path) -> BlockPCA:
+        """The basis saved beside the VAE of a folder this script wrote."""
+        path = Path(model_dir) / "vae" / "reef_latent_basis.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: not a folder written by python -m wanrt.reef.train")
+        with np.load(path) as arrays:
+            return cls(dict(arrays))
+
 
 @torch.no_grad()
 def start_decoder_per_frame(vae: torch.nn.Module) -> None:
@@ -619,15 +628,11 @@ def load_trained(folder: Path, device: str) -> tuple[torch.nn.Module, torch.nn.M
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
-    basis = folder / "vae" / "reef_latent_basis.npz"
-    if not basis.is_file():
-        raise FileNotFoundError(f"{basis} is missing: --init-from takes a folder written by this script")
+    pca = BlockPCA.load(folder)
     text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder").to(device)
     vae = AutoencoderKLWan.from_pretrained(folder / "vae").to(device)
     experts = tuple(WanTransformer3DModel.from_pretrained(folder / name).to(device)
                     for name in ("transformer", "transformer_2"))
-    with np.load(basis) as arrays:
-        pca = BlockPCA(dict(arrays))
     return text_encoder, vae, pca, experts
 
 
@@ -654,6 +659,7 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
     from diffusers import WanPipeline
     from transformers import AutoTokenizer
 
+    history = lineage(init_from)  # before any work: a folder that cannot say how it was made is refused
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -723,7 +729,9 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     lap("latents")
 
-    def save(folder: Path, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module) -> None:
+    def save(folder: Path, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module,
+             **record: object) -> dict[str, object]:
+        """Writes the pipeline, the latent basis and reef_training.json (how the weights were made)."""
         def cpu(model: torch.nn.Module) -> torch.nn.Module:
             return copy.deepcopy(model).to("cpu")
 
@@ -731,20 +739,22 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
                            transformer=cpu(high), transformer_2=cpu(low), boundary_ratio=BOUNDARY_RATIO)
         pipe.save_pretrained(folder)
         pca.save(folder / "vae" / "reef_latent_basis.npz")  # the encoder the latents were made with
+        summary = {"config": dataclasses.asdict(cfg), "seconds": dict(timings),
+                   "total_seconds": round(sum(timings.values()), 1), **record, "init_from": history,
+                   "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+                   "device_name": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu"}
+        (folder / "reef_training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        return summary
 
     def checkpoint(step: int, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module) -> None:
-        save(out_dir / "checkpoints" / f"step_{step}", high, low, text)
+        # A snapshot says how it was made too: a lease that ends mid-run leaves it to train on from.
+        save(out_dir / "checkpoints" / f"step_{step}", high, low, text, flow_step=step, losses=losses)
         log(f"checkpoint at flow step {step}")
 
     high, low, flow_losses = train_experts(text_encoder, head, batcher, latents, attrs, cfg, rng, gen, log,
                                            checkpoint, start)
     lap("experts")
-    save(out_dir, high, low, text_encoder)
-    summary = {"config": dataclasses.asdict(cfg), "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
-               "losses": {**losses, **flow_losses}, "init_from": lineage(init_from),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-               "device_name": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu"}
-    (out_dir / "reef_training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary = save(out_dir, high, low, text_encoder, losses={**losses, **flow_losses})
     log(f"wrote {out_dir} in {summary['total_seconds']:.0f}s")
     return summary
 

@@ -47,4 +47,4 @@ def test_large_subjects_keep_more_of_their_detail_than_specks():
 
 def test_the_check_refuses_a_folder_without_a_basis(tmp_path):
     with pytest.raises(FileNotFoundError, match="reef_latent_basis.npz"):
-        L.load_basis(tmp_path)
+        L.main(["--model", str(tmp_path)])

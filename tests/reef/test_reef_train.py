@@ -149,6 +149,22 @@ def test_init_from_refuses_a_folder_without_the_latent_basis(tmp_path):
         T.load_trained(tmp_path, "cpu")
 
 
+def test_init_from_refuses_a_folder_that_cannot_say_how_it_was_made_before_any_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reef_training.json"):
+        T.train(tmp_path / "out", T.TrainConfig.quick(), init_from=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_snapshot_records_its_step_and_can_be_trained_on(tmp_path):
+    first, more = tmp_path / "first", tmp_path / "more"
+    assert T.main(["--out", str(first), "--preset", "quick", "--threads", "1", "--set", "checkpoint_every=3"]) == 0
+    snapshot = first / "checkpoints" / "step_3"
+    assert json.loads((snapshot / "reef_training.json").read_text(encoding="utf-8"))["flow_step"] == 3
+    assert T.main(["--out", str(more), "--preset", "quick", "--threads", "1", "--init-from", str(snapshot)]) == 0
+    lineage = json.loads((more / "reef_training.json").read_text(encoding="utf-8"))["init_from"]
+    assert [(r["path"], r["flow_step"]) for r in lineage] == [(str(snapshot), 3)]
+
+
 def test_expert_order_spreads_the_high_noise_expert_evenly():
     assert T.expert_order(3, 3) == [0, 1, 0, 1, 0, 1]  # equal counts alternate, high-noise first
     order = T.expert_order(1500, 750)
