@@ -93,6 +93,11 @@ class TrainConfig:
     ema: float = 0.998
     drop_prompt: float = 0.1
     checkpoint_every: int = 2500  # flow steps (trunk and experts) between snapshots in OUT/checkpoints; 0: none
+    # Extra flow-matching loss weight on the latent cells a clip's subject occupies (0: plain MSE). A school of
+    # fish or a few bubbles fill a few cells of 720, so plain MSE is won by drawing the water well and the
+    # subject not at all (reef/README.md): cell weights are 1 + subject_weight * (subject's share of the cell's
+    # latent energy, relative to the clip's most occupied cell), from each clip rendered with and without it.
+    subject_weight: float = 0.0
 
     @classmethod
     def gpu(cls, seed: int = 0) -> TrainConfig:
@@ -258,16 +263,31 @@ def to_video_tensor(clips: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def _render_one(job: tuple[SceneAttributes, int, int, int]) -> np.ndarray:
-    attrs, frames, size, seed = job
-    return render_clip(attrs, frames=frames, height=size, width=size, seed=seed)
+def _render_one(job: tuple[SceneAttributes, int, int, int, bool]) -> np.ndarray:
+    attrs, frames, size, seed, with_water = job
+    clip = render_clip(attrs, frames=frames, height=size, width=size, seed=seed)
+    if not with_water:
+        return clip
+    return np.stack([clip, render_clip(attrs, frames=frames, height=size, width=size, seed=seed, subject=False)])
 
 
 def render_set(attrs: list[SceneAttributes], cfg: TrainConfig, rng: np.random.Generator,
-               pool: multiprocessing.pool.Pool | None = None) -> np.ndarray:
-    """Renders one clip per attribute set; the seeds are drawn first, so a ``pool`` never changes a pixel."""
-    jobs = [(a, cfg.frames, cfg.size, int(s)) for a, s in zip(attrs, rng.integers(0, 2**31, len(attrs)), strict=True)]
+               pool: multiprocessing.pool.Pool | None = None, with_water: bool = False) -> np.ndarray:
+    """Renders one clip per attribute set; the seeds are drawn first, so a ``pool`` never changes a pixel.
+
+    ``with_water`` gives (N, 2, T, H, W, 3): each clip and the same clip without its subject (same seeds, and
+    the same draws from ``rng``, as without it)."""
+    jobs = [(a, cfg.frames, cfg.size, int(s), with_water)
+            for a, s in zip(attrs, rng.integers(0, 2**31, len(attrs)), strict=True)]
     return np.stack(pool.map(_render_one, jobs, chunksize=4) if pool else [_render_one(job) for job in jobs])
+
+
+def subject_cell_weights(latents: torch.Tensor, water: torch.Tensor, strength: float) -> torch.Tensor:
+    """(N, 1, T, H, W) loss weights from normalised latents of clips and of the same clips without their subject:
+    1 where the subject is absent, up to 1 + ``strength`` in the cell it fills most."""
+    energy = (latents - water).square().sum(dim=1, keepdim=True)
+    peak = energy.amax(dim=(2, 3, 4), keepdim=True).clamp(min=1e-6)
+    return 1 + strength * energy / peak
 
 
 # --- training stages -------------------------------------------------------------------------------------
@@ -472,12 +492,16 @@ def boundary_u(shift: float, boundary: float = BOUNDARY_RATIO) -> float:
 
 
 def flow_matching_loss(expert: torch.nn.Module, context: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
-                       noise: torch.Tensor) -> torch.Tensor:
-    """MSE between the expert's velocity and noise - x0 at x_t = (1 - sigma) x0 + sigma noise, t = 1000 sigma."""
+                       noise: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between the expert's velocity and noise - x0 at x_t = (1 - sigma) x0 + sigma noise, t = 1000 sigma;
+    with ``weight`` (broadcast to x0), the weighted mean of the squared error."""
     s = sigma.view(-1, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
     pred = expert(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=context, return_dict=False)[0]
-    return F.mse_loss(pred, noise - x0)
+    if weight is None:
+        return F.mse_loss(pred, noise - x0)
+    weight = weight.expand_as(x0)
+    return (weight * (pred - (noise - x0)).square()).sum() / weight.sum()
 
 
 @torch.no_grad()
@@ -527,12 +551,14 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
                   rng: np.random.Generator, gen: torch.Generator, log: Log,
                   checkpoint: Checkpoint | None = None,
                   start: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+                  weights: torch.Tensor | None = None,
                   ) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, float]]:
     """Shared trunk on all noise levels, then high- and low-noise experts interleaved (``expert_order``).
 
     With ``start`` (trained high- and low-noise experts) there is no trunk: both train on from those weights,
     and the text encoder stays as it is (their condition must not move under them, and the attribute head
     that kept it informative is gone).
+    ``weights`` ((N, 1, T, H, W), one map per latent clip) weights the loss cell by cell (``subject_weight``).
     ``checkpoint(step, high, low, text_encoder)`` is called every ``cfg.checkpoint_every`` steps (the trunk
     stands for both experts before the split), so a long run can be evaluated while it goes on.
     """
@@ -575,9 +601,11 @@ def train_experts(text_encoder: torch.nn.Module, head: AttributeHead, batcher: P
         ids, mask = batcher(batch_attrs)
         hidden = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         context = compact_context(hidden, mask)
-        x0 = latents[torch.from_numpy(idx).to(latents.device)]
+        rows = torch.from_numpy(idx).to(latents.device)
+        x0 = latents[rows]
         noise = torch.randn(x0.shape, generator=gen, device=gen.device)
-        loss = flow_matching_loss(job.model, context, x0, job.sigmas(len(idx), gen), noise)
+        loss = flow_matching_loss(job.model, context, x0, job.sigmas(len(idx), gen), noise,
+                                  None if weights is None else weights[rows])
         job.opt.zero_grad()
         objective = loss
         if text_opt is not None:
@@ -709,9 +737,13 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
             lap("vae")
 
         attrs = balanced_attributes(cfg.clips, rng)
-        chunks = []
+        chunks, water_chunks = [], []
         for first in range(0, cfg.clips, 100):  # render and encode in chunks: pixels never all sit in memory
-            chunks.append(pca.encode(render_set(attrs[first:first + 100], cfg, rng, pool)))
+            rendered = render_set(attrs[first:first + 100], cfg, rng, pool, with_water=cfg.subject_weight > 0)
+            if cfg.subject_weight > 0:
+                water_chunks.append(pca.encode(rendered[:, 1]))
+                rendered = rendered[:, 0]
+            chunks.append(pca.encode(rendered))
             if first % 1000 == 0:
                 log(f"latents {min(first + 100, cfg.clips)}/{cfg.clips}")
     finally:  # the workers go even when a stage fails
@@ -727,6 +759,13 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
         mean = torch.tensor(vae.config.latents_mean, device=device)
         std = torch.tensor(vae.config.latents_std, device=device)
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    weights = None
+    if water_chunks:
+        water = (torch.cat(water_chunks).to(device) - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+        weights = subject_cell_weights(latents, water, cfg.subject_weight)
+        del water
+        log(f"subject cell weights: mean {float(weights.mean()):.3f}, cells above 2: "
+            f"{float((weights > 2).float().mean()):.2%}")
     lap("latents")
 
     def save(folder: Path, high: torch.nn.Module, low: torch.nn.Module, text: torch.nn.Module,
@@ -752,7 +791,7 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
         log(f"checkpoint at flow step {step}")
 
     high, low, flow_losses = train_experts(text_encoder, head, batcher, latents, attrs, cfg, rng, gen, log,
-                                           checkpoint, start)
+                                           checkpoint, start, weights)
     lap("experts")
     summary = save(out_dir, high, low, text_encoder, losses={**losses, **flow_losses})
     log(f"wrote {out_dir} in {summary['total_seconds']:.0f}s")

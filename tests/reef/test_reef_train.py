@@ -131,7 +131,8 @@ def test_training_on_from_a_run_keeps_its_latent_space_and_says_where_it_came_fr
 
     out = tmp_path / "more"
     assert T.main(["--out", str(out), "--preset", "quick", "--seed", "4", "--threads", "1", "--init-from",
-                   str(quick_run), "--set", "expert_steps=2", "--set", "high_expert_steps=3"]) == 0
+                   str(quick_run), "--set", "expert_steps=2", "--set", "high_expert_steps=3",
+                   "--set", "subject_weight=4"]) == 0
     before, after = (AutoencoderKLWan.from_pretrained(d / "vae").config for d in (quick_run, out))
     # The experts were trained in the first run's normalisation and basis: both must survive unchanged.
     assert after.latents_mean == before.latents_mean and after.latents_std == before.latents_std
@@ -142,6 +143,7 @@ def test_training_on_from_a_run_keeps_its_latent_space_and_says_where_it_came_fr
     summary = json.loads((out / "reef_training.json").read_text(encoding="utf-8"))
     assert [r["path"] for r in summary["init_from"]] == [str(quick_run)]
     assert summary["init_from"][0]["config"]["seed"] == 3 and "text_encoder" not in summary["seconds"]
+    assert summary["config"]["subject_weight"] == 4.0 and np.isfinite(summary["losses"]["transformer"])
 
 
 def test_init_from_refuses_a_folder_without_the_latent_basis(tmp_path):
@@ -194,3 +196,49 @@ def test_render_set_with_a_pool_gives_the_same_pixels():
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pooled = T.render_set(attrs, cfg, np.random.default_rng(7), pool=pool)
     assert serial.shape == (6, 5, 32, 32, 3) and np.array_equal(pooled, serial)
+
+
+def test_render_set_with_water_gives_the_same_clips_and_draws():
+    cfg = T.TrainConfig.quick()
+    attrs = T.balanced_attributes(3, np.random.default_rng(1))
+    rng_plain, rng_pairs = np.random.default_rng(7), np.random.default_rng(7)
+    plain = T.render_set(attrs, cfg, rng_plain)
+    pairs = T.render_set(attrs, cfg, rng_pairs, with_water=True)
+    assert pairs.shape == (3, 2, *plain.shape[1:]) and np.array_equal(pairs[:, 0], plain)
+    assert not np.array_equal(pairs[:, 1], plain)  # the subject is gone from the second clip
+    assert rng_plain.integers(2**31) == rng_pairs.integers(2**31)  # a weighted run sees the same data
+
+
+def test_subject_cell_weights_mark_where_the_subject_is():
+    from wanrt.reef.renderer import SceneAttributes, render_clip
+
+    attrs = SceneAttributes("turtle", "right", "slow", "turquoise")
+    clip, water = (render_clip(attrs, frames=9, height=96, width=96, seed=5, subject=s)[None] for s in (True, False))
+    pca = T.BlockPCA.fit(np.concatenate([clip, water]))
+    weights = T.subject_cell_weights(pca.encode(clip), pca.encode(water), strength=8.0)
+    assert weights.shape == (1, 1, 3, 12, 12)
+    assert float(weights.max()) == pytest.approx(9.0) and float(weights.min()) == pytest.approx(1.0, abs=1e-3)
+    # The turtle swims through the middle of the frame: its cells outweigh the border's.
+    centre, border = weights[..., 3:9, 3:9].mean(), torch.cat([weights[..., :2, :].flatten(),
+                                                               weights[..., -2:, :].flatten()]).mean()
+    assert float(centre) > 2 * float(border)
+
+
+def test_the_weighted_flow_loss_is_mse_under_flat_weights_and_follows_the_weights():
+    torch.manual_seed(0)
+    cfg = T.TrainConfig.quick()
+    expert = T.build_expert(cfg)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 16, 2, 4, 4, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma, context = torch.full((2,), 0.5), torch.randn(2, T.WAN_TEXT_LENGTH, cfg.text_dim, generator=gen)
+    plain = T.flow_matching_loss(expert, context, x0, sigma, noise)
+    flat = T.flow_matching_loss(expert, context, x0, sigma, noise, torch.full((2, 1, 2, 4, 4), 3.0))
+    assert float(flat) == pytest.approx(float(plain), rel=1e-5)
+    # All the weight on one cell: the loss is that cell's squared error alone.
+    pred = expert(hidden_states=(x0 + noise) / 2, timestep=sigma * 1000, encoder_hidden_states=context,
+                  return_dict=False)[0]
+    one = torch.zeros(2, 1, 2, 4, 4)
+    one[1, 0, 1, 2, 3] = 1.0
+    cell = (pred - (noise - x0))[1, :, 1, 2, 3].square().mean()
+    assert float(T.flow_matching_loss(expert, context, x0, sigma, noise, one)) == pytest.approx(float(cell), rel=1e-4)
