@@ -18,15 +18,19 @@ def test_sigma_ranges_meet_at_the_expert_boundary():
     assert float(T.shifted_sigmas(torch.tensor(1.0), 3.0)) == 1.0
 
 
-def test_a_training_step_lowers_the_flow_matching_loss():
+def _expert_and_batch(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tiny expert and a batch of ``n`` (context, x0, sigma 0.5, noise), all seeded."""
     torch.manual_seed(0)
     cfg = T.TrainConfig.quick()
-    expert = T.build_expert(cfg)
     gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn(4, 16, 2, 4, 4, generator=gen)
+    x0 = torch.randn(n, 16, 2, 4, 4, generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
-    sigma = torch.full((4,), 0.5)
-    context = torch.randn(4, T.WAN_TEXT_LENGTH, cfg.text_dim, generator=gen)
+    context = torch.randn(n, T.WAN_TEXT_LENGTH, cfg.text_dim, generator=gen)
+    return T.build_expert(cfg), context, x0, torch.full((n,), 0.5), noise
+
+
+def test_a_training_step_lowers_the_flow_matching_loss():
+    expert, context, x0, sigma, noise = _expert_and_batch(4)
     opt = torch.optim.AdamW(expert.parameters(), lr=1e-3)
     losses = []
     for _ in range(5):
@@ -225,16 +229,10 @@ def test_subject_cell_weights_mark_where_the_subject_is():
 
 
 def test_the_weighted_flow_loss_is_mse_under_flat_weights_and_follows_the_weights():
-    torch.manual_seed(0)
-    cfg = T.TrainConfig.quick()
-    expert = T.build_expert(cfg)
-    gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn(2, 16, 2, 4, 4, generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    sigma, context = torch.full((2,), 0.5), torch.randn(2, T.WAN_TEXT_LENGTH, cfg.text_dim, generator=gen)
+    expert, context, x0, sigma, noise = _expert_and_batch(2)
     plain = T.flow_matching_loss(expert, context, x0, sigma, noise)
     flat = T.flow_matching_loss(expert, context, x0, sigma, noise, torch.full((2, 1, 2, 4, 4), 3.0))
-    assert float(flat) == pytest.approx(float(plain), rel=1e-5)
+    assert flat.item() == pytest.approx(plain.item(), rel=1e-5)
     # All the weight on one cell: the loss is that cell's squared error alone.
     pred = expert(hidden_states=(x0 + noise) / 2, timestep=sigma * 1000, encoder_hidden_states=context,
                   return_dict=False)[0]
