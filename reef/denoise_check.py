@@ -42,6 +42,10 @@ class TrueStartSampler:
         self.std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
         self.sigmas = shifted_sigmas(torch.linspace(1, 0, STEPS + 1), float(self.pipe.scheduler.config.flow_shift))
 
+    def grid_index(self, start: float) -> int:
+        """The step of the 8-step grid whose sigma is nearest ``start``."""
+        return int(torch.argmin((self.sigmas[:-1] - start).abs()))
+
     def _velocity(self, x: torch.Tensor, sigma: float, context: torch.Tensor) -> torch.Tensor:
         expert = self.pipe.transformer if sigma >= BOUNDARY_RATIO else self.pipe.transformer_2
         both = expert(hidden_states=torch.cat([x, x]), timestep=torch.tensor([sigma * 1000] * 2),
@@ -56,7 +60,7 @@ class TrueStartSampler:
         truth = render_clip(case.attrs, frames=frames, height=size, width=size, seed=case.seed)
         x0 = (self.pca.encode(truth[None]) - self.mean) / self.std
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(case.seed))
-        first = int(torch.argmin((self.sigmas[:-1] - start).abs()))
+        first = self.grid_index(start)
         sigma = self.sigmas[first]
         x = (1 - sigma) * x0 + sigma * noise
         for k in range(first, STEPS):
@@ -74,7 +78,7 @@ def motion_by_start(sampler: TrueStartSampler, cases: list[EvalCase], starts: li
         for start in starts:
             found[start].append(bool(score_clip(probes, sampler.clip(case, start), case.attrs)["motion"]["correct"]))
     subjects = sorted({c.attrs.subject for c in cases})
-    return {f"{float(sampler.sigmas[int(torch.argmin((sampler.sigmas[:-1] - s).abs()))]):.2f}": {
+    return {f"{float(sampler.sigmas[sampler.grid_index(s)]):.2f}": {
         "motion": float(np.mean(found[s])),
         "by_subject": {subj: [sum(ok for ok, c in zip(found[s], cases, strict=True) if c.attrs.subject == subj),
                               sum(c.attrs.subject == subj for c in cases)] for subj in subjects}}
