@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wanrt.engine.pipeline import to_uint8_frames
 from wanrt.evaluate.eval import EvalCase, heldout_cases, score_clip
 from wanrt.evaluate.probes import Probes
 from wanrt.reef.renderer import render_clip
@@ -66,8 +67,7 @@ class TrueStartSampler:
         for k in range(first, STEPS):
             x = x + (self.sigmas[k + 1] - self.sigmas[k]) * self._velocity(x, float(self.sigmas[k]),
                                                                           torch.cat([cond, uncond]))
-        video = self.pipe.vae.decode(x * self.std + self.mean, return_dict=False)[0][0]
-        return ((video.permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        return to_uint8_frames(self.pipe.vae.decode(x * self.std + self.mean, return_dict=False)[0].numpy())
 
 
 def motion_by_start(sampler: TrueStartSampler, cases: list[EvalCase], starts: list[float],

@@ -85,7 +85,7 @@ class TrainConfig:
     joint_steps: int = 5000
     expert_steps: int = 3000  # per expert, interleaved
     # The high-noise expert's own count when set (0: expert_steps). It lays out where the subject is and how it
-    # travels, the part that fails most (reef/README.md), while the low-noise one only sharpens.
+    # travels; the low-noise expert must keep that layout, and small subjects are lost there (reef/README.md).
     high_expert_steps: int = 0
     batch: int = 16
     lr: float = 6e-4
