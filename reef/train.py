@@ -101,9 +101,10 @@ class TrainConfig:
 
     @classmethod
     def gpu(cls, seed: int = 0) -> TrainConfig:
-        """The shipped model's settings (with ``--device cuda``): wider, deeper experts (6 heads, 6 layers), 32x
+        """The shipped model's first run (with ``--device cuda``): wider, deeper experts (6 heads, 6 layers), 32x
         the clips per step, and twice the high-noise expert's steps. On one H200 (--workers 15): about 2 min of
-        text, VAE and latents, then 96 ms a flow step, 7.5 min in all. The artifact runs on a CPU."""
+        text, VAE and latents, then 96 ms a flow step, 7.5 min in all. The artifact runs on a CPU. The shipped
+        experts were trained on from here with ``subject_weight`` and ``--init-from`` (reef/README.md)."""
         return cls(seed=seed, clips=6400, heads=6, ffn_dim=512, layers=6, joint_steps=1200, expert_steps=750,
                    high_expert_steps=1500, batch=512, lr=1.2e-3, checkpoint_every=600)
 
