@@ -9,6 +9,7 @@ import numpy as np
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.engine.request import GenerationRequest
+from wanrt.trust.cli import add_trust_argument
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(torch); default: the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_trust_argument(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
 
@@ -65,9 +67,12 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.engine.loader import load_pipeline
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
+    from wanrt.trust.cli import check_trusted
 
     request = request_from_args(args)
-    pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
+    model = _model_or_default(args)
+    check_trusted(model, args.trust)
+    pipeline = load_pipeline(model, args.backend, device=args.device)
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
+from wanrt.trust.cli import add_trust_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                         help="artifact folder (onnxruntime) or diffusers Wan folder (torch); default $WANRT_MODEL, "
                              "else the packaged demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    add_trust_argument(parser)
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")
@@ -57,6 +59,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from wanrt.engine.loader import load_pipeline
     from wanrt.server.app import WanrtServer
+    from wanrt.trust.cli import check_trusted
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    check_trusted(config.model, args.trust)
     pipelines = [load_pipeline(config.model, config.backend, device=device) for device in config.devices]
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0

@@ -32,3 +32,7 @@ class BackendUnavailableError(WanrtError):
 
 class CancelledError(WanrtError):
     """Generation stopped at a step boundary because the caller asked it to."""
+
+
+class SignatureError(ArtifactError):
+    """A folder or report is unsigned, signed by an untrusted key, or changed since it was signed."""
