@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
 from wanrt.engine.spec import ModelSpec
-from wanrt.server.audit import AuditLog
+from wanrt.server.audit import open_audit_log
 from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
@@ -82,7 +82,7 @@ class WanrtServer:
         self.limits = effective_limits(first.limits, config)
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
-        self.audit = AuditLog(Path(config.audit_log))
+        self.audit = open_audit_log(config)
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()

@@ -46,6 +46,9 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--audit-log", type=Path, required=True, help="JSON-lines audit log, appended")
     parser.add_argument("--audit-prompts", action="store_true",
                         help="keep prompt text in the audit log (default: SHA-256 only)")
+    parser.add_argument("--audit-signing-key", type=Path, help="key (`wanrt keygen`) that signs audit checkpoints")
+    parser.add_argument("--audit-checkpoint-every", type=int, default=0, metavar="N",
+                        help="with --audit-signing-key: a signed checkpoint after every N records")
     parser.add_argument("--queue-size", type=int, default=8, help="jobs waiting beyond the running ones")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long jobs may take to finish before they are cancelled")
@@ -68,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         devices=tuple(args.devices or ("cpu",)), listen=args.listen, metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
+        audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
         max_request_bytes=args.max_request_bytes,
@@ -81,11 +85,14 @@ def _serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    reopen: list = []  # set once the server exists: SIGHUP reopens the audit log (log rotation)
+    signal.signal(signal.SIGHUP, lambda *_: [threading.Thread(target=f).start() for f in reopen])
     check_trusted(config.model, args.trust)
     pipelines = [load_pipeline(config.model, config.backend, device=device) for device in config.devices]
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)
+    reopen.append(server.audit.reopen)  # on a thread: never inside a signal handler holding no lock
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,

@@ -98,6 +98,8 @@ class ServerConfig:
     insecure: bool = False  # plaintext; only on loopback addresses
     audit_log: Path | None = None
     audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
+    audit_checkpoint_every: int = 0  # with audit_signing_key: a signed checkpoint every N records
+    audit_signing_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
     # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold.
@@ -181,6 +183,17 @@ class ServerConfig:
                 pass
         except OSError as err:
             raise ConfigError("audit_log", f"cannot append to {path}: {err.strerror}") from None
+        _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
+        if (self.audit_signing_key is None) != (self.audit_checkpoint_every == 0):
+            raise ConfigError("audit_signing_key", "and --audit-checkpoint-every N (N > 0) go together")
+        if self.audit_signing_key is not None:
+            from wanrt.errors import SignatureError
+            from wanrt.trust.keys import load_signer
+
+            try:
+                load_signer(_readable_file("audit_signing_key", self.audit_signing_key))
+            except SignatureError as err:
+                raise ConfigError("audit_signing_key", str(err)) from None
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

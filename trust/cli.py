@@ -43,6 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_trust_argument(verify)
     verify.set_defaults(handler=_verify)
 
+    audit = subparsers.add_parser("audit", help="check the audit log's hash chain")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    chain = audit_commands.add_parser("verify", help="follow the hash chain through audit files (oldest first); "
+                                                     "exit 1 naming the first broken link")
+    chain.add_argument("files", type=Path, nargs="+", help="audit.jsonl files, oldest first (rotated ones too)")
+    add_trust_argument(chain)
+    chain.add_argument("--expect-head", metavar="SEQ:SHA256",
+                       help="a head the server logged (\"audit checkpoint\" / \"audit log closed\"): the chain "
+                            "must contain it, so records removed from the end are detected")
+    chain.set_defaults(handler=_audit_verify)
+
 
 def _keygen(args: argparse.Namespace) -> int:
     from wanrt.trust.keys import generate_keypair
@@ -73,4 +84,22 @@ def _verify(args: argparse.Namespace) -> int:
     predicate = statement["predicate"]
     print(f"{args.folder}: signed {predicate['kind']} folder, {len(statement['subject'])} files verified "
           f"(signed {predicate.get('signed_utc')})")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from wanrt.errors import InvalidRequestError
+    from wanrt.server.audit_chain import ChainHead, verify_chain
+    from wanrt.trust.keys import trusted_keys
+
+    expect = None
+    if args.expect_head:
+        seq, _, digest = args.expect_head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise InvalidRequestError("expect_head", f"must be SEQ:SHA256, got {args.expect_head!r}")
+        expect = ChainHead(int(seq), digest)
+    keys = trusted_keys(args.trust)
+    report = verify_chain(args.files, keys, expect_head=expect)
+    print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
+          f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
     return 0

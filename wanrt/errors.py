@@ -36,3 +36,7 @@ class CancelledError(WanrtError):
 
 class SignatureError(ArtifactError):
     """A folder or report is unsigned, signed by an untrusted key, or changed since it was signed."""
+
+
+class AuditChainError(WanrtError):
+    """An audit log's hash chain is broken: a record was edited, deleted, reordered or truncated."""
