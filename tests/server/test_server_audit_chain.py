@@ -54,7 +54,7 @@ def test_records_carry_seq_and_the_previous_hash(audit):
     records = [json.loads(line) for line in _lines(audit)]
     assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
     assert records[0]["prev"] == GENESIS
-    for before, record, raw in zip(records, records[1:], _lines(audit), strict=False):
+    for record, raw in zip(records[1:], _lines(audit), strict=False):
         assert record["prev"] == hashlib.sha256(raw.rstrip(b"\n")).hexdigest()
     assert verify_chain([audit]).head.seq == 5
 
