@@ -32,6 +32,9 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                              "else the packaged demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     add_trust_argument(parser)
+    parser.add_argument("--require-selinux-type", metavar="TYPE", default=os.environ.get("WANRT_REQUIRE_SELINUX_TYPE"),
+                        help="refuse to start unless this process runs under this SELinux type, enforced "
+                             "(e.g. wanrt_container_t; default $WANRT_REQUIRE_SELINUX_TYPE)")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")
@@ -87,6 +90,10 @@ def _serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     reopen: list = []  # set once the server exists: SIGHUP reopens the audit log (log rotation)
     signal.signal(signal.SIGHUP, lambda *_: [threading.Thread(target=f).start() for f in reopen])
+    if args.require_selinux_type:
+        from wanrt.trust.confinement import require_selinux_type
+
+        require_selinux_type(args.require_selinux_type)
     check_trusted(config.model, args.trust)
     pipelines = [load_pipeline(config.model, config.backend, device=device) for device in config.devices]
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight

@@ -40,3 +40,7 @@ class SignatureError(ArtifactError):
 
 class AuditChainError(WanrtError):
     """An audit log's hash chain is broken: a record was edited, deleted, reordered or truncated."""
+
+
+class ConfinementError(WanrtError):
+    """The process does not run under the SELinux type it was told to require (or SELinux is off)."""
