@@ -25,6 +25,25 @@ def check_trusted(model: Path, trust: list[Path] | None) -> None:
         verify_folder(Path(model), keys, deep=False)
 
 
+def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--c2pa-cert", type=Path, default=None,
+                        help="C2PA signing certificate chain (PEM, leaf first; default $WANRT_C2PA_CERT): every "
+                             "video gets a signed manifest marking it AI-generated")
+    parser.add_argument("--c2pa-key", type=Path, default=None, help="its private key (PEM; default $WANRT_C2PA_KEY)")
+
+
+def provenance_key(args: argparse.Namespace) -> object | None:
+    """The configured C2PA key (checked now: a bad one fails before the model loads), or None."""
+    from wanrt.errors import InvalidRequestError
+    from wanrt.trust.provenance import key_from_options
+
+    key = key_from_options(args.c2pa_cert, args.c2pa_key)
+    if key is not None and args.out.suffix.lower() == ".npy":
+        raise InvalidRequestError("out", "raw .npy frames cannot carry a C2PA manifest: with provenance configured "
+                                         "write .mp4")
+    return key
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     keygen = subparsers.add_parser("keygen", help="make an ed25519 signing key (KEY, 0600) and KEY.pub")
     keygen.add_argument("key", type=Path, help="private key file to create")

@@ -44,3 +44,7 @@ class AuditChainError(WanrtError):
 
 class ConfinementError(WanrtError):
     """The process does not run under the SELinux type it was told to require (or SELinux is off)."""
+
+
+class ProvenanceError(WanrtError):
+    """C2PA material is missing, mismatched or refused, or a video's provenance could not be signed or read."""
