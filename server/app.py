@@ -91,6 +91,7 @@ class WanrtServer:
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
             self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
+            provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []

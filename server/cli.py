@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
-from wanrt.trust.cli import add_trust_argument
+from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +49,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--audit-log", type=Path, required=True, help="JSON-lines audit log, appended")
     parser.add_argument("--audit-prompts", action="store_true",
                         help="keep prompt text in the audit log (default: SHA-256 only)")
+    add_provenance_arguments(parser)
     parser.add_argument("--audit-signing-key", type=Path, help="key (`wanrt keygen`) that signs audit checkpoints")
     parser.add_argument("--audit-checkpoint-every", type=int, default=0, metavar="N",
                         help="with --audit-signing-key: a signed checkpoint after every N records")
@@ -75,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
         audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
+        c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
         max_request_bytes=args.max_request_bytes,
@@ -113,6 +115,10 @@ def _serve(args: argparse.Namespace) -> int:
     server.drain()
     print(json.dumps({"event": "stopped"}), flush=True)
     return 0
+
+
+def _env_path(name: str) -> Path | None:
+    return Path(os.environ[name]) if os.environ.get(name) else None
 
 
 def _packaged_model(backend: str) -> Path | None:
