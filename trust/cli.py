@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="a head the server logged (\"audit checkpoint\" / \"audit log closed\"): the chain "
                             "must contain it, so records removed from the end are detected")
     chain.set_defaults(handler=_audit_verify)
+    _register_qualify(subparsers)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -122,3 +123,74 @@ def _audit_verify(args: argparse.Namespace) -> int:
     print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
           f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
     return 0
+
+
+def _register_qualify(subparsers: argparse._SubParsersAction) -> None:
+    from wanrt.engine.loader import BACKENDS
+
+    parser = subparsers.add_parser(
+        "qualify", help="installation/operational/performance qualification, as a signed report",
+        description="IQ: component versions, the model checked against its signature, SELinux type, GPU and "
+                    "driver. OQ: reference prompts and seeds against the outputs recorded for this installation, "
+                    "the bad-request table, the audit chain. PQ: latency of N runs inside --max-latency-s. Writes "
+                    "qualification.json and qualification.md into --out, signed with --key; exit 1 on any failed "
+                    "check.")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", type=Path, help="artifact folder (onnxruntime, or --backend)")
+    model.add_argument("--engines", type=Path, help="TensorRT engines folder (backend tensorrt, device cuda)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None)
+    parser.add_argument("--device", default=None, help="default cpu (cuda with --engines)")
+    add_trust_argument(parser)
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="report folder to write")
+    out.add_argument("--record-reference", type=Path, metavar="DIR",
+                     help="at installation: record the reference outputs into DIR instead of qualifying")
+    parser.add_argument("--key", type=Path, help="signing key for the report (required with --out)")
+    parser.add_argument("--reference", type=Path, help="reference folder recorded by --record-reference")
+    parser.add_argument("--audit-log", type=Path, action="append", default=[],
+                        help="audit files to verify, oldest first (repeatable)")
+    parser.add_argument("--runs", type=int, default=3, help="PQ: timed runs (default %(default)s)")
+    parser.add_argument("--max-latency-s", type=float, default=None,
+                        help="PQ: declared envelope, seconds per run of the reference request (required with --out)")
+    parser.add_argument("--require-selinux-type", metavar="TYPE", default=None,
+                        help="IQ: the SELinux type this process must run as (default: recorded only)")
+    parser.set_defaults(handler=_qualify)
+
+
+def _qualify(args: argparse.Namespace) -> int:
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.errors import InvalidRequestError, SignatureError
+    from wanrt.trust import qualify
+    from wanrt.trust.folders import verify_folder
+    from wanrt.trust.keys import load_signer, trusted_keys
+
+    model = args.model or args.engines
+    backend = args.backend or ("tensorrt" if args.engines else "onnxruntime")
+    device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
+    keys = trusted_keys(args.trust)
+    if not keys:
+        raise SignatureError("qualify checks the model's signature: pass --trust KEY.pub or set WANRT_TRUST")
+
+    def loader(path: Path, backend_: str, device_: str) -> object:
+        return load_pipeline(path, backend_, device=device_)
+
+    if args.record_reference is not None:
+        verify_folder(model, keys, deep=True)
+        print(qualify.record_reference(loader(model, backend, device), args.record_reference, backend, device))
+        return 0
+    if args.key is None:
+        raise InvalidRequestError("key", "is required with --out: the report is signed")
+    if args.max_latency_s is None or not args.max_latency_s > 0:
+        raise InvalidRequestError("max_latency_s", "is required with --out: PQ needs a declared envelope (> 0)")
+    if args.runs < 1:
+        raise InvalidRequestError("runs", f"must be at least 1, got {args.runs}")
+    signer = load_signer(args.key)  # before the runs: a bad key fails at once
+    options = qualify.QualifyOptions(model, backend, device, keys, args.reference, args.audit_log, args.runs,
+                                     args.max_latency_s, args.require_selinux_type)
+    checks = qualify.qualify(options, loader)
+    qualify.write_report(args.out, checks, options, signer)
+    for check in checks:
+        print(f"{check.stage} {check.status.upper():4} {check.name}: {check.detail}")
+    failed = [c for c in checks if c.status == "fail"]
+    print(f"{args.out}: {'FAILED' if failed else 'PASSED'} ({len(checks)} checks, {len(failed)} failed), signed")
+    return 1 if failed else 0

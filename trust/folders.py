@@ -8,7 +8,8 @@ built from. The detached envelope sits next to the manifest as ``signature.dsse.
 
 Checking has two depths. ``deep=False`` (`generate`, `serve`) verifies the envelope and the manifests' own
 bytes; the loader then hashes every file before any network is loaded, naming the file that changed.
-``deep=True`` (`wanrt verify`, `wanrt sign`, `wanrt qualify`) hashes every file here.
+``deep=True`` (`wanrt verify`, `wanrt sign`, `wanrt qualify`) hashes every file here. `wanrt qualify`'s
+report folder is signed the same way (``qualification.json`` lists the files it comes with).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from securesystemslib.signer import Key, Signer
@@ -29,13 +30,15 @@ from wanrt.trust import envelope
 SIGNATURE_NAME = "signature.dsse.json"
 PREDICATE_TYPE = "https://wanrt.invalid/attestations/signed-folder/v1"
 ENGINES_MANIFEST = "engines.json"  # engine/tensorrt/engine_manifest.py's name, without importing its parser
+REPORT_MANIFEST = "qualification.json"  # `wanrt qualify`'s report, which lists the files it comes with
+_MANIFESTS = (MANIFEST_NAME, ENGINES_MANIFEST, REPORT_MANIFEST)
 
 
 @dataclasses.dataclass(frozen=True)
 class FolderContents:
     """What a folder's manifest says it holds."""
 
-    kind: str  # "artifact" or "engines"
+    kind: str  # "artifact", "engines" or "report"
     manifest: str  # the manifest's file name in the folder
     files: dict[str, str]  # every file the manifest lists (relative POSIX path -> sha256)
     source_dir: Path | None = None  # engines: the artifact folder they were built from
@@ -47,6 +50,12 @@ def folder_contents(folder: Path) -> FolderContents:
     folder = Path(folder)
     if (folder / ENGINES_MANIFEST).is_file():
         return engines_contents(folder, _read_json(folder / ENGINES_MANIFEST))
+    if (folder / REPORT_MANIFEST).is_file():
+        report = _read_json(folder / REPORT_MANIFEST)
+        files = report.get("files") if isinstance(report, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in (*files, *files.values())):
+            raise ArtifactError(f"{folder / REPORT_MANIFEST} has no files map")
+        return FolderContents("report", REPORT_MANIFEST, dict(files))
     if (folder / MANIFEST_NAME).is_file():
         manifest = _read_json(folder / MANIFEST_NAME)
         files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -98,7 +107,7 @@ def verify_folder(folder: Path, keys: Sequence[Key], *, deep: bool) -> dict[str,
     signed = envelope.subject_digests(statement, str(signature))
     predicate = statement["predicate"]
     manifest_name = predicate.get("manifest")
-    if manifest_name not in (MANIFEST_NAME, ENGINES_MANIFEST) or manifest_name not in signed:
+    if manifest_name not in _MANIFESTS or manifest_name not in signed:
         raise SignatureError(f"{signature} does not name the folder's manifest")
     manifest_path = folder / manifest_name
     if not manifest_path.is_file():
@@ -138,11 +147,15 @@ def _check_files(folder: Path, contents: FolderContents) -> None:
         return
     for rel, expected in contents.files.items():
         path = folder / rel
+        if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+            raise ArtifactError(f"{folder / contents.manifest} lists an invalid path {rel!r}")
         if not path.is_file():
-            raise ArtifactError(f"{path} is listed in {ENGINES_MANIFEST} but missing")
+            raise ArtifactError(f"{path} is listed in {contents.manifest} but missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise ArtifactError(f"{path} does not match {ENGINES_MANIFEST} (sha256 {actual}, expected {expected})")
+            raise ArtifactError(f"{path} does not match {contents.manifest} (sha256 {actual}, expected {expected})")
+    if contents.kind == "report":
+        return
     source_manifest = contents.source_dir / MANIFEST_NAME
     if not source_manifest.is_file() or sha256_file(source_manifest) != contents.source_manifest_sha256:
         raise ArtifactError(f"{source_manifest} is not the manifest of the artifact the engines were built from "
