@@ -57,10 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sign.add_argument("--key", type=Path, required=True, help="private key made by `wanrt keygen`")
     sign.set_defaults(handler=_sign)
 
-    verify = subparsers.add_parser("verify", help="check a folder's signature and every file's hash")
+    # `wanrt verify FOLDER --trust KEY.pub`. The TensorRT stage may own `wanrt verify --engines DIR` (its accuracy
+    # check on the GPU): then that command gains --trust, checked before it loads anything, and the folder check
+    # stays reachable as `wanrt verify-signature`.
+    existing = subparsers.choices.get("verify")
+    verify = subparsers.add_parser("verify-signature", aliases=[] if existing else ["verify"],
+                                   help="check a folder's signature and every file's hash")
     verify.add_argument("folder", type=Path)
     add_trust_argument(verify)
     verify.set_defaults(handler=_verify)
+    if existing is not None:
+        _guard_with_trust(existing)
 
     audit = subparsers.add_parser("audit", help="check the audit log's hash chain")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
@@ -73,6 +80,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "must contain it, so records removed from the end are detected")
     chain.set_defaults(handler=_audit_verify)
     _register_qualify(subparsers)
+
+
+def _guard_with_trust(parser: argparse.ArgumentParser) -> None:
+    """Adds --trust to another stage's command that takes ``--engines`` or ``--model``: the folder's signature is
+    checked before that command's own handler runs."""
+    add_trust_argument(parser)
+    handler = parser.get_default("handler")
+
+    def guarded(args: argparse.Namespace) -> int:
+        folder = getattr(args, "engines", None) or getattr(args, "model", None)
+        if folder is not None:
+            check_trusted(folder, args.trust)
+        return handler(args)
+
+    parser.set_defaults(handler=guarded)
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -4,11 +4,13 @@ that is unsigned, signed by another key, or changed in any one byte of any kind 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import flip_byte
 
 from wanrt.cli import main
+from wanrt.errors import SignatureError
 from wanrt.trust.folders import SIGNATURE_NAME
 
 # One file of each kind the artifact holds (the tiny export keeps every weight in external data).
@@ -157,3 +159,27 @@ def test_keygen_refuses_to_overwrite_and_keeps_the_key_private(tmp_path, capsys)
     assert main(["keygen", str(key)]) == 0
     assert key.stat().st_mode & 0o777 == 0o600
     assert main(["keygen", str(key)]) == 2
+
+
+def test_a_stage_owning_verify_gets_trust_checked_first(signed_engines, key_pair, tmp_path):
+    """The TensorRT stage's `wanrt verify --engines DIR` (accuracy on a GPU) refuses an unsigned folder before it
+    runs; the folder check is then `wanrt verify-signature`."""
+    import argparse
+
+    from wanrt.trust import cli as trust_cli
+
+    ran = []
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers(dest="command")
+    other = subparsers.add_parser("verify")
+    other.add_argument("--engines", type=Path, required=True)
+    other.set_defaults(handler=lambda args: ran.append(args.engines) or 0)
+    trust_cli.register(subparsers)
+    args = parser.parse_args(["verify", "--engines", str(signed_engines), "--trust", str(key_pair[1])])
+    assert args.handler(args) == 0 and ran == [signed_engines]
+    (signed_engines / SIGNATURE_NAME).unlink()
+    with pytest.raises(SignatureError):
+        args.handler(args)
+    assert ran == [signed_engines]  # not run again
+    args = parser.parse_args(["verify-signature", str(signed_engines.parent / "art"), "--trust", str(key_pair[1])])
+    assert args.handler(args) == 0
