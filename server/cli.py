@@ -90,7 +90,9 @@ def _serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    reopen: list = []  # set once the server exists: SIGHUP reopens the audit log (log rotation)
+    # SIGHUP (log rotation) reopens the audit log once the server exists, on its own thread: the handler runs on
+    # the main thread, which must not wait for the audit lock a worker may hold.
+    reopen: list = []
     signal.signal(signal.SIGHUP, lambda *_: [threading.Thread(target=f).start() for f in reopen])
     if args.require_selinux_type:
         from wanrt.trust.confinement import require_selinux_type
@@ -101,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)
-    reopen.append(server.audit.reopen)  # on a thread: never inside a signal handler holding no lock
+    reopen.append(server.audit.reopen)
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
