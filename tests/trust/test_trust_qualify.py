@@ -61,9 +61,9 @@ def test_a_qualified_installation_gets_a_signed_passing_report(installed, key_pa
     assert checks["bad requests refused"]["data"]["table"][0]["refused_field"] == "frames"
     assert checks["component versions"]["data"]["wanrt"]
     assert "PASSED" in (out / qualify.REPORT_MD).read_text()
-    assert main(["verify", str(out), "--trust", str(key_pair[1])]) == 0
+    assert main(["verify-signature", str(out), "--trust", str(key_pair[1])]) == 0
     flip_byte(out / qualify.REPORT_MD)  # the report cannot be edited after signing
-    assert main(["verify", str(out), "--trust", str(key_pair[1])]) == 2
+    assert main(["verify-signature", str(out), "--trust", str(key_pair[1])]) == 2
     assert "qualification.md" in capsys.readouterr().err
 
 

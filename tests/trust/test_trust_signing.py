@@ -24,7 +24,7 @@ ARTIFACT_FILES = {
 
 
 def _verify(folder, public, capsys):
-    code = main(["verify", str(folder), "--trust", str(public)])
+    code = main(["verify-signature", str(folder), "--trust", str(public)])
     return code, capsys.readouterr()
 
 
@@ -66,7 +66,7 @@ def test_missing_foreign_or_damaged_signature_is_refused(signed_artifact, key_pa
 
 
 def test_either_of_several_trusted_keys_suffices(signed_artifact, key_pair, other_key_pair, capsys):
-    assert main(["verify", str(signed_artifact), "--trust", str(other_key_pair[1]), "--trust",
+    assert main(["verify-signature", str(signed_artifact), "--trust", str(other_key_pair[1]), "--trust",
                  str(key_pair[1])]) == 0
 
 
