@@ -106,6 +106,7 @@ class WanrtServer:
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
         try:
             self.port = self._bind()
+            self.http = None if config.http_address is None else _http_listener(self)
         except ConfigError:
             self.jobs.close()
             self.audit.close()
@@ -144,11 +145,16 @@ class WanrtServer:
             except OSError as err:
                 raise ConfigError("metrics_listen", f"cannot listen on {metrics}: {err.strerror}") from None
         self._grpc.start()
+        if self.http is not None:
+            self.http.start()
         for service in ("", SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving wanrt.v1 on %s (%s), metrics on %s, %d worker(s), queue %d", self.address,
                  "plaintext" if self.config.insecure else ("mTLS" if self.config.client_ca else "TLS"),
                  self.metrics_port, self.jobs.workers, self.jobs.queue_size)
+        if self.http is not None:
+            log.info("serving OpenAI-compatible /v1/videos on HTTP%s port %d", "" if self.config.insecure else "S",
+                     self.http.port)
 
     def _audit_failed(self) -> None:
         # Without an audit trail the service must not go on answering: orchestrators see NOT_SERVING.
@@ -187,9 +193,17 @@ class WanrtServer:
             return
         self._stopped = True
         self._grpc.stop(grace).wait()
+        if self.http is not None:
+            self.http.stop()
         self.jobs.close()
         self.metrics.stop()
         self.audit.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self._grpc.wait_for_termination(timeout)
+
+
+def _http_listener(server: WanrtServer) -> object:
+    from wanrt.server.http_api import HttpListener  # uvicorn and starlette load only when HTTP is asked for
+
+    return HttpListener(server)

@@ -41,6 +41,12 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
     parser.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN,
                         help="Prometheus HOST:PORT (default %(default)s)")
+    parser.add_argument("--http-listen", metavar="HOST:PORT",
+                        help="also serve the OpenAI-compatible /v1/videos HTTP API here (same TLS, tokens, queue)")
+    parser.add_argument("--http-keep-seconds", type=float, default=3600.0,
+                        help="how long a finished video stays fetchable over HTTP (default %(default)s)")
+    parser.add_argument("--http-keep-bytes", type=int, default=1 << 30,
+                        help="most bytes of finished videos held for HTTP clients; oldest go first (default 1 GiB)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--client-ca", type=Path, help="CA that signs client certificates: turns on mutual TLS")
@@ -79,7 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
         c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
-        max_request_bytes=args.max_request_bytes,
+        max_request_bytes=args.max_request_bytes, http_listen=args.http_listen,
+        http_keep_seconds=args.http_keep_seconds, http_keep_bytes=args.http_keep_bytes,
     ).validated()  # before the (slow) model load: a wrong flag fails in a second, not after minutes
 
     stop = threading.Event()
@@ -107,7 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
-                      "metrics_port": server.metrics_port}), flush=True)
+                      "metrics_port": server.metrics_port,
+                      "http_port": server.http.port if server.http else None}), flush=True)
     while not stop.wait(0.5):
         pass
     # A second signal during the drain cancels the remaining jobs at their next step instead of waiting.

@@ -110,10 +110,17 @@ class ServerConfig:
     max_width: int | None = None
     max_steps: int | None = None
     max_request_bytes: int | None = None  # default: enough for latents at the largest allowed size
+    http_listen: str | None = None  # set: the OpenAI-compatible /v1/videos API too (server/http_api.py)
+    http_keep_seconds: float = 3600.0  # finished videos are fetchable this long, then removed
+    http_keep_bytes: int = 1 << 30  # and at most this many bytes of them are held (the oldest go first)
 
     @property
     def listen_address(self) -> HostPort:
         return parse_host_port("listen", self.listen)
+
+    @property
+    def http_address(self) -> HostPort | None:
+        return None if self.http_listen is None else parse_host_port("http_listen", self.http_listen)
 
     @property
     def metrics_address(self) -> HostPort | None:
@@ -140,6 +147,7 @@ class ServerConfig:
         if metrics is not None and metrics.port != 0 and (metrics.host, metrics.port) == (listen.host, listen.port):
             raise ConfigError("metrics_listen", "must differ from --listen")
         self._check_transport(listen)
+        self._check_http(listen, metrics)
         if self.tokens is not None:
             TokenStore.load(_readable_file("tokens", self.tokens))
         self._check_audit_log()
@@ -182,6 +190,22 @@ class ServerConfig:
         check_certificates(cert, key)
         if self.client_ca is not None:
             check_ca("client_ca", _readable_file("client_ca", self.client_ca))
+
+    def _check_http(self, listen: HostPort, metrics: HostPort | None) -> None:
+        """The HTTP listener follows the gRPC one's transport rules (TLS, mutual TLS, --insecure on loopback)."""
+        http = self.http_address
+        if http is None:
+            return
+        for other, name in ((listen, "--listen"), (metrics, "--metrics-listen")):
+            if other is not None and http.port != 0 and (http.host, http.port) == (other.host, other.port):
+                raise ConfigError("http_listen", f"must differ from {name}")
+        if self.insecure and not http.is_loopback:
+            raise ConfigError("insecure", f"plaintext is only allowed on loopback addresses, and --http-listen is "
+                                          f"{http.host!r}; give --tls-cert and --tls-key")
+        if not isinstance(self.http_keep_seconds, int | float) or not math.isfinite(self.http_keep_seconds) \
+                or self.http_keep_seconds <= 0:
+            raise ConfigError("http_keep_seconds", f"must be a finite number > 0, got {self.http_keep_seconds!r}")
+        _check_int("http_keep_bytes", self.http_keep_bytes, 1, 1 << 50)
 
     def _check_audit_log(self) -> None:
         if self.audit_log is None:

@@ -76,16 +76,16 @@ class ModelFacts:
     max_request_bytes: int
 
 
-class _Call:
-    """One call's audit record, written exactly once."""
+class AuditedCall:
+    """One call's audit record and metrics, written exactly once, whichever API (gRPC, HTTP) took the call."""
 
-    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(self, service: VideoGenerationService, method: str, who: dict[str, Any],
+                 call_id: str | None = None) -> None:
         self.service = service
         self.method = method
-        self.context = context
         self.received_at = time.monotonic()
-        self.id = uuid.uuid4().hex  # the request id: audit line, job id, server log
-        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **service.caller(context, method)}
+        self.id = call_id or uuid.uuid4().hex  # the request id: audit line, job id, server log
+        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **who}
         self.written = False
 
     def finish(self, code: grpc.StatusCode, error: CallStatus | None = None, **fields: Any) -> None:
@@ -107,7 +107,15 @@ class _Call:
         except (OSError, ValueError) as err:
             log.critical("audit log write failed (%s); refusing to serve", err)
             service.on_audit_failure()
-            raise _AuditFailed() from err
+            raise AuditFailed() from err
+
+
+class _Call(AuditedCall):
+    """A gRPC call's record; the caller is read from the call's context."""
+
+    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext) -> None:
+        super().__init__(service, method, service.caller(context, method))
+        self.context = context
 
     def end_status(self) -> grpc.StatusCode:
         """What the client saw when the call ended without our saying so (it went away or timed out)."""
@@ -117,8 +125,8 @@ class _Call:
         return grpc.StatusCode.CANCELLED
 
 
-class _AuditFailed(Exception):
-    pass
+class AuditFailed(Exception):
+    """The audit line could not be written: the call must fail (and the server stops serving)."""
 
 
 class VideoGenerationService:
@@ -188,7 +196,7 @@ class VideoGenerationService:
                            token_presented=bearer_token(context.invocation_metadata()) is not None)
         try:
             call.finish(code, CallStatus(code, message))
-        except _AuditFailed:
+        except AuditFailed:
             pass  # the call is refused anyway
 
     # --- DescribeModel -----------------------------------------------------------------------------------
@@ -244,7 +252,7 @@ class VideoGenerationService:
             if not call.written:
                 try:
                     call.finish(call.end_status())
-                except _AuditFailed:
+                except AuditFailed:
                     pass
             self._call_opened(-1)
 
@@ -252,7 +260,13 @@ class VideoGenerationService:
         message = parse_message(raw, pb.GenerateRequest)
         call.record["client_request_id"] = message.client_request_id or None
         request, video_format = request_from_proto(message)
-        call.record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
+        self.check_request(request, video_format, call.record)
+        return request, video_format, message.client_request_id
+
+    def check_request(self, request: GenerationRequest, video_format: str, record: dict[str, Any]) -> None:
+        """Every check a job passes before it is queued, for either API; ``record`` (the audit line) gets the
+        request's parameters first, so that a refusal is recorded with what was asked."""
+        record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
         request.validate(self.facts.limits)
         if self.provenance is not None and video_format != MP4:
             raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "
@@ -263,7 +277,6 @@ class VideoGenerationService:
             if tuple(request.latents.shape) != expected:
                 raise InvalidRequestError("latents", f"shape {list(request.latents.shape)} does not match "
                                                      f"frames/height/width: expected {list(expected)}")
-        return request, video_format, message.client_request_id
 
     def _stream_job(self, call: _Call, job: Job, client_request_id: str) -> Iterator[pb.GenerateResponse]:
         context, offset = call.context, 0
@@ -290,7 +303,7 @@ class VideoGenerationService:
                 yield self._result(call, job, event, client_request_id, b"".join(video))
                 return
             elif isinstance(event, FailedEvent):
-                call.record["timings"] = _rounded(event.timings)
+                call.record["timings"] = rounded_timings(event.timings)
                 error = event.error
                 if isinstance(error, CancelledError):
                     if job.cancel_reason == "shutdown":
@@ -310,13 +323,21 @@ class VideoGenerationService:
             seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
             identity=self.facts.identity, client_request_id=client_request_id,
         ))
-        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
-        if self.provenance is not None:
-            result.result.c2pa_manifest = self._provenance(video, call.id)
-            output["c2pa_manifest_sha256"] = hashlib.sha256(result.result.c2pa_manifest).hexdigest()
+        output, manifest = self.job_output(job, done, video)
+        if manifest is not None:
+            result.result.c2pa_manifest = manifest
         # Recorded before the Result leaves: a client never holds a clip the audit log does not know.
-        call.finish(grpc.StatusCode.OK, timings=_rounded(timings), identity=self.facts.identity, output=output)
+        call.finish(grpc.StatusCode.OK, timings=rounded_timings(timings), identity=self.facts.identity, output=output)
         return result
+
+    def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
+        """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
+        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
+        if self.provenance is None:
+            return output, None
+        manifest = self._provenance(video, job.id)
+        output["c2pa_manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
+        return output, manifest
 
     def _provenance(self, video: bytes, request_id: str) -> bytes:
         from wanrt import __version__
@@ -329,7 +350,7 @@ class VideoGenerationService:
 
     def _end_with_error(self, call: _Call, error: Exception) -> None:
         """The last stop of every handler: whatever escaped becomes a mapped status, never UNKNOWN."""
-        if isinstance(error, _AuditFailed):
+        if isinstance(error, AuditFailed):
             self._abort_internal(call.context)
         if call.written:
             raise error  # our own abort (grpc ends calls by raising from context.abort): let it through
@@ -342,7 +363,7 @@ class VideoGenerationService:
         """Audits, then ends the call with ``status`` (INVALID_ARGUMENT carries a google.rpc.BadRequest)."""
         try:
             call.finish(status.code, status)
-        except _AuditFailed:
+        except AuditFailed:
             self._abort_internal(call.context)
         details = []
         if status.field is not None:
@@ -359,5 +380,5 @@ class VideoGenerationService:
         context.abort(grpc.StatusCode.INTERNAL, "the audit log could not be written; the call was not completed")
 
 
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
+def rounded_timings(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in timings.items()}
