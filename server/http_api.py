@@ -294,8 +294,8 @@ class VideosApi:
 
     async def _handle(self, request: Request, method: str,
                       work: Callable[[Caller, AuditedCall], Awaitable[Response]], *, audited: bool = True) -> Response:
-        """Authenticates, runs ``work``, maps what it raises; refusals are always audited, successes when
-        ``audited`` (status polls and listings are not: a client polling every second would flood the log)."""
+        """Authenticates, runs ``work``, maps what it raises; refusals and errors are always audited, successes
+        when ``audited`` (status polls and listings are not: a client polling every second would flood the log)."""
         caller = identify(request, self.tokens)
         # A video's id is its job's id and its audit line's request_id, as on gRPC.
         call = AuditedCall(self.service, method, caller.who, new_video_id() if method == "Generate" else None)
@@ -344,7 +344,8 @@ class VideosApi:
             self.store.add(video)  # its audit line is written when the job ends, like a gRPC Generate's
             return JSONResponse(video_object(video, self.model_name))
 
-        return await self._handle(request, "Generate", work)
+        # A created job's line is written when it ends (VideoStore), not now: audited=False here.
+        return await self._handle(request, "Generate", work, audited=False)
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")
