@@ -36,6 +36,10 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
     parser.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN,
                         help="Prometheus HOST:PORT (default %(default)s)")
+    parser.add_argument("--health-listen", default=None,
+                        help="plaintext HOST:PORT serving grpc.health.v1 only (e.g. for kubelet's gRPC probes)")
+    parser.add_argument("--health-socket", type=Path, default=None,
+                        help="unix socket serving grpc.health.v1 only (the image's HEALTHCHECK dials it)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--client-ca", type=Path, help="CA that signs client certificates: turns on mutual TLS")
@@ -67,7 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
-        max_request_bytes=args.max_request_bytes,
+        max_request_bytes=args.max_request_bytes, health_listen=args.health_listen,
+        health_socket=args.health_socket,
     ).validated()  # before the (slow) model load: a wrong flag fails in a second, not after minutes
 
     stop = threading.Event()
@@ -85,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
-                      "metrics_port": server.metrics_port}), flush=True)
+                      "metrics_port": server.metrics_port, "health_port": server.health_port}), flush=True)
     while not stop.wait(0.5):
         pass
     # A second signal during the drain cancels the remaining jobs at their next step instead of waiting.
