@@ -8,8 +8,6 @@
 #   --outputs DIR   generated videos            (default /var/lib/wanrt/outputs) -> wanrt_output_t
 #   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_output_t
 #   --secrets DIR   TLS material + tokens file  (default /etc/wanrt/secrets)     -> wanrt_secret_t
-#   --no-health-connect  turn the wanrt_container_health_connect boolean off (no name_connect at all;
-#                   probe health from outside the container instead of the image HEALTHCHECK)
 #   --uid N         owner of the output and audit directories (default 10001, the image's user)
 #   --uninstall     remove the module, the port labels and the fcontext rules this script added
 #   --dry-run       print the commands instead of running them
@@ -23,7 +21,6 @@ outputs=/var/lib/wanrt/outputs
 audit=/var/log/wanrt
 secrets=/etc/wanrt/secrets
 uid=10001
-health_connect=on
 uninstall=false
 dry_run=false
 priority="${SEMODULE_PRIORITY:-400}"
@@ -36,10 +33,9 @@ while (($#)); do
         --audit) audit="$2"; shift 2 ;;
         --secrets) secrets="$2"; shift 2 ;;
         --uid) uid="$2"; shift 2 ;;
-        --no-health-connect) health_connect=off; shift ;;
         --uninstall) uninstall=true; shift ;;
         --dry-run) dry_run=true; shift ;;
-        -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -92,8 +88,8 @@ if $uninstall; then
             run semanage fcontext -d "$(fcontext_spec "$dir")" || true
         fi
     done
-    while read -r proto port _; do
-        [[ -z "$proto" || "$proto" == \#* ]] && continue
+    while read -r type proto port _; do
+        [[ -z "$type" || "$type" == \#* ]] && continue
         run semanage port -d -p "$proto" "$port" || true
     done <"$here/wanrt.ports"
     run semodule -X "$priority" -r wanrt || true
@@ -111,10 +107,10 @@ run make -s -C "$build" -f "$makefile" wanrt.pp
 run semodule -X "$priority" -i "$build/wanrt.pp"
 
 # 2. ports: -a, or -m when the port already has a (policy or local) label.
-while read -r proto port _; do
-    [[ -z "$proto" || "$proto" == \#* ]] && continue
-    if ! run semanage port -a -t wanrt_port_t -p "$proto" "$port" 2>/dev/null; then
-        run semanage port -m -t wanrt_port_t -p "$proto" "$port"
+while read -r type proto port _; do
+    [[ -z "$type" || "$type" == \#* ]] && continue
+    if ! run semanage port -a -t "$type" -p "$proto" "$port" 2>/dev/null; then
+        run semanage port -m -t "$type" -p "$proto" "$port"
     fi
 done <"$here/wanrt.ports"
 
@@ -135,8 +131,5 @@ for entry in "${labels[@]}"; do
     run restorecon -RF "${entry#*:}"
 done
 
-# 4. the health-probe boolean (on by default in the module).
-run setsebool -P wanrt_container_health_connect "$health_connect"
-
-echo "install.sh: wanrt policy loaded; ports $(grep -Ev '^\s*(#|$)' "$here/wanrt.ports" | awk '{print $1 "/" $2}' | xargs)" \
-     "labelled wanrt_port_t; $models $outputs $audit $secrets labelled"
+echo "install.sh: wanrt policy loaded; ports $(grep -Ev '^\s*(#|$)' "$here/wanrt.ports" | awk '{print $2 "/" $3 "=" $1}' | xargs)" \
+     "labelled; $models $outputs $audit $secrets labelled"
