@@ -95,11 +95,13 @@ EXPOSE 50051 9464
 VOLUME ["/var/lib/wanrt/outputs", "/var/log/wanrt"]
 STOPSIGNAL SIGTERM
 # Engine deserialisation takes minutes on first start: a long start period.
+# Health over the server's unix socket (serve --health-socket): no TCP connect, so the SELinux domain
+# needs no name_connect, and no TLS material is needed to probe.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
-    CMD ["wanrt", "client", "health", "--server", "127.0.0.1:50051", "--ca", "/run/secrets/wanrt_tls_ca"]
+    CMD ["wanrt", "client", "health", "--server", "unix:/tmp/wanrt-health.sock", "--insecure"]
 ENTRYPOINT ["wanrt"]
 CMD ["serve", "--backend", "tensorrt", "--device", "cuda:0", \
-     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", \
+     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--health-socket", "/tmp/wanrt-health.sock", \
      "--tls-cert", "/run/secrets/wanrt_tls_cert", "--tls-key", "/run/secrets/wanrt_tls_key", \
      "--tokens", "/run/secrets/wanrt_tokens", "--audit-log", "/var/log/wanrt/audit.jsonl"]
 
@@ -157,10 +159,12 @@ WORKDIR /tmp
 EXPOSE 50051 9464
 VOLUME ["/var/lib/wanrt/outputs", "/var/log/wanrt"]
 STOPSIGNAL SIGTERM
+# Health over the server's unix socket (serve --health-socket): no TCP connect, so the SELinux domain
+# needs no name_connect, and no TLS material is needed to probe.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["wanrt", "client", "health", "--server", "127.0.0.1:50051", "--ca", "/run/secrets/wanrt_tls_ca"]
+    CMD ["wanrt", "client", "health", "--server", "unix:/tmp/wanrt-health.sock", "--insecure"]
 ENTRYPOINT ["wanrt"]
 CMD ["serve", "--backend", "onnxruntime", \
-     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", \
+     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--health-socket", "/tmp/wanrt-health.sock", \
      "--tls-cert", "/run/secrets/wanrt_tls_cert", "--tls-key", "/run/secrets/wanrt_tls_key", \
      "--tokens", "/run/secrets/wanrt_tokens", "--audit-log", "/var/log/wanrt/audit.jsonl"]

@@ -148,6 +148,7 @@ if $serve; then
         -v "$sec/ca.crt:/run/secrets/wanrt_tls_ca:ro" -v "$sec/tokens.jsonl:/run/secrets/wanrt_tokens:ro" \
         -v "$out:/var/lib/wanrt/outputs" -v "$audit:/var/log/wanrt" "${model_args[@]}" \
         "$image" serve --model "$served" --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
+        --health-socket /tmp/wanrt-health.sock \
         --tls-cert /run/secrets/wanrt_tls_cert --tls-key /run/secrets/wanrt_tls_key \
         --tokens /run/secrets/wanrt_tokens --audit-log /var/log/wanrt/audit.jsonl >/dev/null
     trap 'podman rm -f "$name" >/dev/null 2>&1 || true' EXIT
