@@ -54,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
                              "(torch); default: the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", dest="devices", action="append", default=None,
+                        help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="run the cond and uncond halves of each guided step on the two --device at once")
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
 
@@ -62,12 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.loader import load_pipelines
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
+    from wanrt.errors import InvalidRequestError
 
     request = request_from_args(args)
-    pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
+    devices = tuple(args.devices or ("cpu",))
+    if len(devices) != (2 if args.cfg_parallel else 1):
+        raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
+                                            f"{len(devices)}")
+    (pipeline,) = load_pipelines(_model_or_default(args), args.backend, devices, cfg_parallel=args.cfg_parallel)
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:

@@ -33,6 +33,8 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="pair the devices: each pair runs the cond and uncond halves of a guided step at once")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
     parser.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN,
                         help="Prometheus HOST:PORT (default %(default)s)")
@@ -59,14 +61,15 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.loader import load_pipelines
     from wanrt.server.app import WanrtServer
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         model=args.model or _packaged_model(args.backend), backend=args.backend,
-        devices=tuple(args.devices or ("cpu",)), listen=args.listen, metrics_listen=args.metrics_listen,
+        devices=tuple(args.devices or ("cpu",)), cfg_parallel=args.cfg_parallel, listen=args.listen,
+        metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
@@ -83,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    pipelines = [load_pipeline(config.model, config.backend, device=device) for device in config.devices]
+    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)

@@ -94,6 +94,7 @@ class ServerConfig:
     model: Path | None
     backend: str = "onnxruntime"
     devices: tuple[str, ...] = ("cpu",)  # one worker (and one loaded pipeline) per entry
+    cfg_parallel: bool = False  # one worker per PAIR of devices: cond and uncond halves run at once
     listen: str = DEFAULT_LISTEN
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN  # None: no metrics endpoint
     tls_cert: Path | None = None
@@ -140,8 +141,14 @@ class ServerConfig:
                 raise ConfigError("model", f"{self.model} is not a directory")
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if not self.devices or len(set(self.devices)) != len(self.devices):
+        # Two CPU sessions may share the CPU (cfg-parallel on CPU threads); an accelerator serves one worker.
+        accelerators = [d for d in self.devices if d != "cpu"]
+        repeated_cpu = self.devices.count("cpu") > 1 and not self.cfg_parallel
+        if not self.devices or len(set(accelerators)) != len(accelerators) or repeated_cpu:
             raise ConfigError("device", f"needs one or more distinct devices, got {list(self.devices)}")
+        if self.cfg_parallel and (len(self.devices) < 2 or len(self.devices) % 2):
+            raise ConfigError("cfg_parallel", f"pairs devices: needs an even number of --device, got "
+                                              f"{len(self.devices)}")
         for device in self.devices:
             if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
                 raise ConfigError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
