@@ -9,6 +9,8 @@
 #   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_output_t
 #   --secrets DIR   TLS material + tokens file  (default /etc/wanrt/secrets)     -> wanrt_secret_t
 #   --uid N         owner of the output and audit directories (default 10001, the image's user)
+#   --allow-unconfined-docker  install even though a Docker engine here runs without SELinux support
+#                   (only when wanrt runs under Podman on this host)
 #   --uninstall     remove the module, the port labels and the fcontext rules this script added
 #   --dry-run       print the commands instead of running them
 # Environment: SEMODULE_PRIORITY (default 400), SELINUX_DEVEL_MAKEFILE (default
@@ -22,6 +24,7 @@ audit=/var/log/wanrt
 secrets=/etc/wanrt/secrets
 uid=10001
 uninstall=false
+allow_unconfined_docker=false
 dry_run=false
 priority="${SEMODULE_PRIORITY:-400}"
 makefile="${SELINUX_DEVEL_MAKEFILE:-/usr/share/selinux/devel/Makefile}"
@@ -34,6 +37,7 @@ while (($#)); do
         --secrets) secrets="$2"; shift 2 ;;
         --uid) uid="$2"; shift 2 ;;
         --uninstall) uninstall=true; shift ;;
+        --allow-unconfined-docker) allow_unconfined_docker=true; shift ;;
         --dry-run) dry_run=true; shift ;;
         -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
@@ -97,6 +101,19 @@ if $uninstall; then
         if [[ -e "${entry#*:}" ]]; then run restorecon -RF "${entry#*:}"; fi
     done
     exit 0
+fi
+
+# 0. Docker without SELinux support ignores `label=type:wanrt_container_t` and runs the container as plain
+#    container_t, or unconfined: refuse rather than install a policy that would silently not apply.
+#    (Podman always labels; the check only concerns a Docker engine found on this host.)
+if command -v docker >/dev/null 2>&1 && ! $allow_unconfined_docker; then
+    if docker_security="$(docker info --format '{{json .SecurityOptions}}' 2>/dev/null)"; then
+        if [[ "$docker_security" != *name=selinux* ]]; then
+            die "Docker runs without SELinux support (docker info: $docker_security): its containers would not" \
+                "get wanrt_container_t. Add \"selinux-enabled\": true to /etc/docker/daemon.json and restart" \
+                "docker, or pass --allow-unconfined-docker if wanrt runs only under Podman here."
+        fi
+    fi
 fi
 
 # 1. build and load the module (from a scratch copy: the devel Makefile writes next to its sources).

@@ -153,3 +153,27 @@ def test_install_script_dry_run() -> None:
     assert "fcontext -a -t wanrt_output_t" not in joined
     assert r"restorecon -RF /data/wan\ models" in joined
     assert "setsebool" not in joined
+
+
+def _fake_docker(tmp_path, security_options: str) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\necho '{security_options}'\n", encoding="utf-8")
+    docker.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_install_refuses_a_docker_engine_without_selinux(tmp_path) -> None:
+    """Docker without selinux-enabled ignores label=type:...: the container would run unconfined."""
+    script = ["bash", str(REPO / "selinux/install.sh"), "--dry-run"]
+    env = _fake_docker(tmp_path, '["name=seccomp,profile=builtin","name=cgroupns"]')
+    refused = subprocess.run(script, capture_output=True, text=True, env=env)
+    assert refused.returncode == 1
+    assert "without SELinux support" in refused.stderr and "selinux-enabled" in refused.stderr
+    assert "semodule" not in refused.stdout  # nothing was done
+    allowed = subprocess.run([*script, "--allow-unconfined-docker"], capture_output=True, text=True, env=env)
+    assert allowed.returncode == 0 and "semodule" in allowed.stdout
+    env = _fake_docker(tmp_path, '["name=seccomp,profile=builtin","name=selinux"]')
+    confined = subprocess.run(script, capture_output=True, text=True, env=env)
+    assert confined.returncode == 0, confined.stderr
