@@ -113,9 +113,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY deploy/docker/with-extra-ca.sh /usr/local/bin/with-extra-ca
 COPY . /src
+# Every third-party package comes from the hashed lock (deploy/docker/lock.sh writes it): a changed or
+# substituted wheel fails the build. wanrt itself is then built from /src with no further downloads.
 RUN --mount=type=secret,id=extra_ca,required=false \
     python3 -m venv /opt/wanrt \
-    && with-extra-ca /opt/wanrt/bin/pip install /src \
+    && with-extra-ca /opt/wanrt/bin/pip install --require-hashes --no-deps -r /src/deploy/docker/requirements-cpu.lock \
+    && /opt/wanrt/bin/pip install --no-deps --no-build-isolation --no-index /src \
     && /opt/wanrt/bin/pip uninstall -y pip
 
 ############################################################################################################
