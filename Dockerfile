@@ -95,11 +95,13 @@ EXPOSE 50051 9464
 VOLUME ["/var/lib/wanrt/outputs", "/var/log/wanrt"]
 STOPSIGNAL SIGTERM
 # Engine deserialisation takes minutes on first start: a long start period.
+# Health over the server's unix socket (serve --health-socket): no TCP connect, so the SELinux domain
+# needs no name_connect, and no TLS material is needed to probe.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
-    CMD ["wanrt", "client", "health", "--server", "127.0.0.1:50051", "--ca", "/run/secrets/wanrt_tls_ca"]
+    CMD ["wanrt", "client", "health", "--server", "unix:/tmp/wanrt-health.sock", "--insecure"]
 ENTRYPOINT ["wanrt"]
 CMD ["serve", "--backend", "tensorrt", "--device", "cuda:0", \
-     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", \
+     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--health-socket", "/tmp/wanrt-health.sock", \
      "--tls-cert", "/run/secrets/wanrt_tls_cert", "--tls-key", "/run/secrets/wanrt_tls_key", \
      "--tokens", "/run/secrets/wanrt_tokens", "--audit-log", "/var/log/wanrt/audit.jsonl"]
 
@@ -111,9 +113,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY deploy/docker/with-extra-ca.sh /usr/local/bin/with-extra-ca
 COPY . /src
+# Every third-party package comes from the hashed lock (deploy/docker/lock.sh writes it): a changed or
+# substituted wheel fails the build. wanrt itself is then built from /src with no further downloads.
 RUN --mount=type=secret,id=extra_ca,required=false \
     python3 -m venv /opt/wanrt \
-    && with-extra-ca /opt/wanrt/bin/pip install /src \
+    && with-extra-ca /opt/wanrt/bin/pip install --require-hashes --no-deps -r /src/deploy/docker/requirements-cpu.lock \
+    && /opt/wanrt/bin/pip install --no-deps --no-build-isolation --no-index /src \
     && /opt/wanrt/bin/pip uninstall -y pip
 
 ############################################################################################################
@@ -157,10 +162,12 @@ WORKDIR /tmp
 EXPOSE 50051 9464
 VOLUME ["/var/lib/wanrt/outputs", "/var/log/wanrt"]
 STOPSIGNAL SIGTERM
+# Health over the server's unix socket (serve --health-socket): no TCP connect, so the SELinux domain
+# needs no name_connect, and no TLS material is needed to probe.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["wanrt", "client", "health", "--server", "127.0.0.1:50051", "--ca", "/run/secrets/wanrt_tls_ca"]
+    CMD ["wanrt", "client", "health", "--server", "unix:/tmp/wanrt-health.sock", "--insecure"]
 ENTRYPOINT ["wanrt"]
 CMD ["serve", "--backend", "onnxruntime", \
-     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", \
+     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--health-socket", "/tmp/wanrt-health.sock", \
      "--tls-cert", "/run/secrets/wanrt_tls_cert", "--tls-key", "/run/secrets/wanrt_tls_key", \
      "--tokens", "/run/secrets/wanrt_tokens", "--audit-log", "/var/log/wanrt/audit.jsonl"]
