@@ -22,7 +22,6 @@ import cudasim
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from checked import Checked, HostMemory, checked_constructor, violation
 
 REAL: Any = None
