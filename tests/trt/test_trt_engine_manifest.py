@@ -76,8 +76,8 @@ def test_inconsistent_engines_are_refused(engines_dir, artifact, change, message
 
 
 @pytest.mark.parametrize(("runtime", "words"), [
-    (dataclasses.replace(RUNTIME, tensorrt_version="10.14.1.48"),
-     ["built with TensorRT 10.13.0.35, this is TensorRT 10.14.1.48"]),
+    (dataclasses.replace(RUNTIME, tensorrt_version="11.4.0.106"),
+     ["built with TensorRT 10.16.1.11, this is TensorRT 11.4.0.106"]),
     (dataclasses.replace(RUNTIME, device_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0"),
      ["built for compute capability 9.0 (NVIDIA H100 80GB HBM3)", "NVIDIA A100-SXM4-80GB, is 8.0"]),
     (dataclasses.replace(RUNTIME, device_name="NVIDIA H100 PCIe"),
@@ -101,13 +101,14 @@ def test_changed_engine_bytes_are_refused(engines_dir):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(format_version=2), "format_version 2; this wanrt reads format 1"),
+    (lambda d: d.update(format_version=1), "format_version 1; this wanrt reads format 2"),
     (lambda d: d.pop("runtime"), "lacks runtime"),
     (lambda d: d["runtime"].pop("compute_capability"), "is malformed"),
     (lambda d: d["engines"]["transformer"].update(file="../transformer.plan"), "must be a plain file name"),
     (lambda d: d["engines"]["transformer"].pop("sha256"), r"engines\.transformer lacks a string 'sha256'"),
     (lambda d: d["engines"]["transformer"].update(profiles=[]), "profiles must be a non-empty list"),
-    (lambda d: d["engines"]["transformer"].update(flags="FP16"), "flags must be a list of strings"),
+    (lambda d: d["engines"]["transformer"].update(weight_streaming="no"), "weight_streaming must be true or false"),
+    (lambda d: d.pop("memory"), "engines.json lacks memory"),
     (lambda d: d.update(engines={}), "engines must be a non-empty object"),
     (lambda d: d["limits"].pop("max_width"), "limits is malformed"),
 ])
