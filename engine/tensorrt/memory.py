@@ -193,16 +193,19 @@ def a14b_engines(frames: int, height: int, width: int, dit_itemsize: int = 2, te
 
 def main() -> None:
     """Prints the A14B plans the README quotes (python -m wanrt.engine.tensorrt.memory)."""
+    print("| A14B, 81 frames | GPU | residency | weights on GPU | shared scratch | peak (+4 GiB reserve) |")
+    print("|---|---|---|---|---|---|")
     # What the cards report as total memory (nvidia-smi): H100 80GB 81559 MiB, H200 143771 MiB.
     for gpu_name, gpu in (("80 GB (H100)", 81559 * 2**20), ("141 GB (H200)", 143771 * 2**20)):
-        for label, (h, w) in (("480p", (480, 832)), ("720p", (720, 1280))):
-            engines = a14b_engines(81, h, w)
+        for label, (h, w) in (("480p (832x480)", (480, 832)), ("720p (1280x720)", (720, 1280))):
             try:
-                plan = plan_memory(engines, ("transformer", "transformer_2"), gpu)
+                plan = plan_memory(a14b_engines(81, h, w), ("transformer", "transformer_2"), gpu)
             except InvalidRequestError as err:
-                print(f"## A14B {label} 81 frames on {gpu_name}: refused\n{err.message}\n")
+                print(f"| {label} | {gpu_name} | refused: {err.message.splitlines()[0]} | | | |")
                 continue
-            print(f"## A14B {label} 81 frames on {gpu_name}\n{plan.render()}\n")
+            weights = plan.peak - plan.scratch - plan.reserve
+            print(f"| {label} | {gpu_name} ({gib(gpu)}) | {plan.residency} | {gib(weights)} | {gib(plan.scratch)} | "
+                  f"{gib(plan.peak)} |")
 
 
 if __name__ == "__main__":
