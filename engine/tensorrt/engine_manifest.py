@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wanrt.engine.artifact import Manifest
+from wanrt.engine.manifest_file import read_manifest
 from wanrt.engine.request import Limits
 from wanrt.engine.tensorrt.profiles import (
     GraphProfile,
@@ -166,15 +167,9 @@ def write_engines_manifest(engines_dir: Path, manifest: EnginesManifest) -> Path
 
 def read_engines_manifest(engines_dir: Path) -> EnginesManifest:
     """Reads ``engines_dir/engines.json``; ArtifactError when it is missing or malformed."""
-    engines_dir = Path(engines_dir)
-    path = engines_dir / ENGINES_MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{engines_dir} has no {ENGINES_MANIFEST}: not a folder of wanrt TensorRT engines "
-                            "(make one with `wanrt build-engines`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+    data = read_manifest(Path(engines_dir), ENGINES_MANIFEST, format_version=FORMAT_VERSION,
+                         not_found="not a folder of wanrt TensorRT engines (make one with `wanrt build-engines`)",
+                         outdated=REBUILD)
     return EnginesManifest.from_dict(data)
 
 

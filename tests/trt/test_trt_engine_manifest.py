@@ -172,3 +172,19 @@ def test_limits_recorded_are_the_pipeline_limits(engines_dir, artifact):
     assert manifest.limits == serving_limits(artifact.spec, max_frames=manifest.limits.max_frames,
                                              max_height=manifest.limits.max_height,
                                              max_width=manifest.limits.max_width)
+
+
+def test_artifact_and_engines_folders_share_one_reader(tmp_path):
+    from wanrt.engine.artifact import load_artifact
+
+    for read, name in ((load_artifact, "manifest.json"), (read_engines_manifest, ENGINES_MANIFEST)):
+        with pytest.raises(ArtifactError, match="is not a directory"):
+            read(tmp_path / "absent")
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text("[]")
+        with pytest.raises(ArtifactError, match=rf"{name} is not a JSON object"):
+            read(folder)
+        (folder / name).write_text('{"format_version": 99}')
+        with pytest.raises(ArtifactError, match=rf"{name} has format_version 99; this wanrt reads format \d"):
+            read(folder)
