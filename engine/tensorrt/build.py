@@ -36,6 +36,7 @@ from wanrt.engine.tensorrt.memory import (
     MemoryPlan,
     dit_scratch,
     plan_memory,
+    requested_residency,
     vae_scratch,
 )
 from wanrt.engine.tensorrt.profiles import (
@@ -231,6 +232,7 @@ def plan_build(
     touching the GPU, to fail fast, and again with the real device).
     """
     memory = memory or MemoryOptions()
+    requested_residency(memory.residency, memory.weight_streaming_budget)
     profiles = compute_profiles(manifest, limits, opt)
     spec = manifest.spec
     builds = []

@@ -95,16 +95,8 @@ def plan_memory(engines: Sequence[EngineMemory], experts: Sequence[str], gpu_byt
     def make(kind: str, budget: int | None = None) -> MemoryPlan:
         return MemoryPlan(engines, experts, int(gpu_bytes), kind, budget, int(reserve))
 
-    if streaming_budget is not None:
-        if residency not in (None, "streaming"):
-            raise InvalidRequestError("weight_streaming_budget", f"weight streaming is its own residency, not "
-                                                                 f"{residency}")
-        residency = "streaming"
-    if residency is not None and residency not in RESIDENCIES:
-        raise InvalidRequestError("residency", f"must be one of {', '.join(RESIDENCIES)}, got {residency!r}")
+    residency = requested_residency(residency, streaming_budget)
     if residency == "streaming":
-        if streaming_budget is None or streaming_budget <= 0:
-            raise InvalidRequestError("weight_streaming_budget", "weight streaming needs a positive budget")
         plan = make("streaming", int(streaming_budget))
         if plan.fits:
             return plan
@@ -116,6 +108,20 @@ def plan_memory(engines: Sequence[EngineMemory], experts: Sequence[str], gpu_byt
             return plan
     budget = _fitting_budget(make("streaming", 0))
     raise _refusal(plan, budget)
+
+
+def requested_residency(residency: str | None, streaming_budget: int | None) -> str | None:
+    """The residency asked for (None: choose), checked; a weight-streaming budget means "streaming"."""
+    if residency is not None and residency not in RESIDENCIES:
+        raise InvalidRequestError("residency", f"must be one of {', '.join(RESIDENCIES)}, got {residency!r}")
+    if streaming_budget is not None:
+        if residency not in (None, "streaming"):
+            raise InvalidRequestError("weight_streaming_budget", f"weight streaming is its own residency, not "
+                                                                 f"{residency}")
+        residency = "streaming"
+    if residency == "streaming" and (streaming_budget is None or streaming_budget <= 0):
+        raise InvalidRequestError("weight_streaming_budget", "weight streaming needs a positive budget")
+    return residency
 
 
 def _fitting_budget(plan: MemoryPlan) -> int:
