@@ -99,6 +99,8 @@ def test_contract(major, tiny_artifact_dir, tmp_path):
     assert verify["report"]["passed"] and len(verify["report"]["clips"]) == 2
     assert set(verify["report"]["networks"]) == {"text_encoder", "transformer", "transformer_2", "vae_decoder_init",
                                                  "vae_decoder_step"}
+    strict = steps["verify_strict"]
+    assert strict["rc"] == 1 and strict["passed"] is False and "past the thresholds" in strict["stderr"]
 
 
 @pytest.mark.parametrize(("major", "planted", "message"), [

@@ -8,7 +8,7 @@ shims (shim/) over the real bindings of one TensorRT major: the project's own co
 2. `wanrt generate --backend tensorrt` on each folder, equal to `wanrt generate --backend onnxruntime`;
 3. `wanrt serve --backend tensorrt` with 20 jobs from 4 client threads, each equal to onnxruntime's frames, and
    device allocations back to their baseline afterwards, none leaked;
-4. `wanrt verify --engines DIR --prompts 2`.
+4. `wanrt verify --engines DIR --prompts 2`, and once with a threshold nothing meets (exit 1).
 
 --plant Class.method:OLD=NEW first plants a mistake in engine/tensorrt/engine.py (the test shows each is caught).
 Writes work/report.json: the TensorRT API names used, contract violations, what was built, the memory ledger.
@@ -186,6 +186,11 @@ def main() -> int:
                       "--report", str(work / "verify.json"))
         report["steps"]["verify"] = {"rc": rc, "stderr": err[-2000:],
                                      "report": json.loads((work / "verify.json").read_text()) if rc == 0 else None}
+        # A threshold no clip can meet (PSNR is capped at 100 dB): verify must exit 1 and say why.
+        rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "1", "--steps", "1",
+                      "--min-psnr", "101", "--report", str(work / "verify-strict.json"))
+        report["steps"]["verify_strict"] = {"rc": rc, "stderr": err[-2000:],
+                                            "passed": json.loads((work / "verify-strict.json").read_text())["passed"]}
     except Exception:
         report["error"] = traceback.format_exc()
     report["used"] = sorted(checked.USED)
