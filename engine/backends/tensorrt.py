@@ -88,11 +88,14 @@ class TensorRTBackend:
         self._engines: dict = {}
         with self._device.active():
             sizes = []
-            for graph in engines.engines:
+            # The first stage's expert last: under per-stage the others are loaded, measured and unloaded before
+            # it, so two experts never share the GPU (at A14B size they would not fit).
+            order = [g for g in engines.engines if g not in self._experts] + list(reversed(self._experts))
+            for graph in order:
                 engine = self._load(graph)
                 sizes.append(self._sizes(graph, engine))
                 if self._memory.residency == "per-stage" and graph in self._experts and graph != self._experts[0]:
-                    self._unload(graph)  # loaded once to measure it; comes back when its stage starts
+                    self._unload(graph)  # comes back when its stage starts
             # The build planned from estimates; the engines now say what they really need.
             self.memory_plan = plan_memory(sizes, self._experts, self._device.memory()[1],
                                            residency=self._memory.residency,
