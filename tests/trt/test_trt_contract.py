@@ -87,6 +87,8 @@ def test_contract(major, tiny_artifact_dir, tmp_path):
     assert "memory plan (streaming" in steps["build_streaming"]
 
     assert steps["generate"] == {"engines": True, "engines-per-stage": True, "engines-streaming": True}
+    # Per stage, the two experts never share the GPU (not even while the backend measures them at load).
+    assert steps["experts_on_gpu"] == {"engines": 2, "engines-per-stage": 1, "engines-streaming": 2}
 
     serve = steps["serve"]
     assert serve["errors"] == [] and serve["rc"] == 0

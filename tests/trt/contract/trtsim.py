@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ DEVICE_KEY = "simulated-H200"
 _PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4")
 _NP = {"float32": "FLOAT", "int64": "INT64", "float16": "HALF", "int32": "INT32", "bool": "BOOL"}
 ENGINES_BUILT: list[dict] = []  # what each build asked for (network flags, builder flags), for the test
+LIVE_ENGINES: weakref.WeakSet = weakref.WeakSet()  # deserialized engines not yet freed
+PEAK = {"experts": 0}  # most DiT expert engines alive at once (their weights on the GPU together)
 
 
 def _wrap(cls_name: str, sim: Any) -> Checked:
@@ -205,6 +208,9 @@ class SimEngine:
         self.weights = sum(p.stat().st_size for p in Path(payload["onnx"]).parent.glob(
             Path(payload["onnx"]).name + "*"))
         self._budget: int | None = None
+        LIVE_ENGINES.add(self)
+        experts = sum(Path(e.payload["onnx"]).name.startswith("transformer") for e in LIVE_ENGINES)
+        PEAK["experts"] = max(PEAK["experts"], experts)
 
     @property
     def num_io_tensors(self) -> int:
