@@ -123,7 +123,7 @@ def test_a_planted_api_mistake_fails_the_contract(major, planted, message, tiny_
 def test_a_free_without_the_context_current_leaks_and_fails_the_contract(tiny_artifact_dir, tmp_path):
     # What wanrt did before: a DeviceBuffer freed by the garbage collector on a gRPC worker thread, with the CUDA
     # context current only on the thread that loaded the engines. pycuda cannot free it there: it leaks.
-    report = _scenario(10, tiny_artifact_dir, tmp_path, "--plant", "DeviceBuffer.free:with self._device.active():="
-                                                                  "if True:")
+    report = _scenario(10, tiny_artifact_dir, tmp_path, "--only-serve", "--plant",
+                       "DeviceBuffer.free:with self._device.active():=if True:")
     serve = report["steps"]["serve"]
     assert serve["leaked"]["count"] > 0 and serve["after"]["live_bytes"] > serve["baseline"]["live_bytes"]

@@ -57,6 +57,10 @@ def plant(spec: str) -> None:
     setattr(cls, method, namespace[method])
 
 
+class StopScenario(Exception):
+    pass
+
+
 def leaks() -> dict:
     return {"count": len(cudasim.LEAKED), "bytes": sum(cudasim.LEAKED)}
 
@@ -160,6 +164,7 @@ def main() -> int:
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--plant", default=None, help="Class.method:OLD=NEW in engine/tensorrt/engine.py")
+    parser.add_argument("--only-serve", action="store_true", help="build one folder and serve it, nothing else")
     args = parser.parse_args()
     art, work = args.artifact, args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -174,6 +179,9 @@ def main() -> int:
         log = build(art, work / "engines", "--timing-cache", str(cache))
         report["steps"]["build"] = {
             "log": log, "cache_rebuilt": cache.read_bytes().decode().endswith(trtsim.DEVICE_KEY)}
+        if args.only_serve:
+            report["steps"]["serve"] = serve_jobs(work / "engines", art, work)
+            raise StopScenario
         report["steps"]["build_per_stage"] = build(art, work / "engines-per-stage", "--residency", "per-stage")
         report["steps"]["build_streaming"] = build(art, work / "engines-streaming",
                                                    "--weight-streaming-budget", "0.0001")
@@ -195,6 +203,8 @@ def main() -> int:
                       "--min-psnr", "101", "--report", str(work / "verify-strict.json"))
         report["steps"]["verify_strict"] = {"rc": rc, "stderr": err[-2000:],
                                             "passed": json.loads((work / "verify-strict.json").read_text())["passed"]}
+    except StopScenario:
+        pass
     except Exception:
         report["error"] = traceback.format_exc()
     report["used"] = sorted(checked.USED)
