@@ -12,6 +12,7 @@ once per machine, so a CI run downloads them once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -55,10 +56,13 @@ def prepare(major: int) -> tuple[Path, Path]:
     dist, version = BINDINGS[major]
     root = cache_dir() / f"{dist}-{version}"
     site, libs = root / "site", root / "lib"
-    if not (site / "tensorrt_bindings" / "tensorrt.so").is_file():
-        _download(dist, version, root)
-    if not all((libs / f"lib{name}.so.{major}").is_file() for name in LIBRARIES):
-        _build_stubs(major, version, libs)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:  # two test processes never half-extract the same cache
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (site / "tensorrt_bindings" / "tensorrt.so").is_file():
+            _download(dist, version, root)
+        if not all((libs / f"lib{name}.so.{major}").is_file() for name in LIBRARIES):
+            _build_stubs(major, version, libs)
     return site, libs
 
 
