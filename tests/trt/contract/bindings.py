@@ -38,9 +38,6 @@ int initLibNvInferPlugins(void *logger, const char *ns) { return 1; }
 int getInferLibVersion(void) { return STUB_VERSION; }
 int getNvOnnxParserVersion(void) { return STUB_VERSION; }
 """
-ENTRY_POINTS = ("createInferBuilder_INTERNAL", "createInferRuntime_INTERNAL", "createInferRefitter_INTERNAL",
-                "createNvOnnxParser_INTERNAL", "createNvOnnxParserRefitter_INTERNAL", "getBuilderPluginRegistry",
-                "getPluginRegistry", "initLibNvInferPlugins", "getInferLibVersion", "getNvOnnxParserVersion")
 
 
 class Unavailable(Exception):
