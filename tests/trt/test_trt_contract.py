@@ -26,7 +26,7 @@ from bindings import BINDINGS, Unavailable, prepare  # noqa: E402
 EXPECTED_API = {
     "Builder", "Builder.build_serialized_network", "Builder.create_builder_config", "Builder.create_network",
     "Builder.create_optimization_profile", "BuilderFlag", "BuilderFlag.TF32", "BuilderFlag.WEIGHT_STREAMING",
-    "DataType", "ExecutionContextAllocationStrategy", "ExecutionContextAllocationStrategy.USER_MANAGED",
+    "ExecutionContextAllocationStrategy", "ExecutionContextAllocationStrategy.USER_MANAGED",
     "IBuilderConfig.add_optimization_profile", "IBuilderConfig.builder_optimization_level",
     "IBuilderConfig.create_timing_cache", "IBuilderConfig.get_timing_cache", "IBuilderConfig.set_flag",
     "IBuilderConfig.set_memory_pool_limit", "IBuilderConfig.set_timing_cache", "ICudaEngine.create_execution_context",
@@ -35,7 +35,7 @@ EXPECTED_API = {
     "ICudaEngine.num_io_tensors", "ICudaEngine.streamable_weights_size", "ICudaEngine.weight_streaming_budget_v2",
     "IExecutionContext.execute_async_v3", "IExecutionContext.get_tensor_shape", "IExecutionContext.set_device_memory",
     "IExecutionContext.set_input_shape", "IExecutionContext.set_optimization_profile_async",
-    "IExecutionContext.set_tensor_address", "IHostMemory", "INetworkDefinition.get_input",
+    "IExecutionContext.set_tensor_address", "INetworkDefinition.get_input",
     "INetworkDefinition.num_inputs", "IOptimizationProfile.set_shape", "ITensor.name", "ITimingCache.serialize",
     "Logger", "MemoryPoolType", "MemoryPoolType.WORKSPACE", "NetworkDefinitionCreationFlag",
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "OnnxParser", "OnnxParser.get_error", "OnnxParser.num_errors",
@@ -75,6 +75,10 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
         print(f"\nTensorRT {report['tensorrt']} API used by wanrt ({len(used)} names, each checked against the real "
               f"class): " + ", ".join(sorted(used)))
     assert used <= EXPECTED_API, f"new TensorRT names in use (review, then list them): {sorted(used - EXPECTED_API)}"
+    # Unexercised here: the parser's error path (a graph TensorRT cannot parse) and switching profiles (wanrt builds
+    # one per engine today).
+    assert EXPECTED_API - used <= {"OnnxParser.get_error", "OnnxParser.num_errors",
+                                   "IExecutionContext.set_optimization_profile_async"}
     steps = report["steps"]
 
     # Strongly typed networks only; no precision flags; the experts streamable only when asked.

@@ -176,7 +176,7 @@ def main() -> int:
             plant(args.plant)
         cache = work / "timing.cache"
         cache.write_bytes(b"timing-cache:9.0.0:another-gpu")
-        log = build(art, work / "engines", "--timing-cache", str(cache))
+        log = build(art, work / "engines", "--timing-cache", str(cache), "--workspace-gib", "2")
         report["steps"]["build"] = {
             "log": log, "cache_rebuilt": cache.read_bytes().decode().endswith(trtsim.DEVICE_KEY)}
         if args.only_serve:
