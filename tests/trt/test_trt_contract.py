@@ -53,6 +53,7 @@ def _environment(major: int) -> dict[str, str]:
                                          *filter(None, [env.get("PYTHONPATH")])])
     env["LD_LIBRARY_PATH"] = os.pathsep.join([str(libs), *filter(None, [env.get("LD_LIBRARY_PATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["WANRT_CONTRACT_NAMES"] = ",".join(sorted(EXPECTED_API))
     return env
 
 

@@ -208,6 +208,12 @@ def main() -> int:
     except Exception:
         report["error"] = traceback.format_exc()
     report["used"] = sorted(checked.USED)
+    # Names on paths this scenario cannot reach (the parser's error path, ...) must exist all the same.
+    for name in filter(None, os.environ.get("WANRT_CONTRACT_NAMES", "").split(",")):
+        owner, _, attr = name.partition(".")
+        cls = getattr(trtsim.REAL, owner, None)
+        if cls is None or (attr and not hasattr(cls, attr)):
+            checked.violation(f"{name} does not exist in TensorRT {trtsim.REAL.__version__}")
     report["violations"] = list(checked.VIOLATIONS)
     report["built"] = trtsim.ENGINES_BUILT
     report["leaked"] = leaks()
