@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--prompts", type=int, default=2, help="end-to-end clips to compare (default %(default)s)")
     verify.add_argument("--steps", type=int, default=4, help="denoising steps per clip (default %(default)s)")
     verify.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    verify.add_argument("--reference", type=Path, default=None,
+                        help="artifact onnxruntime runs as the reference (default: the engines' own; give an fp32 "
+                             "export of the same model to measure bf16/fp16/quantized engines against fp32)")
     verify.add_argument("--report", type=Path, default=None, help="JSON report (default: verify.json here)")
     verify.add_argument("--max-rel", type=float, default=None, help="largest max relative error per network")
     verify.add_argument("--min-cosine", type=float, default=None, help="smallest cosine per network")
@@ -72,6 +75,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.prompts < 0 or args.steps < 1:
         raise InvalidRequestError("prompts" if args.prompts < 0 else "steps", "must be positive")
     report = verify_engines(args.engines, prompts=args.prompts, steps=args.steps, device=args.device,
+                            reference=args.reference,
                             thresholds=Thresholds(args.max_rel, args.min_cosine, args.min_psnr, args.min_ssim))
     path = args.report or Path("verify.json")
     write_report(report, path)

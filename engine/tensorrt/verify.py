@@ -73,8 +73,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thresholds: Thresholds | None = None,
-                   device: str = "cuda", seed: int = 0) -> dict[str, Any]:
-    """Runs both backends and returns the report (``passed`` says whether every number is within bounds)."""
+                   device: str = "cuda", seed: int = 0, reference: Path | None = None) -> dict[str, Any]:
+    """Runs both backends and returns the report (``passed`` says whether every number is within bounds).
+
+    ``reference``: the artifact onnxruntime runs (default: the one the engines were built from). Point it at an
+    fp32 export of the same model to measure bf16/fp16/quantized engines against fp32 (onnxruntime's CPU
+    provider lacks many bf16 kernels, so a bf16 artifact is a poor reference anyway).
+    """
+    from wanrt.engine.artifact import load_artifact
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
     from wanrt.engine.backends.tensorrt import load_tensorrt_pipeline, open_engines
     from wanrt.engine.loader import load_pipeline
@@ -85,7 +91,12 @@ def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thres
     art_dir, artifact, engines = open_engines(Path(engines_dir))
     trt_pipeline = load_tensorrt_pipeline(Path(engines_dir), device)
     trt = trt_pipeline.backend
-    ort = OnnxRuntimeBackend(art_dir, {n: g["file"] for n, g in artifact.graphs.items()})
+    ref_dir = Path(reference) if reference is not None else art_dir
+    ref = load_artifact(ref_dir) if reference is not None else artifact
+    if set(ref.graphs) != set(artifact.graphs):
+        raise VerificationFailed(f"the reference {ref_dir} has graphs {sorted(ref.graphs)}, the engines "
+                                 f"{sorted(artifact.graphs)}: not the same model")
+    ort = OnnxRuntimeBackend(ref_dir, {n: g["file"] for n, g in ref.graphs.items()})
     spec = artifact.spec
     opt = engines.opt
     rng = np.random.default_rng(seed)
@@ -125,7 +136,7 @@ def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thres
             VAE_STEP, lambda k=k, s=trt_state: trt.decode_next(z[:, :, k:k + 1], s),
             lambda k=k, s=ort_state: ort.decode_next(z[:, :, k:k + 1], s))
 
-    ort_pipeline = load_pipeline(art_dir, "onnxruntime")
+    ort_pipeline = load_pipeline(ref_dir, "onnxruntime")
     min_db, min_ssim = thresholds.clip(engines.precision)
     clips = []
     for i in range(prompts):
@@ -138,6 +149,7 @@ def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thres
                       "onnxruntime_s": t_ort, "passed": db >= min_db and s >= min_ssim})
     report = {
         "engines": str(Path(engines_dir).resolve()), "artifact": str(art_dir.resolve()),
+        "reference": str(ref_dir.resolve()),
         "tensorrt_version": engines.runtime.tensorrt_version, "gpu": engines.runtime.device_name,
         "precision": engines.precision, "shape": dataclasses.asdict(opt), "steps": steps,
         "networks": networks, "clips": clips, "psnr_limit_db": min_db, "ssim_limit": min_ssim,

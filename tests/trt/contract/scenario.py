@@ -195,7 +195,7 @@ def main() -> int:
             report["steps"]["experts_on_gpu"][name] = trtsim.PEAK["experts"]
         report["steps"]["serve"] = serve_jobs(work / "engines", art, work)
         rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "2", "--steps", "2",
-                      "--report", str(work / "verify.json"))
+                      "--reference", str(art), "--report", str(work / "verify.json"))
         report["steps"]["verify"] = {"rc": rc, "stderr": err[-2000:],
                                      "report": json.loads((work / "verify.json").read_text()) if rc == 0 else None}
         # A threshold no clip can meet (PSNR is capped at 100 dB): verify must exit 1 and say why.
