@@ -7,9 +7,10 @@
 #                                               default target (last stage), the one CI builds
 #
 # Build arguments:
-#   GPU_BASE  pinned TensorRT image; 25.01 = Ubuntu 24.04, CUDA 12.8, TensorRT 10.8, Python 3.12
-#             (see selinux/README.md, "Deployment notes"). Pin by digest in production:
-#             --build-arg GPU_BASE=nvcr.io/nvidia/tensorrt:25.01-py3@sha256:...
+#   GPU_BASE  pinned TensorRT image on TensorRT 11 (strongly typed engines only; wanrt runs 10.14+ and 11.x):
+#             26.10 = NVIDIA's TensorRT 11.4 release (October 2026), CUDA 13, Python 3.12; check its
+#             container release notes' driver table against the fleet. Pin by digest in production:
+#             --build-arg GPU_BASE=nvcr.io/nvidia/tensorrt:26.10-py3@sha256:...
 #   CPU_BASE  any Debian-family image with python3 (>= 3.11), its venv module, bash and ca-certificates;
 #             CI passes a locally bootstrapped Debian base (deploy/ci/podman-smoke.sh).
 #   WANRT_VERSION, VCS_REF, BUILD_DATE  recorded in the OCI labels.
@@ -24,7 +25,7 @@
 # engines read-only under /models, TLS material and tokens under /run/secrets, gRPC on 50051, Prometheus
 # metrics on 9464, SELinux type wanrt_container_t (selinux/).
 
-ARG GPU_BASE=nvcr.io/nvidia/tensorrt:25.01-py3
+ARG GPU_BASE=nvcr.io/nvidia/tensorrt:26.10-py3
 ARG CPU_BASE=python:3.11-slim-bookworm
 
 ############################################################################################################
@@ -81,6 +82,14 @@ RUN groupadd --system --gid 10001 wanrt \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/wanrt /var/lib/wanrt/outputs /var/log/wanrt \
     && install -d -m 0755 /models
 COPY --from=gpu-builder /opt/wanrt /opt/wanrt
+# The venv's own Python must import what serving needs: tensorrt (the base image's bindings, through
+# --system-site-packages, in the version range wanrt supports) and pycuda.driver (compiled in gpu-builder).
+# pycuda.driver links libcuda.so.1, which the NVIDIA container runtime injects when the container runs; at build
+# time the image's CUDA forward-compatibility copy stands in for it.
+RUN compat="$(find /usr/local/cuda/compat -maxdepth 1 -type d -name 'lib*' 2>/dev/null | sort -r | head -n 1)" \
+    && LD_LIBRARY_PATH="${compat}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" /opt/wanrt/bin/python -c \
+       'import pycuda, pycuda.driver; from wanrt.engine.tensorrt.engine import tensorrt_module; \
+print("TensorRT", tensorrt_module().__version__, "pycuda", pycuda.VERSION_TEXT)'
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

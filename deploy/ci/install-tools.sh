@@ -11,6 +11,8 @@
 # apt: the SELinux toolchain (refpolicy devel + source + the default policy store to link against,
 #      checkpolicy, semodule, secilc, setools with Debian's python3-setools, matchpathcon) and shellcheck.
 #      --no-install-recommends: setools' recommends alone are ~640 MB.
+#      gcc and libc6-dev: the TensorRT contract test (tests/trt/test_trt_contract.py) builds stub libnvinfer
+#      libraries so the real TensorRT binding wheels import.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -30,7 +32,7 @@ fi
 
 apt_pkgs=(
     selinux-policy-dev selinux-policy-default selinux-policy-src checkpolicy semodule-utils secilc
-    policycoreutils selinux-utils setools python3-setools make zstd bzip2 shellcheck
+    policycoreutils selinux-utils setools python3-setools make zstd bzip2 shellcheck gcc libc6-dev
 )
 if $with_podman; then
     apt_pkgs+=(podman buildah runc uidmap debootstrap)
