@@ -195,7 +195,7 @@ class WanrtServer:
         """SIGTERM: NOT_SERVING at once, refuse new calls, let running and queued jobs finish within the grace,
         cancel what is left, stop. Returns True when every job finished in time."""
         grace = self.config.grace_seconds if grace_seconds is None else grace_seconds
-        deadline = time.monotonic() + grace
+        deadline, began = time.monotonic() + grace, time.time()
         self._draining.set()
         self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
         self.jobs.stop_accepting()
@@ -206,6 +206,8 @@ class WanrtServer:
             self.jobs.cancel_all("shutdown")
             self.jobs.wait_idle(_SEND_GRACE_S)
         self.service.wait_calls_done(_SEND_GRACE_S)
+        if self.http is not None:  # HTTP clients fetch their video after it is done: give them the send grace
+            self.http.store.wait_fetched(began, _SEND_GRACE_S)
         self._shutdown(_SEND_GRACE_S)
         log.info("drained (%s)", "all jobs finished" if finished else "jobs cancelled after the grace")
         return finished

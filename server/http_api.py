@@ -39,7 +39,7 @@ from wanrt.errors import InvalidRequestError, WanrtError
 from wanrt.server.auth import TokenStore
 from wanrt.server.config import HostPort
 from wanrt.server.convert import DEFAULTS, MAX_CLIENT_REQUEST_ID
-from wanrt.server.errors import ConfigError
+from wanrt.server.errors import ConfigError, DrainingError
 from wanrt.server.http_videos import StoredVideo, VideoNotFoundError, VideoNotReadyError, VideoStore
 from wanrt.server.jobs import MP4
 from wanrt.server.service import AuditedCall, AuditFailed, CallStatus, VideoGenerationService, status_for
@@ -270,12 +270,13 @@ class VideosApi:
     """The Starlette application: handlers for /v1/videos on top of the gRPC servicer's checks and records."""
 
     def __init__(self, service: VideoGenerationService, store: VideoStore, *, tokens: TokenStore | None,
-                 max_request_bytes: int, model_name: str) -> None:
+                 max_request_bytes: int, model_name: str, draining: Callable[[], bool]) -> None:
         self.service = service
         self.store = store
         self.tokens = tokens
         self.max_request_bytes = max_request_bytes
         self.model_name = model_name
+        self.draining = draining  # set at once on SIGTERM, before the job queue stops accepting
         routes = [
             Route("/v1/videos", self.create, methods=["POST"]),
             Route("/v1/videos", self.list, methods=["GET"]),
@@ -335,6 +336,8 @@ class VideosApi:
                 self.service.check_request(ask.request, MP4, call.record)
             except InvalidRequestError as err:
                 raise _renamed(err, ask) from None
+            if self.draining():
+                raise DrainingError("the server is shutting down and accepts no new jobs")
             job = await run_in_threadpool(self.service.jobs.submit, ask.request, MP4,
                                           received_at=call.received_at, job_id=call.id)
             fps = ask.request.fps
@@ -447,6 +450,7 @@ class VideosApi:
                 if video.c2pa_manifest is None:
                     raise InvalidRequestError("variant", "this server signs no C2PA manifest (no --c2pa-cert)")
                 return Response(video.c2pa_manifest, media_type="application/c2pa")
+            video.fetched = True
             return Response(video.video, media_type="video/mp4", headers={
                 "x-video-sha256": video.sha256, "content-disposition": f'attachment; filename="{video_id}.mp4"'})
 
@@ -487,7 +491,7 @@ class HttpListener:
         self.store = VideoStore(server.service, keep_seconds=config.http_keep_seconds,
                                 keep_bytes=config.http_keep_bytes)
         api = VideosApi(server.service, self.store, tokens=server.tokens, max_request_bytes=server.max_request_bytes,
-                        model_name=model_name(server.service.facts.identity))
+                        model_name=model_name(server.service.facts.identity), draining=server.service.draining)
         self.address = config.http_address
         self._socket = bind_socket(self.address)
         self.port = int(self._socket.getsockname()[1])

@@ -54,6 +54,7 @@ class StoredVideo:
     video: bytes | None = None
     sha256: str | None = None
     c2pa_manifest: bytes | None = None
+    fetched: bool = False  # its content was downloaded at least once
     _chunks: list[bytes] = dataclasses.field(default_factory=list)
 
 
@@ -98,6 +99,21 @@ class VideoStore:
             self._videos.pop(video_id, None)
         video.job.cancel("client")
         return video
+
+    def wait_fetched(self, since: float, timeout: float) -> bool:
+        """Draining: waits (at most ``timeout`` s) until every job has ended and every video finished since
+        ``since`` (unix time) was downloaded once, so a client polling for its video is not cut off by the
+        exit. True when none is left waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                waiting = [v for v in self._videos.values() if v.status in ("queued", "in_progress")
+                           or (v.status == "completed" and not v.fetched and (v.completed_at or 0) >= since)]
+            if not waiting:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     @property
     def stored_bytes(self) -> int:

@@ -252,18 +252,22 @@ def test_finished_videos_expire_and_respect_the_bytes_budget(pipeline, tmp_path)
         assert wait_until(lambda: http.get(f"/v1/videos/{video_id}").status_code == 404, 10)
 
 
-def test_draining_answers_503(pipeline, tmp_path):
+def test_draining_answers_503_and_lets_running_jobs_be_fetched(pipeline, tmp_path):
     with running_server(pipeline, tmp_path, http_listen="127.0.0.1:0") as served, raw(served, None) as http:
-        running = http.post("/v1/videos", json={**LONG_BODY, "steps": 30}).json()["id"]
+        running = http.post("/v1/videos", json=LONG_BODY).json()["id"]
+        assert wait_until(lambda: http.get(f"/v1/videos/{running}").json()["status"] == "in_progress", 30)
         drain = threading.Thread(target=served.server.drain, kwargs={"grace_seconds": 60})
         drain.start()
         assert wait_until(lambda: served.server._draining.is_set(), 5)
         refused = http.post("/v1/videos", json=TINY_BODY)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
-        # The running job still finishes, and its client can still watch it until the server stops.
+        assert refused.headers["retry-after"] == "1"
+        # The running job finishes, and its client can still watch and fetch it before the server exits.
         assert wait_until(lambda: http.get(f"/v1/videos/{running}").json().get("status") == "completed", 60)
+        assert http.get(f"/v1/videos/{running}/content").status_code == 200
         drain.join(30)
         assert not drain.is_alive()
+    assert [r["status"] for r in audit_for(served, running) if r["method"] == "Generate"] == ["OK"]
 
 
 # --- transport security ---------------------------------------------------------------------------------------
