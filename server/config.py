@@ -8,11 +8,12 @@ import dataclasses
 import ipaddress
 import math
 import os
-import re
 import ssl
 from pathlib import Path
 
+from wanrt.engine.device import parse_device
 from wanrt.engine.loader import BACKENDS
+from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import ConfigError
 
 DEFAULT_GRPC_PORT = 50051
@@ -129,8 +130,10 @@ class ServerConfig:
         if not self.devices or len(set(self.devices)) != len(self.devices):
             raise ConfigError("device", f"needs one or more distinct devices, got {list(self.devices)}")
         for device in self.devices:
-            if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-                raise ConfigError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
+            try:
+                parse_device(device)
+            except InvalidRequestError as err:
+                raise ConfigError("device", err.message) from None
         listen = self.listen_address
         metrics = self.metrics_address
         if metrics is not None and metrics.port != 0 and (metrics.host, metrics.port) == (listen.host, listen.port):

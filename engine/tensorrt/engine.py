@@ -46,11 +46,6 @@ def tensorrt_module() -> Any:
         import tensorrt as trt
     except (ImportError, OSError) as err:  # OSError: bindings present but libnvinfer missing
         raise BackendUnavailableError(f"TensorRT is not usable here ({err}); {_INSTALL}") from None
-    if getattr(trt, "__file__", None) is None or not hasattr(trt, "Builder"):
-        # A directory named tensorrt on sys.path (tests/tensorrt, say) imports as an empty namespace package.
-        where = getattr(trt, "__file__", None) or ", ".join(sorted(set(getattr(trt, "__path__", []))))
-        raise BackendUnavailableError(f"TensorRT is not usable here (no TensorRT package; 'import tensorrt' found "
-                                      f"only {where}); {_INSTALL}")
     major = int(str(trt.__version__).split(".")[0])
     if major != SUPPORTED_MAJOR:
         raise BackendUnavailableError(f"wanrt's TensorRT backend targets TensorRT {SUPPORTED_MAJOR}.x; found "
