@@ -42,9 +42,11 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
             raise InvalidRequestError("latents", f"cannot read {args.latents}: {err}") from None
     if args.out.suffix.lower() not in (".mp4", ".npy"):
         raise InvalidRequestError("out", f"must end in .mp4 or .npy, got {args.out.name!r}")
-    folder = args.out.parent
-    if not folder.is_dir():  # before the model loads and the clip is generated, not after
-        raise InvalidRequestError("out", f"{folder} is not a directory")
+    # Before the model loads and the clip is generated, not after (other write errors: wanrt/cli.py).
+    if not args.out.parent.is_dir():
+        raise InvalidRequestError("out", f"{args.out.parent} is not a directory")
+    if args.out.is_dir():
+        raise InvalidRequestError("out", f"{args.out} is a directory")
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames, height=args.height,
         width=args.width, steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, seed=args.seed,

@@ -57,12 +57,9 @@ def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
 
 
 def effective_limits(model: Limits, config: ServerConfig) -> Limits:
-    """The model's limits, tightened (never widened) by the operator's --max-* options."""
-    changes = {}
-    for name in ("max_frames", "max_height", "max_width", "max_steps"):
-        value = getattr(config, name)
-        if value is not None:
-            changes[name] = min(value, getattr(model, name))
+    """The model's limits, tightened (never widened) by the operator's --max-* options or, on a CPU-only
+    server, the CPU defaults (ServerConfig.maxima)."""
+    changes = {name: min(value, getattr(model, name)) for name, value in config.maxima.items()}
     return dataclasses.replace(model, **changes)
 
 

@@ -12,6 +12,8 @@ from wanrt.engine.spec import WAN_TEXT_LENGTH
 from wanrt.reef import config, data, flow, latent_basis, networks, stages
 from wanrt.reef import train as T
 
+pytestmark = pytest.mark.slow  # trains quick reef models end to end
+
 
 def test_sigma_ranges_meet_at_the_expert_boundary():
     u = flow.boundary_u(3.0)

@@ -26,7 +26,8 @@ from wanrt.engine.text import PromptTokenizer
 from wanrt.errors import ArtifactError, InvalidRequestError
 
 REASON = gpu_unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT 10 and a CUDA GPU: {REASON}")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT 10 and a CUDA GPU: {REASON}")]
 
 # bf16 experts and text encoder (8 mantissa bits); the VAE runs fp32 with TF32 matmuls/convs (10 bits).
 BF16_TOLERANCE = 5e-2
