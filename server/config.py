@@ -86,8 +86,8 @@ def check_ca(field: str, ca: Path) -> None:
 LIMIT_OPTIONS = ("max_frames", "max_height", "max_width", "max_steps")
 # A server whose workers are all CPUs serves at most this where the operator set no --max-* option: a Wan
 # model's own limits (129 frames at 1280x1280, 100 steps) would hold a CPU worker for hours and its memory for
-# as long. 33 frames (2 s at 16 fps) at 256x256 is 9x the latent cells of the reef defaults (17 frames at
-# 96x96); with 50 steps the reef model finishes that in minutes on two cores (server/README.md has the numbers).
+# as long. 33 frames (2 s at 16 fps) at 256x256 is 13x the latent tokens of the reef defaults (17 frames at
+# 96x96); at 50 steps the reef model finishes that in about a minute on two idle cores (server/README.md).
 CPU_MAXIMA = {"max_frames": 33, "max_height": 256, "max_width": 256, "max_steps": 50}
 
 
