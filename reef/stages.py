@@ -32,6 +32,7 @@ Log = Callable[[str], None]
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate scale: linear warm-up over ``warmup`` steps, then a cosine from 1 down to 0.1."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
