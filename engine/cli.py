@@ -10,6 +10,7 @@ import numpy as np
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.engine.request import GenerationRequest
+from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_trust_argument(parser)
+    add_provenance_arguments(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
 
@@ -71,9 +74,13 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.engine.loader import load_pipeline
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
+    from wanrt.trust.cli import check_trusted, provenance_key
 
     request = request_from_args(args)
-    pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
+    model = _model_or_default(args)
+    provenance = provenance_key(args)
+    check_trusted(model, args.trust)
+    pipeline = load_pipeline(model, args.backend, device=args.device)
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:
@@ -83,12 +90,26 @@ def _generate(args: argparse.Namespace) -> int:
         bar.update(progress.step - bar.n)
 
     try:
-        write_video(args.out, pipeline.generate(request, on_progress=show), request.fps)
+        frames = pipeline.generate(request, on_progress=show)
+        if provenance is None:
+            write_video(args.out, frames, request.fps)
+        else:
+            _write_signed(args.out, frames, request.fps, provenance, pipeline.identity)
     finally:
         for bar in bars.values():
             bar.close()
     print(args.out)
     return 0
+
+
+def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict) -> None:
+    import uuid
+
+    from wanrt import __version__
+    from wanrt.trust.provenance import manifest_definition, write_signed_video
+
+    definition = manifest_definition(identity, uuid.uuid4().hex, wanrt_version=__version__, title=out.name)
+    write_signed_video(out, frames, fps, key, definition)
 
 
 def _model_or_default(args: argparse.Namespace) -> Path:

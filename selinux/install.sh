@@ -6,7 +6,7 @@
 # Usage: selinux/install.sh [options]
 #   --models DIR    model + engine store        (default /srv/wanrt/models)      -> wanrt_model_t
 #   --outputs DIR   generated videos            (default /var/lib/wanrt/outputs) -> wanrt_output_t
-#   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_output_t
+#   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_audit_t
 #   --secrets DIR   TLS material + tokens file  (default /etc/wanrt/secrets)     -> wanrt_secret_t
 #   --no-health-connect  turn the wanrt_container_health_connect boolean off (no name_connect at all;
 #                   probe health from outside the container instead of the image HEALTHCHECK)
@@ -73,8 +73,9 @@ declare -A default_dirs=(
     [wanrt_model_t]=/srv/wanrt/models
     [wanrt_output_t]=/var/lib/wanrt/outputs
     [wanrt_secret_t]=/etc/wanrt/secrets
+    [wanrt_audit_t]=/var/log/wanrt
 )
-labels=("wanrt_model_t:$models" "wanrt_output_t:$outputs" "wanrt_output_t:$audit" "wanrt_secret_t:$secrets")
+labels=("wanrt_model_t:$models" "wanrt_output_t:$outputs" "wanrt_audit_t:$audit" "wanrt_secret_t:$secrets")
 
 fcontext_spec() {
     printf '%s(/.*)?' "$(realpath -m "$1")"
@@ -82,7 +83,7 @@ fcontext_spec() {
 
 is_default() {
     local type="$1" dir="$2"
-    [[ "$dir" == "${default_dirs[$type]}" ]] || [[ "$type:$dir" == "wanrt_output_t:/var/log/wanrt" ]]
+    [[ "$dir" == "${default_dirs[$type]}" ]]
 }
 
 if $uninstall; then

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
 from wanrt.engine.spec import ModelSpec
-from wanrt.server.audit import AuditLog
+from wanrt.server.audit import open_audit_log
 from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
@@ -80,7 +80,7 @@ class WanrtServer:
         self.limits = effective_limits(first.limits, config)
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
-        self.audit = AuditLog(Path(config.audit_log))
+        self.audit = open_audit_log(config)
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
@@ -89,6 +89,7 @@ class WanrtServer:
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
             self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
+            provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []

@@ -107,6 +107,10 @@ class ServerConfig:
     insecure: bool = False  # plaintext; only on loopback addresses
     audit_log: Path | None = None
     audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
+    audit_checkpoint_every: int = 0  # with audit_signing_key: a signed checkpoint every N records
+    audit_signing_key: Path | None = None
+    c2pa_cert: Path | None = None  # with c2pa_key: every MP4 result carries a signed C2PA sidecar manifest
+    c2pa_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
     # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold. Unset on a
@@ -161,6 +165,7 @@ class ServerConfig:
         if self.tokens is not None:
             TokenStore.load(_readable_file("tokens", self.tokens))
         self._check_audit_log()
+        self.provenance_key()
         _check_int("queue_size", self.queue_size, 0, MAX_QUEUE_SIZE)
         if not isinstance(self.grace_seconds, int | float) or not math.isfinite(self.grace_seconds) \
                 or self.grace_seconds < 0:
@@ -171,6 +176,16 @@ class ServerConfig:
         if self.max_request_bytes is not None:
             _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
         return self
+
+    def provenance_key(self) -> object | None:
+        """The C2PA signing key (checked like the TLS pair), or None when provenance is off."""
+        from wanrt.errors import InvalidRequestError
+        from wanrt.trust.provenance import key_from_options
+
+        try:
+            return key_from_options(self.c2pa_cert, self.c2pa_key)
+        except InvalidRequestError as err:
+            raise ConfigError(err.field, err.message) from None
 
     def _check_transport(self, listen: HostPort) -> None:
         tls_given = [name for name in ("tls_cert", "tls_key", "client_ca") if getattr(self, name) is not None]
@@ -203,6 +218,17 @@ class ServerConfig:
                 pass
         except OSError as err:
             raise ConfigError("audit_log", f"cannot append to {path}: {err.strerror}") from None
+        _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
+        if (self.audit_signing_key is None) != (self.audit_checkpoint_every == 0):
+            raise ConfigError("audit_signing_key", "and --audit-checkpoint-every N (N > 0) go together")
+        if self.audit_signing_key is not None:
+            from wanrt.errors import SignatureError
+            from wanrt.trust.keys import load_signer
+
+            try:
+                load_signer(_readable_file("audit_signing_key", self.audit_signing_key))
+            except SignatureError as err:
+                raise ConfigError("audit_signing_key", str(err)) from None
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

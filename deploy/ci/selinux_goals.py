@@ -56,7 +56,7 @@ INHERITED_USERNS_CAPS = ["chown", "dac_override", "dac_read_search", "fowner", "
 # Types the domain may write files in (default booleans): ours, the container's own
 # overlay/tmpfs content, its own /proc entries, and the net sysctls of its private network
 # namespace (both inherited from container_domain), and fusefs (rootless overlay, inherited).
-WRITE_ALLOWED = ["wanrt_output_t", "container_file_t", DOMAIN, "sysctl_net_t", "fusefs_t"]
+WRITE_ALLOWED = ["wanrt_output_t", "wanrt_audit_t", "container_file_t", DOMAIN, "sysctl_net_t", "fusefs_t"]
 # Device nodes the domain may open/read/write/ioctl/map (default booleans): the GPU type, the
 # harmless standard nodes, and nodes the engine creates inside the container (container_*).
 DEVICES_ALLOWED = [
@@ -87,7 +87,8 @@ GOALS: list[Goal] = [
     Goal("S2", "domain is not permissive", "not_permissive", {"type": DOMAIN}),
     Goal("S3", "content and port types are file/port types", "attrs_each",
          {"types": {"wanrt_model_t": ["file_type"], "wanrt_output_t": ["file_type"],
-                    "wanrt_secret_t": ["file_type"], "wanrt_port_t": ["port_type"]}}),
+                    "wanrt_secret_t": ["file_type"], "wanrt_audit_t": ["file_type", "logfile"],
+                    "wanrt_port_t": ["port_type"]}}),
     Goal("S4", "a container engine can enter the domain under no-new-privileges", "enter",
          {"engine_attr": "container_engine_domain"}),
     Goal("S5", "image content (container_file_t) is the entrypoint", "may",
@@ -98,10 +99,13 @@ GOALS: list[Goal] = [
     Goal("M2", "list model/engine directories, follow their symlinks", "may_each",
          {"targets": ["wanrt_model_t"], "perms": {"dir": ["search", "read", "open", "getattr"],
                                                   "lnk_file": ["read"]}}),
-    Goal("M3", "create/append/rename outputs and the audit log (wanrt_output_t)", "may_each",
+    Goal("M3", "create/write/rename outputs (wanrt_output_t)", "may_each",
          {"targets": ["wanrt_output_t"],
           "perms": {"file": ["create", "open", "write", "append", "rename", "unlink", "getattr"],
                     "dir": ["search", "add_name", "remove_name", "write", "create"]}}),
+    Goal("A1", "create the audit log and append to it (wanrt_audit_t)", "may_each",
+         {"targets": ["wanrt_audit_t"],
+          "perms": {"file": ["create", "open", "append", "read", "getattr"], "dir": ["search", "add_name"]}}),
     Goal("M4", "read TLS material and tokens (wanrt_secret_t)", "may",
          {"targets": ["wanrt_secret_t"], "classes": ["file"], "perms": ["open", "read"]}),
     Goal("M5", "listen on wanrt_port_t (tcp socket, node_bind, name_bind)", "may_each",
@@ -119,9 +123,19 @@ GOALS: list[Goal] = [
          {"targets": ["wanrt_model_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
     Goal("N2", "no write on secrets (wanrt_secret_t)", "must_not",
          {"targets": ["wanrt_secret_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
-    Goal("N3", "nothing executable from models, outputs or secrets", "must_not",
-         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_secret_t"], "classes": ["file"],
+    Goal("N3", "nothing executable from models, outputs, the audit log or secrets", "must_not",
+         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_audit_t", "wanrt_secret_t"], "classes": ["file"],
           "perms": EXEC_PERMS}),
+    Goal("A2", "audit log: no write at an offset, truncate, rename, unlink, link or relabel (wanrt_audit_t)",
+         "must_not", {"targets": ["wanrt_audit_t"], "classes": ["file"],
+                      "perms": ["write", "setattr", "rename", "unlink", "link", "relabelfrom", "relabelto",
+                                "mounton"]}),
+    Goal("A3", "audit directory: no entry removed or renamed, directory kept (wanrt_audit_t)", "must_not",
+         {"targets": ["wanrt_audit_t"], "classes": ["dir"],
+          "perms": ["remove_name", "reparent", "rename", "rmdir", "unlink", "setattr", "relabelfrom", "mounton"]}),
+    Goal("A4", "audit directory holds only files the domain appends to (no links, fifos, sockets)", "must_not",
+         {"targets": ["wanrt_audit_t"], "classes": ["lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"],
+          "perms": WRITE_PERMS}),
     Goal("N4", f"no name_connect (only exception: wanrt_port_t under boolean {HEALTH_BOOL})", "must_not",
          {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
           "except_cond": {"bool": HEALTH_BOOL, "targets": ["wanrt_port_t"]}}),
@@ -376,7 +390,7 @@ def fcontext_results(file_contexts: str) -> list[dict]:
     want = {
         "/srv/wanrt/models/wan2.2/transformer.engine": "wanrt_model_t",
         "/var/lib/wanrt/outputs/0001.mp4": "wanrt_output_t",
-        "/var/log/wanrt/audit.jsonl": "wanrt_output_t",
+        "/var/log/wanrt/audit.jsonl": "wanrt_audit_t",
         "/etc/wanrt/secrets/tls.key": "wanrt_secret_t",
         "/dev/nvidia0": "xserver_misc_device_t",
         "/dev/nvidiactl": "xserver_misc_device_t",

@@ -103,6 +103,13 @@ def test_security_opts(service: dict) -> None:
     assert not any(o in ("label=disable", "label:disable") or "unconfined" in o for o in opts), opts
 
 
+def test_server_checks_it_got_the_label_it_asks_for(service: dict) -> None:
+    """The process refuses to start unless it runs as the type security_opt asks the engine for."""
+    label = [_s(o).split(":", 1)[1] for o in service["security_opt"] if _s(o).startswith("label=type:")]
+    cmd = [_s(c) for c in service["command"]]
+    assert cmd[cmd.index("--require-selinux-type") + 1] == label[0] == "wanrt_container_t"
+
+
 def test_not_privileged_no_host_namespaces(service: dict) -> None:
     assert not service.get("privileged")
     for key in ("network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup"):

@@ -16,7 +16,9 @@ from deploy_support import REPO, default_of, load_yaml
 REQUIRED_GOALS = {
     "S1", "S2", "S4",  # a container domain, not permissive, enterable by the engine under no-new-privileges
     "M1", "M2", "M3", "M4", "M5", "M6", "M7",  # read models, write outputs, secrets, bind, GPU, port labels
+    "A1",  # create and append to the audit log
     "N1", "N3", "N4", "N4b", "N5", "N6", "N8", "N9", "N10", "N11", "N12", "N13",  # the MUST NOTs
+    "A2", "A3",  # the audit log cannot be rewritten, truncated, renamed or deleted
     "F1",  # file contexts of the host paths
 }
 
@@ -48,6 +50,10 @@ BAD_RULES_CAUGHT = [
     ("N10", "memory_device_t:chr_file read"),
     ("N11", "fixed_disk_device_t:blk_file write"),
     ("N12", "shadow_t:file read"),
+    ("A2", "wanrt_audit_t:file write"),
+    ("A2", "wanrt_audit_t:file setattr"),
+    ("A2", "wanrt_audit_t:file unlink"),
+    ("A3", "wanrt_audit_t:dir remove_name"),
     ("S2", "is permissive"),
 ]
 
@@ -111,7 +117,7 @@ def _fc_entries() -> dict[str, str]:
 def test_file_contexts_cover_the_compose_host_paths() -> None:
     compose = load_yaml(REPO / "docker-compose.yml")
     fc = _fc_entries()
-    want = {"/models": "wanrt_model_t", "/var/lib/wanrt/outputs": "wanrt_output_t", "/var/log/wanrt": "wanrt_output_t"}
+    want = {"/models": "wanrt_model_t", "/var/lib/wanrt/outputs": "wanrt_output_t", "/var/log/wanrt": "wanrt_audit_t"}
     for svc in compose["services"].values():
         for vol in svc["volumes"]:
             src = default_of(vol["source"])
