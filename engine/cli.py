@@ -61,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
                              "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", dest="devices", action="append", default=None,
+                        help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="run the cond and uncond halves of each guided step on the two --device at once")
     add_trust_argument(parser)
     add_provenance_arguments(parser)
     add_video_arguments(parser)
@@ -71,16 +74,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.loader import load_pipelines
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
+    from wanrt.errors import InvalidRequestError
     from wanrt.trust.cli import check_trusted, provenance_key
 
     request = request_from_args(args)
+    devices = tuple(args.devices or ("cpu",))
+    if len(devices) != (2 if args.cfg_parallel else 1):
+        raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
+                                            f"{len(devices)}")
     model = _model_or_default(args)
     provenance = provenance_key(args)
     check_trusted(model, args.trust)
-    pipeline = load_pipeline(model, args.backend, device=args.device)
+    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:

@@ -38,9 +38,15 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="pair the devices: each pair runs the cond and uncond halves of a guided step at once")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
     parser.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN,
                         help="Prometheus HOST:PORT (default %(default)s)")
+    parser.add_argument("--health-listen", default=None,
+                        help="plaintext HOST:PORT serving grpc.health.v1 only (e.g. for kubelet's gRPC probes)")
+    parser.add_argument("--health-socket", type=Path, default=None,
+                        help="unix socket serving grpc.health.v1 only (the image's HEALTHCHECK dials it)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--client-ca", type=Path, help="CA that signs client certificates: turns on mutual TLS")
@@ -65,7 +71,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.loader import load_pipelines
     from wanrt.server.app import WanrtServer
     from wanrt.trust.cli import check_trusted
 
@@ -73,14 +79,16 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         model=args.model or _packaged_model(args.backend), backend=args.backend,
-        devices=tuple(args.devices or ("cpu",)), listen=args.listen, metrics_listen=args.metrics_listen,
+        devices=tuple(args.devices or ("cpu",)), cfg_parallel=args.cfg_parallel, listen=args.listen,
+        metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
         audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
         c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
-        max_request_bytes=args.max_request_bytes,
+        max_request_bytes=args.max_request_bytes, health_listen=args.health_listen,
+        health_socket=args.health_socket,
     ).validated()  # before the (slow) model load: a wrong flag fails in a second, not after minutes
 
     stop = threading.Event()
@@ -100,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         require_selinux_type(args.require_selinux_type)
     check_trusted(config.model, args.trust)
-    pipelines = [load_pipeline(config.model, config.backend, device=device) for device in config.devices]
+    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)
@@ -108,7 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
-                      "metrics_port": server.metrics_port}), flush=True)
+                      "metrics_port": server.metrics_port, "health_port": server.health_port}), flush=True)
     while not stop.wait(0.5):
         pass
     # A second signal during the drain cancels the remaining jobs at their next step instead of waiting.

@@ -207,7 +207,8 @@ def bad_request_field(err: grpc.RpcError) -> tuple[str | None, str | None]:
 # --- `wanrt client ...` ------------------------------------------------------------------------------------
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--server", default=DEFAULT_LISTEN,
+                        help="HOST:PORT or unix:/PATH (default %(default)s)")
     parser.add_argument("--insecure", action="store_true", help="plaintext, to a loopback address only")
     parser.add_argument("--ca", type=Path, help="CA certificate(s) to verify the server (default: system roots)")
     parser.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")

@@ -56,6 +56,11 @@ def parse_host_port(field: str, value: str) -> HostPort:
     return HostPort(host, int(port))
 
 
+def is_unix_target(server: str) -> bool:
+    """``unix:/abs/path`` or ``unix:///abs/path`` (grpc's forms): a socket on this machine, never the network."""
+    return isinstance(server, str) and server.startswith("unix:")
+
+
 def _readable_file(field: str, path: Path | None) -> Path | None:
     if path is None:
         return None
@@ -98,6 +103,7 @@ class ServerConfig:
     model: Path | None
     backend: str = "onnxruntime"
     devices: tuple[str, ...] = ("cpu",)  # one worker (and one loaded pipeline) per entry
+    cfg_parallel: bool = False  # one worker per PAIR of devices: cond and uncond halves run at once
     listen: str = DEFAULT_LISTEN
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN  # None: no metrics endpoint
     tls_cert: Path | None = None
@@ -120,6 +126,11 @@ class ServerConfig:
     max_width: int | None = None
     max_steps: int | None = None
     max_request_bytes: int | None = None  # default: enough for latents at the largest allowed size
+    # Health only (grpc.health.v1, plaintext, no other service): for probes that cannot speak TLS (kubelet's
+    # native gRPC probes) and for the in-container HEALTHCHECK over a unix socket, which needs no
+    # SELinux name_connect. Neither carries requests or tokens.
+    health_listen: str | None = None
+    health_socket: Path | None = None
 
     @property
     def maxima(self) -> dict[str, int]:
@@ -139,6 +150,10 @@ class ServerConfig:
     def metrics_address(self) -> HostPort | None:
         return None if self.metrics_listen is None else parse_host_port("metrics_listen", self.metrics_listen)
 
+    @property
+    def health_address(self) -> HostPort | None:
+        return None if self.health_listen is None else parse_host_port("health_listen", self.health_listen)
+
     def validated(self, *, model_required: bool = True) -> ServerConfig:
         """Returns self, or raises ConfigError naming the first wrong option."""
         from wanrt.server.auth import TokenStore
@@ -150,8 +165,14 @@ class ServerConfig:
                 raise ConfigError("model", f"{self.model} is not a directory")
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if not self.devices or len(set(self.devices)) != len(self.devices):
+        # Two CPU sessions may share the CPU (cfg-parallel on CPU threads); an accelerator serves one worker.
+        accelerators = [d for d in self.devices if d != "cpu"]
+        repeated_cpu = self.devices.count("cpu") > 1 and not self.cfg_parallel
+        if not self.devices or len(set(accelerators)) != len(accelerators) or repeated_cpu:
             raise ConfigError("device", f"needs one or more distinct devices, got {list(self.devices)}")
+        if self.cfg_parallel and (len(self.devices) < 2 or len(self.devices) % 2):
+            raise ConfigError("cfg_parallel", f"pairs devices: needs an even number of --device, got "
+                                              f"{len(self.devices)}")
         for device in self.devices:
             try:
                 parse_device(device)
@@ -161,6 +182,11 @@ class ServerConfig:
         metrics = self.metrics_address
         if metrics is not None and metrics.port != 0 and (metrics.host, metrics.port) == (listen.host, listen.port):
             raise ConfigError("metrics_listen", "must differ from --listen")
+        health = self.health_address
+        taken = [(a.host, a.port) for a in (listen, metrics) if a is not None and a.port != 0]
+        if health is not None and health.port != 0 and (health.host, health.port) in taken:
+            raise ConfigError("health_listen", "must differ from --listen and --metrics-listen")
+        self._check_health_socket()
         self._check_transport(listen)
         if self.tokens is not None:
             TokenStore.load(_readable_file("tokens", self.tokens))
@@ -204,6 +230,17 @@ class ServerConfig:
         check_certificates(cert, key)
         if self.client_ca is not None:
             check_ca("client_ca", _readable_file("client_ca", self.client_ca))
+
+    def _check_health_socket(self) -> None:
+        if self.health_socket is None:
+            return
+        path = Path(self.health_socket)
+        if not path.is_absolute():
+            raise ConfigError("health_socket", f"must be an absolute path, got {str(path)!r}")
+        if not path.parent.is_dir():
+            raise ConfigError("health_socket", f"directory {path.parent} does not exist")
+        if path.exists() and not path.is_socket():
+            raise ConfigError("health_socket", f"{path} exists and is not a socket")
 
     def _check_audit_log(self) -> None:
         if self.audit_log is None:
@@ -249,7 +286,7 @@ class ClientConfig:
     server_name: str | None = None  # TLS name to verify instead of the host in ``server``
 
     def validated(self) -> ClientConfig:
-        address = parse_host_port("server", self.server)
+        address = HostPort("localhost", 0) if is_unix_target(self.server) else parse_host_port("server", self.server)
         if self.insecure:
             given = [name for name in ("ca", "cert", "key", "server_name") if getattr(self, name) is not None]
             if given:

@@ -12,8 +12,7 @@ Two evaluation modes:
   * "default": conditional rules count only when enabled with the policy's default booleans
     (what the domain gets on a freshly installed host);
   * "any": every conditional rule counts, whatever its boolean (what an administrator could
-    switch on). Every MUST NOT goal uses "any", so a boolean cannot quietly reopen a hole; the
-    only conditional exception is the documented health-probe boolean.
+    switch on). Every MUST NOT goal uses "any", so a boolean cannot quietly reopen a hole.
 """
 
 from __future__ import annotations
@@ -27,7 +26,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 DOMAIN = "wanrt_container_t"
-HEALTH_BOOL = "wanrt_container_health_connect"
+# One port type per listener (selinux/wanrt.ports): gRPC, metrics, plaintext health for kubelet's probes.
+PORTS = [("tcp", 50051, "wanrt_grpc_port_t"), ("tcp", 9464, "wanrt_metrics_port_t"),
+         ("tcp", 50060, "wanrt_health_port_t")]
+PORT_TYPES = [t for _p, _n, t in PORTS]
 
 FILE_CLASSES = ["file", "dir", "lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"]
 WRITE_PERMS = [
@@ -88,7 +90,7 @@ GOALS: list[Goal] = [
     Goal("S3", "content and port types are file/port types", "attrs_each",
          {"types": {"wanrt_model_t": ["file_type"], "wanrt_output_t": ["file_type"],
                     "wanrt_secret_t": ["file_type"], "wanrt_audit_t": ["file_type", "logfile"],
-                    "wanrt_port_t": ["port_type"]}}),
+                    **{t: ["port_type"] for t in PORT_TYPES}}}),
     Goal("S4", "a container engine can enter the domain under no-new-privileges", "enter",
          {"engine_attr": "container_engine_domain"}),
     Goal("S5", "image content (container_file_t) is the entrypoint", "may",
@@ -108,16 +110,19 @@ GOALS: list[Goal] = [
           "perms": {"file": ["create", "open", "append", "read", "getattr"], "dir": ["search", "add_name"]}}),
     Goal("M4", "read TLS material and tokens (wanrt_secret_t)", "may",
          {"targets": ["wanrt_secret_t"], "classes": ["file"], "perms": ["open", "read"]}),
-    Goal("M5", "listen on wanrt_port_t (tcp socket, node_bind, name_bind)", "may_each",
+    Goal("M5", "listen on the gRPC, metrics and health port types (tcp socket, node_bind, name_bind)", "may_each",
          {"targets": None, "perms": {}, "pairs": [
              (DOMAIN, "tcp_socket", ["create", "bind", "listen", "accept", "read", "write"]),
-             ("wanrt_port_t", "tcp_socket", ["name_bind"]),
+             *[(t, "tcp_socket", ["name_bind"]) for t in PORT_TYPES],
              ("node_t", "tcp_socket", ["node_bind"])]}),
     Goal("M6", "use the NVIDIA device nodes (xserver_misc_device_t: rw, ioctl, map)", "may",
          {"targets": ["xserver_misc_device_t"], "classes": ["chr_file"],
           "perms": ["open", "read", "write", "ioctl", "map", "getattr"]}),
-    Goal("M7", "tcp 50051 and 9464 are labelled wanrt_port_t", "portcon",
-         {"ports": [("tcp", 50051), ("tcp", 9464)], "type": "wanrt_port_t"}),
+    Goal("M7", "tcp 50051, 9464 and 50060 carry their own port types", "portcon", {"ports": PORTS}),
+    Goal("M8", "health over its own unix socket (the HEALTHCHECK needs no TCP connect)", "may_each",
+         {"targets": None, "perms": {}, "pairs": [
+             (DOMAIN, "unix_stream_socket", ["create", "bind", "listen", "accept", "connect", "connectto"]),
+             ("container_file_t", "sock_file", ["create", "write", "unlink"])]}),
     # ---- MUST NOT -------------------------------------------------------------------------
     Goal("N1", "no write/create/relabel/mounton on models (wanrt_model_t)", "must_not",
          {"targets": ["wanrt_model_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
@@ -136,15 +141,11 @@ GOALS: list[Goal] = [
     Goal("A4", "audit directory holds only files the domain appends to (no links, fifos, sockets)", "must_not",
          {"targets": ["wanrt_audit_t"], "classes": ["lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"],
           "perms": WRITE_PERMS}),
-    Goal("N4", f"no name_connect (only exception: wanrt_port_t under boolean {HEALTH_BOOL})", "must_not",
-         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
-          "except_cond": {"bool": HEALTH_BOOL, "targets": ["wanrt_port_t"]}}),
-    Goal("N4b", f"with {HEALTH_BOOL} off: no name_connect at all", "must_not",
-         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
-          "mode": "health_off"}),
-    Goal("N5", "no name_bind on any port type but wanrt_port_t (tcp, udp, sctp)", "must_not",
+    Goal("N4", "no name_connect to any port, under any boolean", "must_not",
+         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"]}),
+    Goal("N5", "no name_bind on any port type but the three wanrt port types (tcp, udp, sctp)", "must_not",
          {"targets": "*", "classes": ["tcp_socket", "udp_socket", "sctp_socket", "dccp_socket"],
-          "perms": ["name_bind"], "except_targets": ["wanrt_port_t"]}),
+          "perms": ["name_bind"], "except_targets": PORT_TYPES}),
     Goal("N6", "no dangerous capabilities (sys_admin, sys_module, net_admin, sys_ptrace ...)", "must_not",
          {"targets": [DOMAIN], "classes": ["capability"], "perms": DANGEROUS_CAPS}),
     Goal("N6u", "no dangerous capabilities in a child user namespace either", "must_not",
@@ -221,8 +222,7 @@ class Checker:
             if cond is None:
                 grant = None
             else:
-                grant = (str(cond), {str(b) for b in cond.booleans}, rule.enabled(),
-                         rule.enabled(**{HEALTH_BOOL: False}))
+                grant = (str(cond), {str(b) for b in cond.booleans}, rule.enabled())
             for tgt in rule.target.expand():
                 for perm in rule.perms:
                     self.access[(str(tgt), cls)][str(perm)].append(grant)
@@ -255,8 +255,6 @@ class Checker:
         grants = self.access.get((tgt, cls), {}).get(perm, [])
         if mode == "any":
             return grants
-        if mode == "health_off":
-            return [g for g in grants if g is None or g[3]]
         return [g for g in grants if g is None or g[2]]
 
     @staticmethod
@@ -323,8 +321,6 @@ class Checker:
     def k_must_not(self, a: dict) -> list[str]:
         mode = a.get("mode", "any")
         excepted = set(self._types(a["except_targets"])) if a.get("except_targets") else set()
-        exc_cond = a.get("except_cond")
-        exc_cond_targets = set(self._types(exc_cond["targets"])) if exc_cond else set()
         targets = self._types(a["targets"], optional=a.get("optional", False))
         problems = []
         for tgt in targets:
@@ -333,9 +329,6 @@ class Checker:
             for cls in self._classes(a["classes"]):
                 for perm in a["perms"]:
                     grants = self.granted(tgt, cls, perm, mode)
-                    if exc_cond and tgt in exc_cond_targets:
-                        # tolerated only when conditional on exactly the documented boolean
-                        grants = [g for g in grants if g is None or g[1] != {exc_cond["bool"]}]
                     if grants:
                         problems.append(self._fmt(tgt, cls, perm, grants))
         return problems
@@ -363,7 +356,7 @@ class Checker:
 
     def k_portcon(self, a: dict) -> list[str]:
         problems = []
-        for proto, port in a["ports"]:
+        for proto, port, want in a["ports"]:
             best = None
             for pc in self.p.portcons():
                 if pc.protocol.name != proto or not (pc.ports.low <= port <= pc.ports.high):
@@ -372,8 +365,8 @@ class Checker:
                 if best is None or width < best[0]:
                     best = (width, str(pc.context.type_))
             got = best[1] if best else "unlabelled"
-            if got != a["type"]:
-                problems.append(f"{proto}/{port} is {got}, want {a['type']}")
+            if got != want:
+                problems.append(f"{proto}/{port} is {got}, want {want}")
         return problems
 
     # -- driver -------------------------------------------------------------------------
