@@ -41,7 +41,7 @@ from wanrt.server.config import HostPort
 from wanrt.server.convert import DEFAULTS, MAX_CLIENT_REQUEST_ID
 from wanrt.server.errors import ConfigError, DrainingError
 from wanrt.server.http_videos import StoredVideo, VideoNotFoundError, VideoNotReadyError, VideoStore
-from wanrt.server.jobs import MP4
+from wanrt.server.protocol import MP4
 from wanrt.server.service import AuditedCall, AuditFailed, CallStatus, VideoGenerationService, status_for
 
 log = logging.getLogger("wanrt.server.http")
