@@ -27,6 +27,8 @@ ALICE, BOB, VIEWER = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef
 TINY_BODY = {"prompt": TINY.prompt, "size": "16x16", "frames": 1, "steps": 1, "guidance": 1.0}
 LONG_BODY = {"prompt": LONG.prompt, "size": "64x64", "frames": LONG.frames, "steps": LONG.steps,
              "guidance": LONG.guidance}
+# The subject is the HTTP layer over the shared queue: one backend (what production serves on) shows it.
+SERVER_BACKENDS = ("onnxruntime",)
 # The SDK marks its videos API deprecated (OpenAI's Sora service ends); the API shape is what is tested here.
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 SDK_EXTRA = {"size": "16x16", "frames": 1, "steps": 1, "guidance": 1.0}  # wanrt's own fields, as the SDK's extra_body
