@@ -210,6 +210,7 @@ class ServeProcess:
     address: str
     metrics_port: int
     audit_log: Path
+    http_port: int | None = None  # with --http-listen
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -243,7 +244,7 @@ def serve_process(model: Path, tmp_path: Path, *extra: str, tls: Certs | None = 
             stderr.seek(0)
             raise AssertionError(f"wanrt serve did not start: {stderr.read()[-3000:]}")
         ready = json.loads(line)
-        yield ServeProcess(process, ready["grpc"], ready["metrics_port"], audit)
+        yield ServeProcess(process, ready["grpc"], ready["metrics_port"], audit, ready.get("http_port"))
     finally:
         if process.poll() is None:
             process.kill()

@@ -12,7 +12,7 @@ import threading
 import httpx
 import openai
 import pytest
-from server_testkit import LONG, TINY, running_server, wait_until
+from server_testkit import LONG, TINY, read_audit, running_server, serve_process, wait_until
 from test_server_bad_requests import CASES, GENERATE
 
 from wanrt.engine.request import Limits
@@ -113,6 +113,20 @@ def test_curl_shapes_json_and_multipart(served):
             assert body.headers["content-type"] == "video/mp4"
             assert hashlib.sha256(body.content).hexdigest() == body.headers["x-video-sha256"]
             assert http.delete(f"/v1/videos/{video_id}").json()["deleted"] is True
+
+
+def test_wanrt_serve_http_listen(tiny_artifact_dir, tmp_path):
+    """The command line: `wanrt serve --http-listen` reports its port, serves the SDK and drains on SIGTERM."""
+    with serve_process(tiny_artifact_dir, tmp_path, "--backend", "onnxruntime", "--http-listen", "127.0.0.1:0",
+                       "--queue-size", "1") as process:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{process.http_port}/v1", api_key="-", max_retries=0)
+        video = client.videos.create_and_poll(prompt="a", extra_body=SDK_EXTRA, poll_interval_ms=20)
+        data = client.videos.download_content(video.id).read()
+        process.terminate()
+        assert process.process.wait(30) == 0
+        assert json.loads(process.process.stdout.read().strip().splitlines()[-1]) == {"event": "stopped"}
+    (record,) = [r for r in read_audit(process.audit_log) if r["request_id"] == video.id]
+    assert record["output"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
