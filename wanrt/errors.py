@@ -32,3 +32,8 @@ class BackendUnavailableError(WanrtError):
 
 class CancelledError(WanrtError):
     """Generation stopped at a step boundary because the caller asked it to."""
+
+
+class InsufficientMemoryError(WanrtError):
+    """A request does not fit in memory: refused before it runs (its estimate exceeds the memory budget), or
+    an allocation failed while it ran. The service stays up; the CLI exits 2, gRPC answers RESOURCE_EXHAUSTED."""

@@ -22,6 +22,22 @@ def providers_for(device: str) -> list[object]:
     return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
 
 
+def return_freed_memory() -> None:
+    """glibc raises its mmap threshold after freeing a large block (up to 32 MB), after which video-sized
+    tensors come from the heap and stay in the process when freed; a fixed 1 MiB threshold hands them back."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -36,6 +52,12 @@ class OnnxRuntimeBackend:
         # Run Q/DQ graphs as written: onnxruntime's fused INT8 kernels drift ~0.4% from the Q/DQ maths and its
         # FP8 rewrite cannot load at all. Exact Q/DQ is what makes onnxruntime TensorRT's CPU reference.
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+        # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no
+        # CPU arena (it keeps each session's peak for good, so stages would add up) and no memory pattern
+        # (one block per run, planned with gaps); freed buffers go back to the system at once.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        return_freed_memory()
         self._sessions = {}
         for name, file in graph_files.items():
             try:
