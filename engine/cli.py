@@ -55,19 +55,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(torch); default: the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_memory_budget_argument(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
+
+
+def add_memory_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """``--memory-budget``, shared by `wanrt generate` and `wanrt serve`."""
+    parser.add_argument("--memory-budget", default=None,
+                        help="memory a request may bring the process to, e.g. 6G (default: the cgroup limit, "
+                             "else physical memory, less a reserve); larger requests are refused before they run")
 
 
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from wanrt.engine.admission import admission_for
+    from wanrt.engine.budget import parse_size
     from wanrt.engine.loader import load_pipeline
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
 
     request = request_from_args(args)
+    budget = None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget)
     pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
+    request.validate(pipeline.limits)
+    admission = admission_for(pipeline, budget, args.device)
+    if admission is not None:
+        admission.check(request)  # before anything runs: refused with what would fit
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:

@@ -39,6 +39,7 @@ _DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12
                 19: 1, 20: 1}
 _DIM_RE = re.compile(r"(?:(\d+)\*)?([A-Za-z_][A-Za-z_0-9]*)")
 PROBE_BATCH = 2
+_SMALL_TENSOR = 4096  # elements: external initializers up to this size are read (they may be shapes)
 _CACHE: dict[str, GraphProfile] = {}  # graph key -> profile, for this process
 _CACHE_LOCK = threading.Lock()
 
@@ -76,13 +77,28 @@ def _dim_value(dim: str | int, values: Mapping[str, int]) -> int:
     return int(match.group(1) or 1) * values[match.group(2)]
 
 
-def _concrete(model: object, values: Mapping[str, int]) -> object:
+def _concrete(model: object, values: Mapping[str, int], base_dir: Path) -> object:
     """A copy of the graph (no weights) with every input dimension fixed from ``values``."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor
 
     concrete = onnx.ModelProto()
     concrete.CopyFrom(model)
-    initializers = {i.name for i in concrete.graph.initializer}
+    graph = concrete.graph
+    # Weights kept as external data are not read: they become typed inputs, whose shapes are all inference
+    # needs. Small ones may give shapes (Reshape targets), so those are read.
+    external = []
+    for tensor in [i for i in graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]:
+        if np.prod(tensor.dims, dtype=np.int64) <= _SMALL_TENSOR:
+            load_external_data_for_tensor(tensor, str(base_dir))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+            continue
+        external.append(tensor)
+    for tensor in external:
+        graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        graph.initializer.remove(tensor)
+    initializers = {i.name for i in graph.initializer} | {t.name for t in external}
     for value in concrete.graph.input:
         if value.name in initializers:
             continue
@@ -93,9 +109,10 @@ def _concrete(model: object, values: Mapping[str, int]) -> object:
     return concrete
 
 
-def _tensor_bytes(model: object, values: Mapping[str, int]) -> tuple[dict[str, float], dict[int, float]]:
+def _tensor_bytes(model: object, values: Mapping[str, int],
+                  base_dir: Path) -> tuple[dict[str, float], dict[int, float]]:
     """Bytes of every non-weight tensor, and each node's kernel scratch, with the inputs sized by ``values``."""
-    graph = _infer_shapes(_concrete(model, values)).graph
+    graph = _infer_shapes(_concrete(model, values, base_dir)).graph
     sizes: dict[str, float] = {}
     for value in [*graph.input, *graph.value_info, *graph.output]:
         tensor = value.type.tensor_type
@@ -161,9 +178,9 @@ def profile_graph(path: Path, name: str, probes: list[tuple[int, float, Mapping[
 
     model = onnx.load(str(path), load_external_data=False)
     (b0, s0, v0), (_, s1, v1), (b2, _, v2) = probes
-    at0, scratch0 = _tensor_bytes(model, v0)
-    at1, scratch1 = _tensor_bytes(model, v1)
-    at2, scratch2 = _tensor_bytes(model, v2)
+    at0, scratch0 = _tensor_bytes(model, v0, path.parent)
+    at1, scratch1 = _tensor_bytes(model, v1, path.parent)
+    at2, scratch2 = _tensor_bytes(model, v2, path.parent)
     nodes = list(model.graph.node)
     inputs = _graph_inputs(model)
     outputs = {o.name for o in model.graph.output}

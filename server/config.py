@@ -106,6 +106,7 @@ class ServerConfig:
     max_width: int | None = None
     max_steps: int | None = None
     max_request_bytes: int | None = None  # default: enough for latents at the largest allowed size
+    memory_budget: int | None = None  # bytes; default: the cgroup limit, else physical memory, less a reserve
 
     @property
     def listen_address(self) -> HostPort:
@@ -148,6 +149,8 @@ class ServerConfig:
                 _check_int(name, getattr(self, name), 1, 1 << 20)
         if self.max_request_bytes is not None:
             _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
+        if self.memory_budget is not None:
+            _check_int("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
         return self
 
     def _check_transport(self, listen: HostPort) -> None:

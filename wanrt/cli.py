@@ -6,7 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from wanrt.errors import ArtifactError, InvalidRequestError, ModelFormatError, WanrtError
+from wanrt.errors import (
+    ArtifactError,
+    InsufficientMemoryError,
+    InvalidRequestError,
+    ModelFormatError,
+    WanrtError,
+)
 
 EXIT_USAGE = 2  # bad arguments or input: nothing was produced
 EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavailable
@@ -38,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | InsufficientMemoryError) \
+            else EXIT_FAILED
+    except MemoryError:  # outside a pipeline run (loading, writing): still one line, not a traceback
+        print("wanrt: error: out of memory", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
