@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 from wanrt.engine.budget import MemoryBudget, format_bytes, host_memory_budget, resident_bytes
 from wanrt.engine.memory import MemoryEstimate, MemoryEstimator
@@ -106,12 +107,13 @@ def _last_fitting(values: list, fits: object) -> int | None:
     return low
 
 
-def admission_for(pipeline: VideoPipeline, budget_bytes: int | None, device: str) -> Admission | None:
+def admission_for(pipeline: VideoPipeline, budget_bytes: int | None, devices: Sequence[str]) -> Admission | None:
     """Admission for a loaded pipeline, or None where no estimate exists (the torch backend, GPU devices:
     there the budget is device memory, which the host-side estimate does not cover)."""
-    if pipeline.graphs is None or device != "cpu":
+    if pipeline.graphs is None or tuple(devices) != ("cpu",):
         log.warning("no memory admission for the %s backend on %s: requests are not checked against memory "
-                    "(allocation failures still end the job with RESOURCE_EXHAUSTED)", pipeline.backend.name, device)
+                    "(allocation failures still end the job with RESOURCE_EXHAUSTED)", pipeline.backend.name,
+                    ", ".join(devices))
         return None
     estimator = MemoryEstimator(pipeline.graphs, pipeline.spec, resident=resident_bytes())
     return Admission(estimator, host_memory_budget(budget_bytes), pipeline.limits)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from wanrt.errors import (
     ArtifactError,
+    ConfinementError,
     InsufficientMemoryError,
     InvalidRequestError,
     ModelFormatError,
@@ -20,7 +21,8 @@ EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavail
 # Stages that add subcommands; each module exposes register(subparsers). Imported lazily so that, e.g.,
 # `wanrt generate --backend onnxruntime` never imports torch through the export stage.
 _STAGES = ("wanrt.export.cli", "wanrt.engine.cli", "wanrt.server.cli",
-           "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli")
+           "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli",
+           "wanrt.trust.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | InsufficientMemoryError) \
-            else EXIT_FAILED
+        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError
+                                        | InsufficientMemoryError) else EXIT_FAILED
     except MemoryError:  # outside a pipeline run (loading, writing): still one line, not a traceback
         print("wanrt: error: out of memory", file=sys.stderr)
         return EXIT_USAGE
