@@ -72,21 +72,18 @@ class Admission:
         return None if best is None else sizes[best]
 
     def lowered(self, limits: Limits) -> Limits:
-        """``limits`` with each maximum lowered to the largest value that can fit at all (the other sizes at
-        their minimum): what DescribeModel reports. Requests within them may still be refused for their
-        combination, with RESOURCE_EXHAUSTED naming what fits."""
+        """``limits`` as the budget lowers them, for DescribeModel and the start-up line: height and width to
+        the largest square that fits at one frame, frames to the most that fit at the smallest size. Other
+        combinations within the model's limits are checked per request (RESOURCE_EXHAUSTED naming what fits)."""
         smallest = GenerationRequest(prompt="-", frames=1, height=limits.min_size, width=limits.min_size, steps=1)
         frames = list(range(1, limits.max_frames + 1, limits.frame_multiple))
         sides = list(range(limits.min_size, max(limits.max_height, limits.max_width) + 1, limits.size_multiple))
-
-        def most(values: list[int], field: str, cap: int) -> int:
-            allowed = [v for v in values if v <= cap]
-            best = _last_fitting(allowed, lambda v: self.fits(dataclasses.replace(smallest, **{field: v})))
-            return 0 if best is None else allowed[best]
-
-        return dataclasses.replace(limits, max_frames=most(frames, "frames", limits.max_frames),
-                                   max_height=most(sides, "height", limits.max_height),
-                                   max_width=most(sides, "width", limits.max_width))
+        most_frames = _last_fitting(frames, lambda n: self.fits(dataclasses.replace(smallest, frames=n)))
+        side = _last_fitting(sides, lambda s: self.fits(dataclasses.replace(smallest, height=s, width=s)))
+        largest = 0 if side is None else sides[side]
+        return dataclasses.replace(limits, max_frames=0 if most_frames is None else frames[most_frames],
+                                   max_height=min(limits.max_height, largest),
+                                   max_width=min(limits.max_width, largest))
 
     def describe(self) -> str:
         return (f"memory budget {self.budget}, {format_bytes(self.estimator.resident)} held after loading; "

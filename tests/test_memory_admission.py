@@ -197,3 +197,19 @@ def test_allocation_failures_are_recognised():
     assert is_allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"))
     assert not is_allocation_failure(RuntimeError("shape mismatch"))
     assert not is_allocation_failure(ValueError(np.float32(1)))
+
+
+def test_the_budget_lowers_the_reported_limits_to_what_fits(reef_estimator):
+    from wanrt.engine.admission import Admission
+    from wanrt.engine.budget import MemoryBudget
+    from wanrt.engine.request import Limits
+
+    admission = Admission(reef_estimator, MemoryBudget(400 << 20, "test"), Limits())
+    lowered = admission.lowered(Limits())
+    side = lowered.max_height
+    assert lowered.max_width == side < Limits().max_height
+    one_frame = GenerationRequest(prompt="x", frames=1, height=side, width=side, steps=1)
+    assert admission.fits(one_frame)
+    assert not admission.fits(GenerationRequest(prompt="x", frames=1, height=side + 16, width=side + 16, steps=1))
+    with pytest.raises(InsufficientMemoryError, match=r"at most \d+x\d+ at 1 frames would fit"):
+        admission.check(GenerationRequest(prompt="x", frames=1, height=side + 16, width=side + 16, steps=1))

@@ -72,7 +72,10 @@ def test_requests_over_the_cgroup_budget_are_refused_and_those_under_it_run(memo
         assert served.ready["memory_budget"] == LIMIT - RESERVE
         with Client(served.address, insecure=True) as client:
             limits = client.describe().limits
-            assert limits.max_frames == served.ready["limits"]["max_frames"]
+            reported = served.ready["limits"]
+            assert (limits.max_frames, limits.max_height, limits.max_width) == \
+                (reported["max_frames"], reported["max_height"], reported["max_width"])
+            assert limits.max_height == limits.max_width < 1280  # the budget lowers the model's 1280
 
             # What the issue saw kill a 6 GB server: refused at once, with what would fit.
             with pytest.raises(RemoteError) as refused:
