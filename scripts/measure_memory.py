@@ -6,7 +6,8 @@ machine, serialised with other heavy jobs:
 
     flock /tmp/wanrt-heavy.lock .venv/bin/python scripts/measure_memory.py [--model DIR] [--grid F:HxW[:G] ...]
 
-and paste the table into README.md ("Memory admission").
+and paste the table into README.md ("Memory admission"). ``--speed`` instead times the serving setting (no
+onnxruntime CPU arena, no memory pattern) against onnxruntime's defaults, alternating runs in one process.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def measure_one(model: str | None, frames: int, height: int, width: int, guidanc
 
         model = str(default_model_dir())
     pipeline = load_pipeline(Path(model), "onnxruntime")
-    admission = admission_for(pipeline, 1 << 50, "cpu")
+    admission = admission_for(pipeline, 1 << 50, ("cpu",))
     request = GenerationRequest(prompt="a sea turtle glides over a coral reef", frames=frames, height=height,
                                 width=width, steps=1, guidance=guidance)
     estimate = admission.estimator.estimate(request)
@@ -46,6 +47,47 @@ def measure_one(model: str | None, frames: int, height: int, width: int, guidanc
     return {"frames": frames, "height": height, "width": width, "guidance": guidance,
             "estimate": estimate.total, "resident": estimate.resident, "stage": estimate.peak_stage,
             "measured": _status_bytes("VmHWM"), "seconds": round(time.monotonic() - started, 1)}
+
+
+def compare_speed(model: str | None, point: str, runs: int) -> None:
+    """Seconds per clip with the serving session options and with onnxruntime's arena and memory pattern."""
+    import statistics
+
+    import onnxruntime as ort
+
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.request import GenerationRequest
+
+    if model is None:
+        from wanrt.reef import default_model_dir
+
+        model = str(default_model_dir())
+    original = ort.InferenceSession.__init__
+    arena = {"on": False}
+
+    def session(self: object, path: object, options: object = None, *args: object, **kwargs: object) -> None:
+        if arena["on"]:  # what onnxruntime does by default: the arena keeps each session's peak
+            options.enable_cpu_mem_arena = options.enable_mem_pattern = True
+        original(self, path, options, *args, **kwargs)
+
+    ort.InferenceSession.__init__ = session
+    pipelines = {}
+    for setting in ("serving", "arena"):
+        arena["on"] = setting == "arena"
+        pipelines[setting] = load_pipeline(Path(model), "onnxruntime")
+    frames, height, width, guidance = _parse_point(point)
+    request = GenerationRequest(prompt="a sea turtle glides over a coral reef", frames=frames, height=height,
+                                width=width, guidance=guidance)
+    times: dict[str, list[float]] = {"serving": [], "arena": []}
+    for _ in range(runs):
+        for setting, pipeline in pipelines.items():
+            started = time.perf_counter()
+            for _chunk in pipeline.generate(request):
+                pass
+            times[setting].append(time.perf_counter() - started)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{point}, {request.steps} steps, {runs} runs each: serving {median['serving']:.2f} s, "
+          f"onnxruntime defaults {median['arena']:.2f} s, ratio {median['serving'] / median['arena']:.2f}")
 
 
 def _status_bytes(field: str) -> int:
@@ -65,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="artifact folder (default: the embedded reef model)")
     parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), help="points F:HxW[:guidance]")
+    parser.add_argument("--speed", metavar="F:HxW", help="compare speed with onnxruntime's arena at this point")
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one point, JSON on stdout
     args = parser.parse_args(argv)
+    if args.speed:
+        compare_speed(args.model, args.speed, args.runs)
+        return 0
     if args.one:
         print(json.dumps(measure_one(args.model, *_parse_point(args.one))))
         return 0
