@@ -262,7 +262,7 @@ class MemoryEstimate:
 # onnxruntime's CPU kernels and the allocator hold more than the live graph tensors (kernel scratch, pages
 # not yet returned, the first run's one-off buffers). Measured over the grid in README.md ("Memory
 # admission"); the table there shows the estimate stays above every measured peak with these.
-ACTIVATION_MARGIN = 1.5
+ACTIVATION_MARGIN = 1.4
 RUNTIME_OVERHEAD = 96 << 20
 # The scheduler keeps a few latent-sized arrays (UniPC: model outputs of the last orders, x0, the
 # corrector's inputs); guidance adds the batch and cond/uncond copies.

@@ -36,9 +36,10 @@ def return_freed_memory() -> None:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-# 16 MiB: video-sized tensors are mmapped and handed back when freed; smaller ones reuse the heap, which a
-# 1 MiB threshold made 1.6x slower on the demo clip (scripts/measure_memory.py --speed 17:96x96).
-MMAP_THRESHOLD = 16 << 20
+# 1 MiB: what the estimate was measured with (README, "Memory admission"). It costs speed on small clips
+# (1.6x on the demo clip, scripts/measure_memory.py --speed 17:96x96); 16 MiB costs nothing there but the heap
+# then keeps mid-sized tensors and 17 frames at 256x256 peaked 8% above the estimate.
+MMAP_THRESHOLD = 1 << 20
 
 
 class OnnxRuntimeBackend:
