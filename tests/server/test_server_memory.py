@@ -22,6 +22,9 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 LIMIT = 1 << 30  # the container's mem_limit, as cheap as a test can make it
 RESERVE = 256 << 20  # engine/budget.py: MIN_RESERVE (5% of 1 GiB is less)
 ISSUE_REQUEST = GenerationRequest(prompt="a turtle glides over the reef", frames=81, height=384, width=640, steps=1)
+# The model's own limits: what the issue's operator had (a CPU server's defaults would refuse the request as
+# INVALID_ARGUMENT before admission looks at it).
+MODEL_LIMITS = {"max_frames": 129, "max_height": 1280, "max_width": 1280, "max_steps": 100}
 NEXT = GenerationRequest(prompt="a ray over sand", frames=5, height=64, width=64, steps=1)
 _JOIN_CGROUP = "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); os.execv(sys.argv[2], sys.argv[2:])"
 
@@ -66,7 +69,7 @@ def test_requests_over_the_cgroup_budget_are_refused_and_those_under_it_run(memo
     from wanrt.reef import default_model_dir
 
     prefix = (sys.executable, "-c", _JOIN_CGROUP, str(memory_cgroup / "cgroup.procs"))
-    with serve_process(default_model_dir(), tmp_path, "--backend", "onnxruntime", limits=None,
+    with serve_process(default_model_dir(), tmp_path, "--backend", "onnxruntime", limits=MODEL_LIMITS,
                        prefix=prefix) as served:
         # The default budget comes from the cgroup the server runs in, and lowers nothing it cannot keep.
         assert served.ready["memory_budget"] == LIMIT - RESERVE
@@ -114,7 +117,7 @@ def test_an_allocation_failure_ends_the_job_not_the_server(tmp_path):
     cap = ("import resource, os, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
            "os.execv(sys.argv[1], sys.argv[1:])")
     with serve_process(default_model_dir(), tmp_path, "--backend", "onnxruntime", "--memory-budget", "1T",
-                       limits=None, prefix=(sys.executable, "-c", cap)) as served:
+                       limits=MODEL_LIMITS, prefix=(sys.executable, "-c", cap)) as served:
         with Client(served.address, insecure=True) as client:
             with pytest.raises(RemoteError) as failed:
                 client.generate(ISSUE_REQUEST)
