@@ -65,6 +65,7 @@ def _fits_message(error: RemoteError, size: str) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.slow  # about 50 s on the shared 2-core machine: the just-under request really runs
 def test_requests_over_the_cgroup_budget_are_refused_and_those_under_it_run(memory_cgroup, tmp_path):
     from wanrt.reef import default_model_dir
 
