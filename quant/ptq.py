@@ -19,7 +19,7 @@ import onnx
 
 from wanrt.engine.artifact import QUANTIZATION_MODES
 from wanrt.quant import QuantizationError
-from wanrt.quant.calibration import Feeds
+from wanrt.quant.backend_wrappers import Feeds
 
 MODES = QUANTIZATION_MODES
 CALIBRATION_METHODS = ("max", "entropy")
