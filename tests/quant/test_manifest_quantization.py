@@ -50,7 +50,7 @@ def test_the_shipped_fp32_manifest_loads_and_writes_back_unchanged():
     data = json.loads(path.read_text(encoding="utf-8"))
     manifest = load_artifact(default_model_dir())
     assert manifest.quantization is None and manifest.onnxruntime_session_config == {}
-    assert json.loads(json.dumps(manifest.to_dict())) == data  # nothing added to FP32 manifests (no "quantization": null)
+    assert json.loads(json.dumps(manifest.to_dict())) == data  # FP32 manifests gain no "quantization": null
 
 
 def test_the_quantizers_block_is_typed_and_round_trips():
