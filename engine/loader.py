@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wanrt.engine.device import parse_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
@@ -14,6 +15,7 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
     """Checks the model (hashes, configs) and loads every network before returning: failures come at start."""
+    parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
     model = Path(model)
     if backend == "onnxruntime":
         return _load_artifact(model, device)

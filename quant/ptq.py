@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from wanrt.engine.artifact import QUANTIZATION_MODES
@@ -213,7 +212,3 @@ def session(model_or_path: onnx.ModelProto | Path, device: str = "cpu") -> objec
         else os.fspath(model_or_path)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(source, options, providers=providers)
-
-
-def as_float32(feeds: Feeds) -> Feeds:
-    return {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in feeds.items()}

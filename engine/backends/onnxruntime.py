@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.device import parse_device
 from wanrt.errors import ArtifactError, BackendUnavailableError
 
 
 def providers_for(device: str) -> list[object]:
     """``cpu``, ``cuda`` or ``cuda:N`` -> onnxruntime's provider list (one GPU per worker)."""
-    if device == "cpu":
+    parsed = parse_device(device)
+    if not parsed.is_cuda:
         return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise BackendUnavailableError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": parsed.index}), "CPUExecutionProvider"]
 
 
 def session_options(session_config: Mapping[str, str]) -> object:
@@ -42,7 +41,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         providers = providers_for(device)
-        if device != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
         options = session_options(session_config or {})
         self._sessions = {}

@@ -25,6 +25,8 @@ from wanrt.cli import main  # noqa: E402
 from wanrt.engine.artifact import load_artifact, sha256_file  # noqa: E402
 from wanrt.quant.quantizer import QuantizeConfig, quantize_artifact  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 EXPERTS = ("transformer", "transformer_2")
 SIZE = {"frames": 5, "height": 32, "width": 32}
 # Two calibration prompts x 4 steps: timesteps 999, 900 go to the high-noise expert, 750, 500 to the low-noise.
