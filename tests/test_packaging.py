@@ -155,6 +155,7 @@ def wheel(tmp_path_factory) -> tuple[zipfile.ZipFile, str]:
         yield archive, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # builds a wheel (~10-20 s)
 def test_the_wheel_contains_every_stage(wheel):
     archive, _ = wheel
     names = set(archive.namelist())
@@ -171,6 +172,7 @@ def test_the_wheel_contains_every_stage(wheel):
     assert not any(n.startswith(("tests/", "wanrt/tests/")) for n in names)
 
 
+@pytest.mark.slow  # builds a wheel (~10-20 s)
 def test_the_wheel_builds_without_package_warnings(wheel):
     _, log = wheel
     warnings = re.findall(r"Package '[\w.]+' is absent from the `packages` configuration", log)
