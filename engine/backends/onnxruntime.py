@@ -21,6 +21,18 @@ def providers_for(device: str) -> list[object]:
     return [("CUDAExecutionProvider", {"device_id": parsed.index}), "CPUExecutionProvider"]
 
 
+def session_options(session_config: Mapping[str, str]) -> object:
+    """onnxruntime session options with the given config entries (an artifact's
+    ``Manifest.onnxruntime_session_config``: what its quantized graphs were measured and must run with)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 def return_freed_memory() -> None:
     """glibc raises its mmap threshold after freeing a large block (up to 32 MB), after which video-sized
     tensors come from the heap and stay in the process when freed; a fixed threshold hands them back."""
@@ -44,17 +56,14 @@ MMAP_THRESHOLD = 1 << 20
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu") -> None:
+    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu",
+                 session_config: Mapping[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         providers = providers_for(device)
         if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Run Q/DQ graphs as written: onnxruntime's fused INT8 kernels drift ~0.4% from the Q/DQ maths and its
-        # FP8 rewrite cannot load at all. Exact Q/DQ is what makes onnxruntime TensorRT's CPU reference.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        options = session_options(session_config or {})
         # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no
         # CPU arena (it keeps each session's peak for good, so stages would add up) and no memory pattern
         # (one block per run, planned with gaps); freed buffers go back to the system at once.
