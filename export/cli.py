@@ -11,13 +11,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a diffusers Wan pipeline folder to ONNX")
     parser.add_argument("--model", type=Path, required=True, help="diffusers-format Wan pipeline folder")
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (absent or empty)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="compute precision of the text encoder and DiT graphs; norms, embeddings, modulation "
+                             "and T5's wo stay fp32, graph I/O is fp32 (default %(default)s)")
+    parser.add_argument("--vae-dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="compute precision of the VAE decoder graphs (default %(default)s)")
     parser.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from wanrt.export.exporter import export_pipeline
 
-    manifest = export_pipeline(args.model, args.out, progress=lambda msg: print(msg, file=sys.stderr))
+    manifest = export_pipeline(args.model, args.out, progress=lambda msg: print(msg, file=sys.stderr),
+                               dtype=args.dtype, vae_dtype=args.vae_dtype)
     worst = max(p["max_rel_error"] for p in manifest.parity)
     print(f"{args.out}: {len(manifest.files)} files, worst parity error {worst:.2e}")
     return 0
