@@ -99,8 +99,8 @@ def check_parity(
     tolerance: float,
     dtype: str = "fp32",
 ) -> ParityResult:
-    """Runs the ONNX graph on the CPU (onnxruntime; bf16: ONNX's reference evaluator) and ``module`` in PyTorch
-    on the same inputs; raises on drift."""
+    """Runs the ONNX graph in onnxruntime on the CPU (bf16 graphs emulated: precision.emulate_bf16) and ``module``
+    in PyTorch on the same inputs; raises on drift."""
     from wanrt.export.precision import cpu_session
 
     got = cpu_session(path).run(None, dict(feeds))

@@ -15,6 +15,7 @@ against fp32 PyTorch (with a limit per dtype) is the gate.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -238,42 +239,54 @@ def _quiet_autocast() -> None:
     logging.getLogger("modelopt.onnx.autocast").setLevel(logging.WARNING)
 
 
-class ReferenceSession:
-    """ONNX's reference evaluator behind onnxruntime's session interface (``run``, ``get_inputs``).
+def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An fp32 graph that computes what the bf16 ``model`` computes on a GPU, for onnxruntime's CPU provider.
 
-    onnxruntime's CPU provider has no bf16 MatMul (NOT_IMPLEMENTED, 1.31), so bf16 graphs are checked on the CPU
-    with the reference implementation (numpy with ml_dtypes' bfloat16): slow, so only for small graphs.
+    onnxruntime's CPU provider has no bf16 MatMul/Conv (NOT_IMPLEMENTED, 1.31). bf16 GPU kernels (TensorRT's
+    included) read bf16 tensors, accumulate in fp32 and round their result to bf16; so here every bf16 weight
+    becomes its exact fp32 value, every op runs in fp32, and each tensor the graph stores in bf16 is rounded to
+    bf16 (Cast to bf16 and back) right after the op that makes it. Same graph, same roundings.
     """
+    model = copy.deepcopy(model)
+    types = tensor_types(model)
+    graph = model.graph
+    for tensor in [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]:
+        if tensor.data_type == _BF16:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+    nodes = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == _BF16:
+                attribute.i = onnx.TensorProto.FLOAT
+        rounded = {o: f"{o}__fp32" for o in node.output if types.get(o) == _BF16 and node.op_type != "Constant"}
+        node.output[:] = [rounded.get(o, o) for o in node.output]
+        nodes.append(node)
+        for name, unrounded in rounded.items():
+            nodes.append(onnx.helper.make_node("Cast", [unrounded], [f"{name}__bf16"], to=_BF16))
+            nodes.append(onnx.helper.make_node("Cast", [f"{name}__bf16"], [name], to=onnx.TensorProto.FLOAT))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # bf16 types recorded there no longer hold
+    return model
 
-    @dataclasses.dataclass(frozen=True)
-    class _Arg:
-        name: str
 
-    def __init__(self, path: Path) -> None:
-        from onnx.reference import ReferenceEvaluator
-
-        self._model = onnx.load(os.fspath(path), load_external_data=True)
-        self._evaluator = ReferenceEvaluator(self._model)
-
-    def get_inputs(self) -> list[_Arg]:
-        return [self._Arg(i.name) for i in self._model.graph.input]
-
-    def get_outputs(self) -> list[_Arg]:
-        return [self._Arg(o.name) for o in self._model.graph.output]
-
-    def run(self, output_names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self._evaluator.run(output_names, dict(feeds))]
+_BF16 = onnx.TensorProto.BFLOAT16
 
 
-def cpu_session(path: Path) -> Any:
-    """A CPU session for any exported graph: onnxruntime, or the reference evaluator for bf16 graphs."""
-    if graph_dtype(onnx.load(os.fspath(path), load_external_data=False)) == "bf16":
-        return ReferenceSession(path)
+def cpu_session(path: Path, config: Mapping[str, str] | None = None) -> Any:
+    """An onnxruntime CPU session for any exported graph (bf16 ones through ``emulate_bf16``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    if graph_dtype(model) != "bf16":
+        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    model = emulate_bf16(onnx.load(os.fspath(path), load_external_data=True))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,

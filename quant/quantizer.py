@@ -122,7 +122,7 @@ def _quantization_of(art_dir: Path) -> dict | None:
 
 def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: QuantizeConfig, say: Say) -> dict:
     from wanrt.engine.loader import load_pipeline
-    from wanrt.export.precision import ReferenceSession
+    from wanrt.export.precision import cpu_session
     from wanrt.quant import calibration, ptq, report
 
     spec = manifest.spec
@@ -153,9 +153,9 @@ def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: Quan
         model, entry, detail = _quantize_one(source, art_dir, manifest.graphs[name], name, rules, samples, config)
         graphs[name] = entry
         details[name] = detail
-        # onnxruntime's CPU provider has no bf16 MatMul: the reference evaluator runs those graphs there.
+        # onnxruntime's CPU provider has no bf16 MatMul: bf16 graphs run emulated there (precision.emulate_bf16).
         on_cpu_bf16 = config.dtype == "bf16" and config.device == "cpu"
-        sessions[name] = ReferenceSession(art_dir / entry["file"]) if on_cpu_bf16 \
+        sessions[name] = cpu_session(art_dir / entry["file"], ptq.ORT_SESSION_CONFIG) if on_cpu_bf16 \
             else ptq.session(art_dir / entry["file"], config.device)
         del model
 
