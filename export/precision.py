@@ -15,10 +15,10 @@ against fp32 PyTorch (with a limit per dtype) is the gate.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,9 @@ def lower_graph(path: Path, dtype: str, rules: tuple[Rule, ...], *, external_dat
     )
     _copy_metadata(source, model)
     _save(model, path, external_data)
-    return Lowering(dtype, *_count_compute(model, dtype), tuple(r[2] for r in rules))
+    del model  # shape inference below must see the graph without weights (protobuf's 2 GiB limit)
+    saved = onnx.load(os.fspath(path), load_external_data=False)
+    return Lowering(dtype, *_count_compute(saved, dtype), tuple(r[2] for r in rules))
 
 
 def _copy_metadata(source: onnx.ModelProto, lowered: onnx.ModelProto) -> None:
@@ -210,7 +212,10 @@ def _count_compute(model: onnx.ModelProto, dtype: str) -> tuple[int, int]:
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every typed tensor of ``model`` (inputs, outputs, initializers, inferred values)."""
+    """Element type of every typed tensor of ``model`` (inputs, outputs, initializers, inferred values).
+
+    Give it the graph loaded without external data: ONNX shape inference refuses models over 2 GiB.
+    """
     inferred = onnx.shape_inference.infer_shapes(model)
     graph = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
@@ -239,16 +244,16 @@ def _quiet_autocast() -> None:
     logging.getLogger("modelopt.onnx.autocast").setLevel(logging.WARNING)
 
 
-def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """An fp32 graph that computes what the bf16 ``model`` computes on a GPU, for onnxruntime's CPU provider.
+def emulate_bf16(path: Path) -> onnx.ModelProto:
+    """An fp32 graph that computes what the bf16 graph at ``path`` computes on a GPU, for onnxruntime's CPU.
 
     onnxruntime's CPU provider has no bf16 MatMul/Conv (NOT_IMPLEMENTED, 1.31). bf16 GPU kernels (TensorRT's
     included) read bf16 tensors, accumulate in fp32 and round their result to bf16; so here every bf16 weight
     becomes its exact fp32 value, every op runs in fp32, and each tensor the graph stores in bf16 is rounded to
     bf16 (Cast to bf16 and back) right after the op that makes it. Same graph, same roundings.
     """
-    model = copy.deepcopy(model)
-    types = tensor_types(model)
+    types = tensor_types(onnx.load(os.fspath(path), load_external_data=False))
+    model = onnx.load(os.fspath(path), load_external_data=True)
     graph = model.graph
     for tensor in [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]:
         if tensor.data_type == _BF16:
@@ -278,15 +283,18 @@ def cpu_session(path: Path, config: Mapping[str, str] | None = None) -> Any:
     """An onnxruntime CPU session for any exported graph (bf16 ones through ``emulate_bf16``)."""
     import onnxruntime as ort
 
+    path = Path(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    if graph_dtype(model) != "bf16":
+    if graph_dtype(onnx.load(os.fspath(path), load_external_data=False)) != "bf16":
         return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    model = emulate_bf16(onnx.load(os.fspath(path), load_external_data=True))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="wanrt-bf16-") as scratch:  # external data: no 2 GiB limit
+        emulated = Path(scratch) / path.name
+        onnx.save_model(emulate_bf16(path), os.fspath(emulated), save_as_external_data=True,
+                        location=emulated.name + ".data", size_threshold=1024)
+        return ort.InferenceSession(os.fspath(emulated), options, providers=["CPUExecutionProvider"])
 
 
 def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,

@@ -242,7 +242,7 @@ def _frames_with_cpu_sessions(art: Path, monkeypatch: pytest.MonkeyPatch, guidan
 
     def session(path, *args, **kwargs):  # noqa: ANN001, ANN202
         if precision.graph_dtype(onnx.load(path, load_external_data=False)) == "bf16":
-            return real(precision.emulate_bf16(onnx.load(path)).SerializeToString(), *args, **kwargs)
+            return real(precision.emulate_bf16(Path(path)).SerializeToString(), *args, **kwargs)
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
