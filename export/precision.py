@@ -35,6 +35,8 @@ VAE_DTYPES = ("fp32", "bf16")
 # bf16 keeps 8 significant bits (rounding 2^-9 ~ 2e-3 per op), fp16 11 (2^-12 ~ 2.4e-4); a few dozen chained
 # ops multiply that. Measured on the tiny test models: see tests/test_precision.py and the README.
 PARITY_LIMITS = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+# The VAE decoder chains ~30 convolutions into pixels: bf16 measured up to 5e-2 on the tiny test VAE.
+VAE_PARITY_LIMITS = {"fp32": 1e-4, "bf16": 1e-1}
 _ONNX_TYPES = {"fp32": onnx.TensorProto.FLOAT, "bf16": onnx.TensorProto.BFLOAT16, "fp16": onnx.TensorProto.FLOAT16}
 
 # (module path regex, op types that still go to low precision there, why). A node matching a rule stays fp32
@@ -297,16 +299,19 @@ def cpu_session(path: Path, config: Mapping[str, str] | None = None) -> Any:
         return ort.InferenceSession(os.fspath(emulated), options, providers=["CPUExecutionProvider"])
 
 
+Checked = tuple[tuple[Any, ...], dict[str, Any]]  # (parity results, the graph's manifest fields)
+
+
 def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,
-                   external_data: bool) -> tuple[tuple[Any, ...], dict[str, Any]]:
+                   external_data: bool, limits: Mapping[str, float] = PARITY_LIMITS) -> Checked:
     """Lowers the verified fp32 graph at ``path`` and checks it against fp32 ``module`` on every feed.
 
     Returns the parity results and the graph's manifest fields; raises ExportVerificationError over the
-    dtype's limit (``PARITY_LIMITS``).
+    dtype's limit in ``limits``.
     """
     from wanrt.export import onnx_io
 
     lowering = lower_graph(path, dtype, rules, external_data=external_data)
-    parity = tuple(onnx_io.check_parity(path, module, feeds, tolerance=PARITY_LIMITS[dtype], dtype=dtype)
+    parity = tuple(onnx_io.check_parity(path, module, feeds, tolerance=limits[dtype], dtype=dtype)
                    for feeds in parity_feeds)
     return parity, lowering.as_dict()

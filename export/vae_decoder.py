@@ -311,11 +311,12 @@ def export_vae_decoder(
         parity.append(check_parity(out_dir / STEP_FILE, step, s_feeds, tolerance=PARITY_TOLERANCE).as_dict())
     precision: dict[str, dict[str, Any]] = {"init": {"dtype": "fp32"}, "step": {"dtype": "fp32"}}
     if dtype != "fp32":
-        from wanrt.export.precision import VAE_DECODER_FP32, lower_verified
+        from wanrt.export.precision import VAE_DECODER_FP32, VAE_PARITY_LIMITS, lower_verified
 
         for key, module, files, index in (("init", init, init_files, 0), ("step", step, step_files, 1)):
             checks, precision[key] = lower_verified(out_dir / files[0].name, module, [f[index] for f in feeds],
-                                                    dtype, VAE_DECODER_FP32, external_data=len(files) > 1)
+                                                    dtype, VAE_DECODER_FP32, external_data=len(files) > 1,
+                                                    limits=VAE_PARITY_LIMITS)
             parity += [c.as_dict() for c in checks]
 
     return {

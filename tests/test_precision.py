@@ -28,6 +28,7 @@ LOW = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 # Measured max relative error of each lowered graph against fp32 PyTorch on the tiny models, with headroom
 # (printed by test_manifest_records_dtype_and_parity). The export gate itself is precision.PARITY_LIMITS.
 TINY_LIMITS = {"fp16": 2e-3, "bf16": 2e-2}
+TINY_VAE_LIMITS = {"bf16": 7e-2}
 
 
 def _export(model_dir: Path, out: Path, **kwargs: str) -> Path:
@@ -80,8 +81,11 @@ def test_manifest_records_dtype_and_parity(fixture, dtypes, request):
             worst = max(p["max_rel_error"] for p in lowered)
             print(f"{name} {dtype}: max relative error vs fp32 torch {worst:.2e} (fp32 graph "
                   f"{max(p['max_rel_error'] for p in fp32):.1e})")
-            assert all(p["tolerance"] == precision.PARITY_LIMITS[dtype] for p in lowered)
-            assert 1e-6 < worst <= TINY_LIMITS[dtype], f"{name}: {worst:.2e}"  # > 1e-6: really lowered
+            vae = name.startswith("vae_")
+            gate = (precision.VAE_PARITY_LIMITS if vae else precision.PARITY_LIMITS)[dtype]
+            assert all(p["tolerance"] == gate for p in lowered)
+            tiny = (TINY_VAE_LIMITS if vae else TINY_LIMITS)[dtype]
+            assert 1e-6 < worst <= tiny, f"{name}: {worst:.2e}"  # > 1e-6: really lowered
 
 
 def _compute_types(model: onnx.ModelProto) -> dict[str, set[tuple[str, int]]]:
