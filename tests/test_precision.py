@@ -29,6 +29,8 @@ LOW = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 # (printed by test_manifest_records_dtype_and_parity). The export gate itself is precision.PARITY_LIMITS.
 TINY_LIMITS = {"fp16": 2e-3, "bf16": 2e-2}
 TINY_VAE_LIMITS = {"bf16": 7e-2}
+# A Q/DQ graph lowered: the low-precision activations can flip an INT8 rounding, so it moves more than fp32 does.
+TINY_QDQ_LIMITS = {"fp16": 1e-2, "bf16": 2e-2}
 
 
 def _export(model_dir: Path, out: Path, **kwargs: str) -> Path:
@@ -218,7 +220,7 @@ def test_quantized_graph_unquantized_part_lowered(single_expert_model_dir, singl
         vs_qdq, vs_torch = relative_error(got, qdq_fp32), relative_error(got, reference)
         print(f"int8 Q/DQ, {dtype} rest: vs fp32 Q/DQ {vs_qdq:.2e}, vs fp32 torch {vs_torch:.2e} "
               f"(fp32 Q/DQ vs torch {relative_error(qdq_fp32, reference):.2e})")
-        assert 1e-6 < vs_qdq <= TINY_LIMITS[dtype]
+        assert 1e-6 < vs_qdq <= TINY_QDQ_LIMITS[dtype]
 
 
 def test_quantize_refuses_a_lowered_source(bf16_artifact, tmp_path):
@@ -267,7 +269,8 @@ def _diffusers(model_dir: Path, dtype: str, guidance: float, guidance_2: float |
 
 
 # uint8 levels per pixel, end to end against diffusers (max, mean): fp32 artifacts stay within (3, 0.5).
-E2E_LIMITS = {"fp16": (6, 0.5), "bf16": (24, 2.0)}
+# Measured: fp16 (+ bf16 VAE) max 4, mean 0.30; bf16 max 2, mean 0.10 (README, "Precision").
+E2E_LIMITS = {"fp16": (6, 0.5), "bf16": (6, 0.5)}
 
 
 @pytest.mark.parametrize(("fixture", "model_fixture", "dtype", "guidance"), [
