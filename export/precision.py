@@ -142,12 +142,13 @@ class Lowering:
     """What the manifest records about a lowered graph."""
 
     dtype: str
+    opset: int  # AutoCast raises it to 22 for bf16 (bf16 in more operators)
     compute_nodes: int  # MatMul/Gemm/Conv/Attention nodes
     low_precision_compute_nodes: int
     fp32_rules: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "compute_nodes": self.compute_nodes,
+        return {"dtype": self.dtype, "opset": self.opset, "compute_nodes": self.compute_nodes,
                 "low_precision_compute_nodes": self.low_precision_compute_nodes, "fp32_kept": list(self.fp32_rules)}
 
 
@@ -179,7 +180,8 @@ def lower_graph(path: Path, dtype: str, rules: tuple[Rule, ...], *, external_dat
     _save(model, path, external_data)
     del model  # shape inference below must see the graph without weights (protobuf's 2 GiB limit)
     saved = onnx.load(os.fspath(path), load_external_data=False)
-    return Lowering(dtype, *_count_compute(saved, dtype), tuple(r[2] for r in rules))
+    opset = next(o.version for o in saved.opset_import if o.domain in ("", "ai.onnx"))
+    return Lowering(dtype, opset, *_count_compute(saved, dtype), tuple(r[2] for r in rules))
 
 
 def _copy_metadata(source: onnx.ModelProto, lowered: onnx.ModelProto) -> None:

@@ -212,8 +212,7 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
 
         rules = RULES["text_encoder" if name == "text_encoder" else "expert"]
         precision = lower_graph(dest, config.dtype, rules, external_data=len(files) > 1,
-                                scopes=scopes_of(model)).as_dict()
-        quantized = ptq.load_graph(dest)
+                                scopes=scopes_of(model)).as_dict()  # its opset replaces the fp32 graph's
     opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
     new_entry = {**entry, "files": files, "opset": opset, **precision}
     detail = {"quantized": [{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
