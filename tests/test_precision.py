@@ -96,7 +96,7 @@ def _compute_types(model: onnx.ModelProto) -> dict[str, set[tuple[str, int]]]:
     seen: dict[str, set[tuple[str, int]]] = {}
     for node in model.graph.node:
         if node.op_type in (*precision.COMPUTE_OPS, "LayerNormalization"):
-            module = re.sub(r"\.\d+\.", ".N.", module_path(node) or "?")
+            module = re.sub(r"(blocks?)\.\d+", r"\1.N", module_path(node) or "?")
             seen.setdefault(module, set()).add((node.op_type, types.get(node.input[0])))
     return seen
 
