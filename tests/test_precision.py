@@ -90,6 +90,17 @@ def test_manifest_records_dtype_and_parity(fixture, dtypes, request):
             assert 1e-6 < worst <= tiny, f"{name}: {worst:.2e}"  # > 1e-6: really lowered
 
 
+def test_manifest_refuses_an_unknown_dtype(fp16_artifact):
+    from wanrt.engine.artifact import Manifest
+    from wanrt.errors import ArtifactError
+
+    raw = json.loads((fp16_artifact / MANIFEST_NAME).read_text())
+    Manifest.from_dict(raw)
+    raw["graphs"]["transformer"]["dtype"] = "fp64"
+    with pytest.raises(ArtifactError, match="dtype must be one of fp32, bf16, fp16"):
+        Manifest.from_dict(raw)
+
+
 def _compute_types(model: onnx.ModelProto) -> dict[str, set[tuple[str, int]]]:
     """module path (block numbers as N) -> {(op, type of its first input)} over the weighted ops and norms."""
     types = precision.tensor_types(model)
