@@ -235,6 +235,31 @@ def test_quantized_graph_unquantized_part_lowered(single_expert_model_dir, singl
         assert 1e-6 < vs_qdq <= TINY_QDQ_LIMITS[dtype]
 
 
+def test_quantize_dtype_lowers_the_quantized_experts(tiny_artifact_dir, tmp_path):
+    """`wanrt quantize --dtype bf16`: the experts' Q/DQ graphs run bf16 outside Q/DQ, the manifest says so, and the
+    report (the PSNR gate) measured those graphs, bf16 emulated on the CPU."""
+    from wanrt.quant.quantizer import QuantizeConfig, quantize_artifact
+
+    out = tmp_path / "int8-bf16"
+    config = QuantizeConfig(calib_prompts=("A school of fish swims left in deep blue water.",), calib_steps=4,
+                            report_prompts=("A glowing jellyfish rises over a red vent.",), frames=5, height=32,
+                            width=32, dtype="bf16")
+    report = quantize_artifact(tiny_artifact_dir, out, config)
+    manifest = load_artifact(out)
+    for name in ("transformer", "transformer_2"):
+        graph = manifest.graphs[name]
+        assert graph["dtype"] == "bf16" and graph["opset"] >= 22, graph
+        model = _graph(out, name)
+        assert precision.graph_dtype(model) == "bf16"
+        assert {i.type.tensor_type.elem_type for i in model.graph.input} == {FLOAT}
+        assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    assert manifest.graphs["text_encoder"]["dtype"] == "fp32"  # not quantized: copied as exported
+    block = json.loads((out / MANIFEST_NAME).read_text())["quantization"]
+    assert block["unquantized"]["quantized_graphs_dtype"] == "bf16"
+    print(f"int8 + bf16 experts: end-to-end PSNR vs fp32 {report['end_to_end']['psnr_db_min']:.1f} dB")
+    assert report["gate"]["passed"] and all(e["cosine_min"] > 0.99 for e in report["experts"].values())
+
+
 def test_quantize_refuses_a_lowered_source(bf16_artifact, tmp_path):
     from wanrt.quant.quantizer import QuantizeConfig, quantize_artifact
 
