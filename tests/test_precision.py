@@ -22,7 +22,7 @@ from wanrt.export import precision
 from wanrt.export.onnx_io import relative_error
 from wanrt.export.scopes import module_path
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]  # two exports and a quantization
 FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 LOW = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 # Measured max relative error of each lowered graph against fp32 PyTorch on the tiny models, with headroom
