@@ -35,7 +35,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from wanrt.engine.request import GenerationRequest, Limits
-from wanrt.errors import InvalidRequestError, WanrtError
+from wanrt.errors import InsufficientMemoryError, InvalidRequestError, WanrtError
 from wanrt.server.auth import TokenStore
 from wanrt.server.config import HostPort
 from wanrt.server.convert import DEFAULTS, MAX_CLIENT_REQUEST_ID
@@ -84,6 +84,9 @@ def http_status_for(error: BaseException, call_id: str | None = None) -> tuple[C
     if isinstance(error, VideoNotReadyError):
         return CallStatus(grpc.StatusCode.FAILED_PRECONDITION, str(error)), 409
     status = status_for(error, call_id)
+    if isinstance(error, InsufficientMemoryError):
+        # RESOURCE_EXHAUSTED as on gRPC, but not 429: this request will not fit however long the client waits.
+        return status, 400
     return status, _HTTP[status.code][0]
 
 

@@ -190,5 +190,9 @@ def test_fp8_graphs_and_quantized_text_encoder(tiny_artifact_dir, tmp_path):
     block = json.loads((out / "manifest.json").read_text())["quantization"]
     assert block["mode"] == "fp8" and block["unquantized"]["text_encoder"] == "quantized"
     assert block["onnxruntime_session_config"] == {"session.disable_quant_qdq": "1"}
+    assert load_artifact(out).quantization.onnxruntime_session_config == block["onnxruntime_session_config"]
+    # onnxruntime loads FP8 Q/DQ graphs only with that config: the serving backend reads it from the manifest.
+    args = ["generate", "--prompt", "a turtle drifts", "--backend", "onnxruntime", *_size_args(), "--steps", "2"]
+    assert main([*args, "--model", str(out), "--out", str(tmp_path / "fp8.npy")]) == 0
     assert report["text_encoder"]["cosine_min"] > 0.99
     assert all(e["cosine_min"] > 0.99 for e in report["experts"].values())

@@ -119,7 +119,8 @@ def test_wanrt_serve_http_listen(tiny_artifact_dir, tmp_path):
     """The command line: `wanrt serve --http-listen` reports its port, serves the SDK and drains on SIGTERM."""
     with serve_process(tiny_artifact_dir, tmp_path, "--backend", "onnxruntime", "--http-listen", "127.0.0.1:0",
                        "--queue-size", "1") as process:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{process.http_port}/v1", api_key="-", max_retries=0)
+        port = process.ready["http_port"]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
         video = client.videos.create_and_poll(prompt="a", extra_body=SDK_EXTRA, poll_interval_ms=20)
         data = client.videos.download_content(video.id).read()
         process.terminate()
