@@ -476,7 +476,12 @@ class VideosApi:
 def bind_socket(address: HostPort) -> socket.socket:
     """Bound before the server starts, so a taken port fails `wanrt serve` at once (as gRPC's does)."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP; without it
+    # a keep-alive client waits out its delayed ACK (40 ms) on every response whose headers and body go apart.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    # A restarted server may bind while the last one's connections linger in TIME_WAIT (no SO_REUSEPORT: a
+    # second live server on the port must still fail, as gRPC's listener does).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((address.host, address.port))
     except OSError as err:
