@@ -14,7 +14,7 @@ EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavail
 # Stages that add subcommands; each module exposes register(subparsers). Imported lazily so that, e.g.,
 # `wanrt generate --backend onnxruntime` never imports torch through the export stage.
 _STAGES = ("wanrt.export.cli", "wanrt.engine.cli", "wanrt.server.cli",
-           "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli")
+           "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli", "wanrt.benchmarks.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
