@@ -74,12 +74,17 @@ class ForwardFlops:
         return self.embeddings + self.per_layer * self.layers
 
 
+def attention_score_flops(shape: DitShape, tokens: int, text_tokens: int = TEXT_LENGTH) -> int:
+    """One block's QK^T and AV products: self-attention over the video tokens, cross-attention to the text."""
+    return 2 * tokens * tokens * shape.dim * 2 + 2 * tokens * text_tokens * shape.dim * 2
+
+
 def block_flops(shape: DitShape, tokens: int, text_tokens: int = TEXT_LENGTH) -> int:
     d, n, lt = shape.dim, tokens, text_tokens
-    self_attention = 2 * n * d * d * 4 + 2 * n * n * d * 2  # q, k, v, out projections; QK^T and AV
-    cross_attention = 2 * n * d * d * 2 + 2 * lt * d * d * 2 + 2 * n * lt * d * 2  # q, out on video; k, v on text
+    self_projections = 2 * n * d * d * 4  # q, k, v, out
+    cross_projections = 2 * n * d * d * 2 + 2 * lt * d * d * 2  # q and out on the video tokens; k and v on the text
     feed_forward = 2 * n * d * shape.ffn_dim * 2
-    return self_attention + cross_attention + feed_forward
+    return self_projections + cross_projections + feed_forward + attention_score_flops(shape, n, lt)
 
 
 def forward_flops(shape: DitShape, tokens: int, text_tokens: int = TEXT_LENGTH) -> ForwardFlops:
