@@ -9,7 +9,7 @@ from typing import Any
 
 from wanrt.benchmarks.components import RunPlan, component_calls, end_to_end_call, mp4_call, time_components
 from wanrt.benchmarks.flops import VideoShape, forward_flops
-from wanrt.benchmarks.settings import TORCH_EAGER, Setting
+from wanrt.benchmarks.settings import TORCH_COMPILE, TORCH_EAGER, Setting
 from wanrt.benchmarks.shapes import dit_shape
 from wanrt.benchmarks.timing import measure
 from wanrt.errors import WanrtError
@@ -52,7 +52,10 @@ def run_settings(settings: list[Setting], plan: RunPlan, *, peak_tflops: float |
         calls = component_calls(pipeline, plan)
         if "end_to_end" in plan.components:
             calls["end_to_end"] = end_to_end_call(pipeline, plan.request)
-        timings = time_components(calls, plan, progress=lambda name, s=setting: say(f"{s.label}: {name}"))
+        # torch's allocator peak where torch runs on the GPU; onnxruntime and TensorRT keep their own pools.
+        torch_cuda = setting.backend in (TORCH_EAGER, TORCH_COMPILE) and setting.device.startswith("cuda")
+        timings = time_components(calls, plan, cuda=torch_cuda,
+                                  progress=lambda name, s=setting: say(f"{s.label}: {name}"))
         flops = _dit_flops(setting, pipeline, plan)
         entry["components"] = {}
         for name, timing in timings.items():

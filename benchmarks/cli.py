@@ -98,7 +98,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from wanrt.benchmarks.machine import machine_info
     from wanrt.benchmarks.peaks import PEERS
-    from wanrt.benchmarks.report import markdown, write_results
+    from wanrt.benchmarks.report import write_results
 
     backends = _choices(args.backends, ALL_BACKENDS, "backends")
     components = _choices(args.components, COMPONENTS, "components")
@@ -124,8 +124,8 @@ def _bench(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     paths = write_results(result, args.out, name)
-    if result.get("settings"):
-        print(markdown(result))
+    if paths["md"].exists():
+        print(paths["md"].read_text(encoding="utf-8"))
     print("\n".join(str(p) for p in paths.values() if p.exists()))
     return 0
 

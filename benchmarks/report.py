@@ -48,6 +48,36 @@ def markdown(result: dict[str, Any]) -> str:
     for s in result["settings"]:
         if "skipped" in s:
             lines.append(f"Skipped {s['label']}: {s['skipped']}")
+    if "serving" in result:
+        lines += ["", serving_markdown(result["serving"])]
+    return "\n".join(lines) + "\n"
+
+
+def serving_markdown(serving: dict[str, Any]) -> str:
+    lines = [f"Served (`wanrt serve`, {serving['backend']}, plaintext gRPC on 127.0.0.1) vs in-process, same request "
+             f"alternated: {_fmt_s(serving['served_s'])} vs {_fmt_s(serving['in_process_s'])} "
+             f"({serving['served_over_in_process']:.2f}x).", "",
+             "| concurrent clients | requests | requests/s | p50 | p95 |", "|---|---|---|---|---|"]
+    lines += [f"| {c['clients']} | {c['requests']} | {c['requests_per_s']:.2f} | {_fmt_s(c['p50_s'])} | "
+              f"{_fmt_s(c['p95_s'])} |" for c in serving["concurrency"]]
+    return "\n".join(lines) + "\n"
+
+
+def synthetic_markdown(result: dict[str, Any]) -> str:
+    peak = result.get("peak") or {}
+    lines = [f"{result['request']}; peak {peak.get('tflops', '?')} TFLOP/s ({peak.get('source', '-')}).", "",
+             "| backend | model | layers | tokens | batch | measured | per layer | extrapolated | TFLOP/s | of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in result["synthetic"]:
+        for key in ("batch2", "batch1"):
+            e = run.get(key)
+            if e is None:
+                continue
+            frac = e.get("fraction_of_peak")
+            lines.append(f"| {run['backend']} | {run['model']} {run['dtype']} | {run['layers']} | {run['tokens']} | "
+                         f"{key[5:]} | {_fmt_s(e['measured']['median_s'])} | {_fmt_s(e['per_layer_s'])} | "
+                         f"{_fmt_s(e['extrapolated_s'])} ({e['extrapolated_layers']} layers) | "
+                         f"{e['achieved_tflops_per_s']:.3f} | {f'{frac:.1%}' if frac is not None else '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,4 +130,6 @@ def write_results(result: dict[str, Any], out_dir: Path, name: str) -> dict[str,
     if result.get("settings"):
         paths["md"].write_text(markdown(result), encoding="utf-8")
         paths["png"] = plot(result, out_dir / f"{name}.png")
+    elif result.get("synthetic"):
+        paths["md"].write_text(synthetic_markdown(result), encoding="utf-8")
     return paths
