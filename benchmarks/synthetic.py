@@ -42,7 +42,13 @@ def build_expert(config: dict[str, Any], device: str, dtype: Any) -> Any:  # noq
     torch.manual_seed(0)
     with torch.device(device):
         model = WanTransformer3DModel(**config)
-    return model.to(dtype).eval().requires_grad_(False)
+    model = model.to(dtype).eval().requires_grad_(False)
+    # As from_pretrained(torch_dtype=...) loads it: the modules diffusers keeps in fp32 (norms, modulation, rope).
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if keep & set(name.split(".")) and tensor.is_floating_point():
+            tensor.data = tensor.data.float()
+    return model
 
 
 def expert_inputs(config: dict[str, Any], video: VideoShape, batch: int, device: str, dtype: Any,
@@ -109,7 +115,7 @@ def time_expert(run: ExpertRun, batches: tuple[int, ...] = (2, 1),
             model.compile_repeated_blocks(fullgraph=True)
         for batch in batches:
             inputs = expert_inputs(model.config, run.video, batch, run.device, dtype)
-            if layers and batch == batches[0]:
+            if layers and batch == batches[0] and not run.compiled:
                 result["attention_kernels"] = attention_kernels(model, inputs)
 
             def call(m: Any = model, x: dict = inputs) -> Any:  # noqa: ANN401
