@@ -29,7 +29,25 @@ def _dit_flops(setting: Setting, pipeline: Any, plan: RunPlan) -> dict[str, int]
         tokens = video.tokens(shape, spec.vae_scale_temporal, spec.vae_scale_spatial)
         total = forward_flops(shape, tokens, spec.text_length).total
         out[f"{expert}_cfg_pair"], out[f"{expert}_batch1"] = 2 * total, total
+    if len(out) == 2 * len(spec.experts):
+        out["end_to_end"] = sum(out[name] for name in _dit_calls(pipeline, request))  # the DiT's share only
     return out
+
+
+def _dit_calls(pipeline: Any, request: Any) -> list[str]:  # noqa: ANN401
+    """The DiT component each denoising step of ``request`` runs, as the pipeline chooses them."""
+    from wanrt.engine.schedulers import scheduler_from_config
+
+    spec = pipeline.spec
+    scheduler = scheduler_from_config(spec.scheduler_config)
+    scheduler.set_timesteps(request.steps)
+    scales = {spec.experts[0]: request.guidance, spec.experts[-1]: request.effective_guidance_2}
+    boundary = spec.boundary_timestep
+    calls = []
+    for t in scheduler.timesteps:
+        expert = spec.experts[0] if boundary is None or float(t) >= boundary else spec.experts[-1]
+        calls.append(f"{expert}_cfg_pair" if scales[expert] > 1.0 else f"{expert}_batch1")
+    return calls
 
 
 def run_settings(settings: list[Setting], plan: RunPlan, *, peak_tflops: float | None,

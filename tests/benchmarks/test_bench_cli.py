@@ -27,6 +27,9 @@ def test_bench_writes_json_markdown_and_plot_for_the_demo_model(tmp_path, capsys
     assert pair["flops"] == 2 * single["flops"] > 0
     assert pair["fraction_of_peak"] == pytest.approx(pair["flops"] / pair["median_s"] / 0.5e12)
     assert pair["ratio_to_torch_eager"] is None  # no torch setting in this run: no ratio is made up
+    # End to end, the floor counts the DiT calls the pipeline makes: 2 steps, each a CFG pair (the reef experts
+    # have the same widths, so which expert a step uses does not change the count).
+    assert rows["end_to_end"]["flops"] == 2 * pair["flops"] == 2 * rows["transformer_2_cfg_pair"]["flops"]
     assert result["mp4_encode"]["median_s"] > 0
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "t.md").read_text()
