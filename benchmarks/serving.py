@@ -69,8 +69,8 @@ def bench_serving(model: Path, request: GenerationRequest, *, backend: str = "on
     result: dict[str, Any] = {"model": str(model), "backend": backend, "device": device}
     with serve(model, backend, device, queue_size=max(concurrency) * per_client) as address:
         client = Client(address, insecure=True)
-        client.generate(request)  # warm-up: the server's first request loads nothing, but its threads start
-        in_process()
+        # Warm-up, and the check that both paths make the same clip (else the comparison would mean nothing).
+        result["identical_output"] = client.generate(request).video == in_process()
         local, remote = [], []
         for _ in range(repeats):  # alternated, so load drifts on the machine hit both alike
             start = time.perf_counter()
