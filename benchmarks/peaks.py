@@ -16,15 +16,15 @@ GPU_BF16_TFLOPS = (
 # Published per-step latencies of other systems. Each is quoted from its source, for comparison only.
 PEERS = (
     {"system": "SGLang", "gpu": "1x H200", "model": "Wan2.2-T2V-A14B", "shape": "832x480, 81 frames, BF16",
-     "s_per_step": 5.14, "source": "sglang PR #25483"},
-    {"system": "LightX2V", "gpu": "1x H100", "model": "Wan2.1-T2V-14B", "shape": "480p, 81 frames",
-     "s_per_step": 5.18, "source": "LightX2V benchmark table"},
-    {"system": "SGLang", "gpu": "1x H100", "model": "Wan2.1-T2V-14B", "shape": "480p, 81 frames",
-     "s_per_step": 6.13, "source": "LightX2V benchmark table"},
-    {"system": "FastVideo", "gpu": "1x H100", "model": "Wan2.1-T2V-14B", "shape": "480p, 81 frames",
-     "s_per_step": 7.35, "source": "LightX2V benchmark table"},
-    {"system": "diffusers", "gpu": "1x H100", "model": "Wan2.1-T2V-14B", "shape": "480p, 81 frames",
-     "s_per_step": 9.77, "source": "LightX2V benchmark table"},
+     "s_per_step": 5.14, "source": "sgl-project/sglang PR #25483"},
+    {"system": "LightX2V", "gpu": "1x H100", "model": "Wan2.1-14B", "shape": "480p, 81 frames",
+     "s_per_step": 5.18, "source": "LightX2V README benchmark table (github.com/ModelTC/lightx2v)"},
+    {"system": "SGLang", "gpu": "1x H100", "model": "Wan2.1-14B", "shape": "480p, 81 frames",
+     "s_per_step": 6.13, "source": "LightX2V README benchmark table (github.com/ModelTC/lightx2v)"},
+    {"system": "FastVideo", "gpu": "1x H100", "model": "Wan2.1-14B", "shape": "480p, 81 frames",
+     "s_per_step": 7.35, "source": "LightX2V README benchmark table (github.com/ModelTC/lightx2v)"},
+    {"system": "diffusers", "gpu": "1x H100", "model": "Wan2.1-14B", "shape": "480p, 81 frames",
+     "s_per_step": 9.77, "source": "LightX2V README benchmark table (github.com/ModelTC/lightx2v)"},
 )
 
 
