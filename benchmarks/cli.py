@@ -151,24 +151,23 @@ def _models(args: argparse.Namespace, request: GenerationRequest, backends: tupl
                    end_to_end_runs=args.end_to_end_runs)
     out: dict[str, Any] = {"request": _describe(request), "plan": {"warmup": plan.warmup, "runs": plan.runs,
                                                                     "end_to_end_runs": plan.end_to_end_runs}}
+    served = next((m for m in models if model_kind(m) == "artifact"), None)  # the first artifact given
+    if served is None and (args.reef_twin or args.serve):
+        raise InvalidRequestError("model", "--reef-twin and --serve need an exported artifact among --model")
     with tempfile.TemporaryDirectory(prefix="wanrt-bench-") as tmp:
         if args.reef_twin:
             from wanrt.benchmarks.reef_twin import build_reef_twin
 
-            artifact = next((m for m in models if model_kind(m) == "artifact"), None)
-            if artifact is None:
-                raise InvalidRequestError("reef_twin", "needs an artifact among --model")
             say("building the reef twin")
-            models.insert(0, build_reef_twin(artifact, Path(tmp) / "reef-twin"))  # first: the reference
+            models.insert(0, build_reef_twin(served, Path(tmp) / "reef-twin"))  # first: the reference
         settings = [s for m in models for s in settings_for(m, args.device, backends)]
         settings.sort(key=lambda s: s.backend != TORCH_EAGER)  # the reference first, then in the order given
         out.update(run_settings(settings, plan, peak_tflops=peak, progress=say))
     if args.serve:
         from wanrt.benchmarks.serving import bench_serving
 
-        artifact = next(m for m in models if model_kind(m) == "artifact")
         say("serving")
-        out["serving"] = bench_serving(artifact, request, device=args.device)
+        out["serving"] = bench_serving(served, request, device=args.device)
     return out
 
 
