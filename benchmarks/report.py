@@ -99,7 +99,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     names = list(dict.fromkeys(n for s in settings for n in s["components"]))
     peak = (result.get("peak") or {}).get("tflops")
     height = 0.8 / max(1, len(settings))
-    fig, ax = plt.subplots(figsize=(10, 0.5 + 0.45 * len(names) * max(1, len(settings)) ** 0.5 + 1))
+    fig, ax = plt.subplots(figsize=(10, 2.2 + 0.45 * len(names) * max(1, len(settings)) ** 0.5))
     for k, s in enumerate(settings):
         ys = [i + k * height for i, n in enumerate(names) if n in s["components"]]
         xs = [s["components"][n]["median_s"] for n in names if n in s["components"]]
@@ -111,12 +111,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         if flops and peak:
             ax.plot([flops / (peak * 1e12)] * 2, [i - 0.1, i + 0.9], color="black", lw=2, label=floor_label)
             floor_label = None
+    shortest = min(r["median_s"] for s in settings for r in s["components"].values())
+    ax.set_xlim(left=shortest / 4)  # a log axis has no zero: bars start well left of the shortest
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("seconds (median, log scale)")
     ax.set_title(f"wanrt bench: {result['request']}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
