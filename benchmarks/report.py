@@ -111,8 +111,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         if flops and peak:
             ax.plot([flops / (peak * 1e12)] * 2, [i - 0.1, i + 0.9], color="black", lw=2, label=floor_label)
             floor_label = None
-    shortest = min(r["median_s"] for s in settings for r in s["components"].values())
-    ax.set_xlim(left=shortest / 4)  # a log axis has no zero: bars start well left of the shortest
+    floors = [r["flops"] / (peak * 1e12) for s in settings for r in s["components"].values() if peak and r.get("flops")]
+    shortest = min([r["median_s"] for s in settings for r in s["components"].values()] + floors)
+    ax.set_xlim(left=shortest / 3)  # a log axis has no zero: bars (and floor ticks) start left of the shortest
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
     ax.invert_yaxis()
     ax.set_xscale("log")
