@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.engine.request import GenerationRequest
+from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     """The request's options, shared by `wanrt generate` and `wanrt client generate`."""
-    defaults = GenerationRequest(prompt="-")
+    defaults = GenerationRequest.defaults()
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
     parser.add_argument("--frames", type=int, default=defaults.frames, help="4k+1 frames (default %(default)s)")
@@ -41,6 +43,11 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
             raise InvalidRequestError("latents", f"cannot read {args.latents}: {err}") from None
     if args.out.suffix.lower() not in (".mp4", ".npy"):
         raise InvalidRequestError("out", f"must end in .mp4 or .npy, got {args.out.name!r}")
+    # Before the model loads and the clip is generated, not after (other write errors: wanrt/cli.py).
+    if not args.out.parent.is_dir():
+        raise InvalidRequestError("out", f"{args.out.parent} is not a directory")
+    if args.out.is_dir():
+        raise InvalidRequestError("out", f"{args.out} is a directory")
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames, height=args.height,
         width=args.width, steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, seed=args.seed,
@@ -50,24 +57,53 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="generate a clip in this process")
-    parser.add_argument("--model", type=Path, default=None,
+    parser.add_argument("--model", type=Path, default=os.environ.get("WANRT_MODEL") or None,
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
-                             "(torch); default: the embedded reef demo model (onnxruntime)")
+                             "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", dest="devices", action="append", default=None,
+                        help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="run the cond and uncond halves of each guided step on the two --device at once")
+    add_trust_argument(parser)
+    add_provenance_arguments(parser)
+    add_memory_budget_argument(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
+
+
+def add_memory_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """``--memory-budget``, shared by `wanrt generate` and `wanrt serve`."""
+    parser.add_argument("--memory-budget", default=None,
+                        help="memory a request may bring the process to, e.g. 6G (default: the cgroup limit, "
+                             "else physical memory, less a reserve); larger requests are refused before they run")
 
 
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.admission import admission_for
+    from wanrt.engine.budget import parse_size
+    from wanrt.engine.loader import load_pipelines
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
+    from wanrt.errors import InvalidRequestError
+    from wanrt.trust.cli import check_trusted, provenance_key
 
     request = request_from_args(args)
-    pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
+    devices = tuple(args.devices or ("cpu",))
+    if len(devices) != (2 if args.cfg_parallel else 1):
+        raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
+                                            f"{len(devices)}")
+    budget = None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget)
+    model = _model_or_default(args)
+    provenance = provenance_key(args)
+    check_trusted(model, args.trust)
+    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
+    request.validate(pipeline.limits)
+    admission = admission_for(pipeline, budget, devices)
+    if admission is not None:
+        admission.check(request)  # before anything runs: refused with what would fit
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:
@@ -77,12 +113,26 @@ def _generate(args: argparse.Namespace) -> int:
         bar.update(progress.step - bar.n)
 
     try:
-        write_video(args.out, pipeline.generate(request, on_progress=show), request.fps)
+        frames = pipeline.generate(request, on_progress=show)
+        if provenance is None:
+            write_video(args.out, frames, request.fps)
+        else:
+            _write_signed(args.out, frames, request.fps, provenance, pipeline.identity)
     finally:
         for bar in bars.values():
             bar.close()
     print(args.out)
     return 0
+
+
+def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict) -> None:
+    import uuid
+
+    from wanrt import __version__
+    from wanrt.trust.provenance import manifest_definition, write_signed_video
+
+    definition = manifest_definition(identity, uuid.uuid4().hex, wanrt_version=__version__, title=out.name)
+    write_signed_video(out, frames, fps, key, definition)
 
 
 def _model_or_default(args: argparse.Namespace) -> Path:

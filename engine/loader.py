@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wanrt.engine.device import parse_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
@@ -14,6 +15,7 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
     """Checks the model (hashes, configs) and loads every network before returning: failures come at start."""
+    parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
     model = Path(model)
     if backend == "onnxruntime":
         return _load_artifact(model, device)
@@ -24,6 +26,25 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPip
 
         return load_tensorrt_pipeline(model, device)
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *,
+                   cfg_parallel: bool = False) -> list[VideoPipeline]:
+    """One pipeline per worker: one per device, or with ``cfg_parallel`` one per pair of devices, the pair
+    running the cond and uncond halves of each guided step at once (backends/cfg_parallel.py)."""
+    if not cfg_parallel:
+        return [load_pipeline(model, backend, device=device) for device in devices]
+    if len(devices) < 2 or len(devices) % 2:
+        raise ModelFormatError(f"--cfg-parallel pairs devices: give an even number of --device, got {len(devices)}")
+    from wanrt.engine.backends.cfg_parallel import CfgParallelBackend
+
+    pipelines = []
+    for first, second in zip(devices[::2], devices[1::2], strict=True):
+        a, b = load_pipeline(model, backend, device=first), load_pipeline(model, backend, device=second)
+        pipelines.append(VideoPipeline(a.spec, a.tokenizer, CfgParallelBackend(a.backend, b.backend),
+                                       identity={**a.identity, "cfg_parallel": f"{first}+{second}"},
+                                       limits=a.limits))
+    return pipelines
 
 
 def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
@@ -40,7 +61,9 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
         **{f"{name}_sha256": manifest.files[file] for name, file in graphs.items()},
     }
     return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
-                         OnnxRuntimeBackend(art_dir, graphs, device=device), identity=identity)
+                         OnnxRuntimeBackend(art_dir, graphs, device=device,
+                                            session_config=manifest.onnxruntime_session_config),
+                         identity=identity, graphs={name: art_dir / file for name, file in graphs.items()})
 
 
 def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:

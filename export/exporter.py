@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +19,9 @@ from wanrt.engine.artifact import (
     write_manifest,
 )
 from wanrt.engine.spec import ModelSpec, spec_from_diffusers
-from wanrt.errors import InvalidRequestError, ModelFormatError
+from wanrt.errors import ModelFormatError
 from wanrt.export import onnx_io
+from wanrt.publish import destination, publishing
 
 Progress = Callable[[str], None]
 
@@ -33,39 +32,31 @@ def export_pipeline(
     *,
     external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
     progress: Progress | None = None,
+    dtype: str = "fp32",
+    vae_dtype: str = "fp32",
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
+
+    ``dtype`` is the compute precision of the text encoder and experts, ``vae_dtype`` the VAE decoder's
+    (export/precision.py); graph inputs and outputs are fp32 whatever they are.
     """
+    from wanrt.export.precision import VAE_DTYPES, check_dtype
+
+    check_dtype("dtype", dtype)
+    check_dtype("vae_dtype", vae_dtype, VAE_DTYPES)
     say = progress or (lambda _message: None)
-    # Absolute and normalised, so "." or "art/.." still has a real name and parent for the partial folder.
-    model_dir, out_dir = Path(model_dir), Path(os.path.abspath(out_dir))
+    model_dir = Path(model_dir)
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
-    _refuse_existing(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling of out_dir, so the final rename stays on one filesystem and is atomic.
-    partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
-    try:
-        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); raises if something appeared there meanwhile
-        partial.rename(out_dir)
-    except BaseException:  # KeyboardInterrupt included: a half-written artifact must never be left behind
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    out_dir = destination(out_dir)
+    with publishing(out_dir) as partial:  # a half-written artifact is never left behind
+        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype))
     say(f"wrote {out_dir}")
     return manifest
 
 
-def _refuse_existing(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidRequestError("out", f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise InvalidRequestError("out", f"{out_dir} already exists and is not empty; refusing to overwrite it")
-
-
-def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress) -> Manifest:
+def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
+                 dtypes: tuple[str, str]) -> Manifest:
     from wanrt.export.text_encoder import export_text_encoder
     from wanrt.export.transformer import export_expert
 
@@ -76,14 +67,16 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
 
     exported: list[onnx_io.ExportedGraph] = []
     say("text_encoder: export and parity check")
-    exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold))
+    dtype, vae_dtype = dtypes
+    exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold, dtype=dtype))
     _release()
     for name in spec.experts:
         say(f"{name}: export and parity check")
-        exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold))
+        exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold,
+                                      dtype=dtype))
         _release()  # each real expert is 14B parameters: never hold two
     say("vae decoder: export and parity check")
-    vae = _export_vae(model_dir, art_dir, threshold)
+    vae = _export_vae(model_dir, art_dir, threshold, vae_dtype)
     _release()
 
     graphs = {g.name: g.manifest_entry() for g in exported}
@@ -107,14 +100,14 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
     return manifest
 
 
-def _export_vae(model_dir: Path, art_dir: Path, threshold: int) -> dict[str, Any]:
+def _export_vae(model_dir: Path, art_dir: Path, threshold: int, dtype: str) -> dict[str, Any]:
     import torch
     from diffusers import AutoencoderKLWan
 
     from wanrt.export.vae_decoder import export_vae_decoder
 
     vae = AutoencoderKLWan.from_pretrained(model_dir / "vae", local_files_only=True, torch_dtype=torch.float32)
-    return export_vae_decoder(vae.eval(), art_dir, external_data_threshold=threshold)
+    return export_vae_decoder(vae.eval(), art_dir, external_data_threshold=threshold, dtype=dtype)
 
 
 def _release() -> None:

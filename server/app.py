@@ -14,16 +14,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from wanrt.engine.admission import admission_for
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
 from wanrt.engine.spec import ModelSpec
-from wanrt.server.audit import AuditLog
+from wanrt.server.audit import open_audit_log
 from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
 from wanrt.server.jobs import JobManager
 from wanrt.server.metrics import Metrics
-from wanrt.server.service import CHUNK_BYTES, ModelFacts, VideoGenerationService
+from wanrt.server.protocol import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MIN_PING_INTERVAL_MS, SERVER_SEND_BYTES
+from wanrt.server.service import ModelFacts, VideoGenerationService
 
 log = logging.getLogger("wanrt.server")
 
@@ -38,14 +40,14 @@ def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
     return [
         # Requests: bounded by what the largest allowed latents need; larger ones get RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", max_request_bytes),
-        # Responses: video goes out in chunks of at most CHUNK_BYTES.
-        ("grpc.max_send_message_length", CHUNK_BYTES + 64 * 1024),
+        # Responses: video goes out in chunks of at most protocol.CHUNK_BYTES.
+        ("grpc.max_send_message_length", SERVER_SEND_BYTES),
         # Ping idle connections so a vanished client (no FIN) is noticed and its job cancelled.
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
-        # Clients may ping at most every 10 s; a client pinging faster is disconnected after 2 strikes.
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Clients may ping at most this often; a client pinging faster is disconnected after 2 strikes.
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
         # Connections idle for 30 min are closed (they hold memory and a file descriptor).
         ("grpc.max_connection_idle_ms", 30 * 60_000),
@@ -56,12 +58,9 @@ def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
 
 
 def effective_limits(model: Limits, config: ServerConfig) -> Limits:
-    """The model's limits, tightened (never widened) by the operator's --max-* options."""
-    changes = {}
-    for name in ("max_frames", "max_height", "max_width", "max_steps"):
-        value = getattr(config, name)
-        if value is not None:
-            changes[name] = min(value, getattr(model, name))
+    """The model's limits, tightened (never widened) by the operator's --max-* options or, on a CPU-only
+    server, the CPU defaults (ServerConfig.maxima)."""
+    changes = {name: min(value, getattr(model, name)) for name, value in config.maxima.items()}
     return dataclasses.replace(model, **changes)
 
 
@@ -80,17 +79,22 @@ class WanrtServer:
         self.config = config.validated(model_required=False)
         first = pipelines[0]
         self.limits = effective_limits(first.limits, config)
+        # Every worker's pipeline is loaded by now: what the process holds is known before the first request.
+        self.admission = admission_for(first, config.memory_budget, config.devices)
+        self.memory_budget = None if self.admission is None else self.admission.budget.bytes
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
-        self.audit = AuditLog(Path(config.audit_log))
+        self.audit = open_audit_log(config)
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.service = VideoGenerationService(
-            self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
-            self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
+            self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
+                                  self.admission),
+            self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
+            provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []
@@ -103,8 +107,11 @@ class WanrtServer:
         self._grpc.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        self._health_grpc: grpc.Server | None = None
+        self.health_port: int | None = None
         try:
             self.port = self._bind()
+            self._bind_health()
         except ConfigError:
             self.jobs.close()
             self.audit.close()
@@ -130,6 +137,31 @@ class WanrtServer:
             raise ConfigError("listen", f"cannot listen on {address}")
         return port
 
+    def _bind_health(self) -> None:
+        """A second server that carries grpc.health.v1 alone, in plaintext: kubelet's native gRPC probes cannot
+        speak TLS, and a HEALTHCHECK over a unix socket needs no SELinux name_connect. It shares the main
+        server's HealthServicer, so a drain or an audit failure shows on both."""
+        config = self.config
+        if config.health_listen is None and config.health_socket is None:
+            return
+        self._health_grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="wanrt-health"),
+                                        maximum_concurrent_rpcs=8)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
+        if config.health_socket is not None:
+            socket_path = Path(config.health_socket)
+            if socket_path.is_socket():
+                socket_path.unlink()  # left by a killed predecessor; config checked it is a socket
+            if not self._health_grpc.add_insecure_port(f"unix:{socket_path}"):
+                raise ConfigError("health_socket", f"cannot listen on {socket_path}")
+        if config.health_listen is not None:
+            address = str(config.health_address)
+            try:
+                self.health_port = self._health_grpc.add_insecure_port(address)
+            except RuntimeError as err:
+                raise ConfigError("health_listen", f"cannot listen on {address}: {err}") from None
+            if not self.health_port:
+                raise ConfigError("health_listen", f"cannot listen on {address}")
+
     @property
     def address(self) -> str:
         listen = self.config.listen_address
@@ -143,11 +175,16 @@ class WanrtServer:
             except OSError as err:
                 raise ConfigError("metrics_listen", f"cannot listen on {metrics}: {err.strerror}") from None
         self._grpc.start()
+        if self._health_grpc is not None:
+            self._health_grpc.start()
         for service in ("", SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving wanrt.v1 on %s (%s), metrics on %s, %d worker(s), queue %d", self.address,
                  "plaintext" if self.config.insecure else ("mTLS" if self.config.client_ca else "TLS"),
                  self.metrics_port, self.jobs.workers, self.jobs.queue_size)
+        limits = self.service.reported_limits
+        log.info("limits: %d frames, %dx%d, %d steps; %s", limits.max_frames, limits.max_height, limits.max_width,
+                 limits.max_steps, self.admission.describe() if self.admission else "no memory admission")
 
     def _audit_failed(self) -> None:
         # Without an audit trail the service must not go on answering: orchestrators see NOT_SERVING.
@@ -186,6 +223,8 @@ class WanrtServer:
             return
         self._stopped = True
         self._grpc.stop(grace).wait()
+        if self._health_grpc is not None:
+            self._health_grpc.stop(0).wait()
         self.jobs.close()
         self.metrics.stop()
         self.audit.close()

@@ -30,18 +30,16 @@ from wanrt.errors import InvalidRequestError, WanrtError
 from wanrt.server.config import DEFAULT_LISTEN, ClientConfig
 from wanrt.server.convert import request_to_proto
 from wanrt.server.errors import IntegrityError, RemoteError
-from wanrt.server.jobs import MP4, RAW_RGB24
-from wanrt.server.service import CHUNK_BYTES
+from wanrt.server.protocol import CLIENT_RECEIVE_BYTES, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MP4, RAW_RGB24
 from wanrt.server.v1 import wanrt_pb2 as pb
 from wanrt.server.v1 import wanrt_pb2_grpc as pb_grpc
 
 _STAGE_NAMES = {pb.STAGE_TEXT: "text", pb.STAGE_DENOISE: "denoise", pb.STAGE_DECODE: "decode"}
 
 CLIENT_OPTIONS = [
-    ("grpc.max_receive_message_length", CHUNK_BYTES + (1 << 20)),
-    # Above the server's 10 s minimum ping interval, so the server never drops us for pinging too often.
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.max_receive_message_length", CLIENT_RECEIVE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 0),
 ]
 
@@ -64,6 +62,7 @@ class GenerationResult:
     identity: dict[str, str]
     client_request_id: str
     queue_position: int
+    c2pa_manifest: bytes = b""  # the server's C2PA sidecar for these bytes, when it signs provenance
 
 
 class Client:
@@ -172,7 +171,7 @@ def _result(r: pb.Result, accepted: pb.Accepted | None, sha256: str, received: i
         timings={"queued_s": t.queued_s, "text_s": t.text_s, "denoise_s": t.denoise_s, "decode_s": t.decode_s,
                  "total_s": t.total_s},
         identity=dict(r.identity), client_request_id=r.client_request_id,
-        queue_position=accepted.queue_position if accepted else 0)
+        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest)
 
 
 def translate_error(err: grpc.RpcError) -> WanrtError:
@@ -208,7 +207,8 @@ def bad_request_field(err: grpc.RpcError) -> tuple[str | None, str | None]:
 # --- `wanrt client ...` ------------------------------------------------------------------------------------
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--server", default=DEFAULT_LISTEN,
+                        help="HOST:PORT or unix:/PATH (default %(default)s)")
     parser.add_argument("--insecure", action="store_true", help="plaintext, to a loopback address only")
     parser.add_argument("--ca", type=Path, help="CA certificate(s) to verify the server (default: system roots)")
     parser.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
@@ -271,6 +271,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                       result.width, 3)
                 np.save(sink, frames)
         partial.replace(out)
+        if result.c2pa_manifest:  # C2PA's sidecar naming: the asset's name with .c2pa
+            out.with_name(out.name + ".c2pa").write_bytes(result.c2pa_manifest)
     finally:
         for bar in bars.values():
             bar.close()

@@ -8,6 +8,7 @@ fault. Every call, refused or not, leaves exactly one audit line, written before
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -21,20 +22,21 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import wanrt
+from wanrt.engine.admission import Admission
 from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
 from wanrt.engine.spec import ModelSpec
-from wanrt.errors import CancelledError, InvalidRequestError
+from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
 from wanrt.server.audit import AuditLog
-from wanrt.server.auth import SERVICE, TokenStore, bearer_token, certificate_subject
+from wanrt.server.auth import SERVICE, bearer_token, certificate_subject
 from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, audit_params, parse_message, request_from_proto
 from wanrt.server.errors import DrainingError, QueueFullError
 from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
 from wanrt.server.metrics import Metrics
+from wanrt.server.protocol import CHUNK_BYTES, MP4
 from wanrt.server.v1 import wanrt_pb2 as pb
 
 log = logging.getLogger("wanrt.server")
 
-CHUNK_BYTES = 1 << 20  # largest VideoChunk.data; the server's send limit leaves room for the envelope
 _STAGES = {"text": pb.STAGE_TEXT, "denoise": pb.STAGE_DENOISE, "decode": pb.STAGE_DECODE}
 _EVENT_POLL_S = 1.0  # how often a handler waiting on its job re-checks that the client is still there
 
@@ -53,6 +55,8 @@ def status_for(error: BaseException, job_id: str | None = None) -> CallStatus:
         return CallStatus(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message}", error.field,
                           error.message)
     if isinstance(error, QueueFullError):
+        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    if isinstance(error, InsufficientMemoryError):
         return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     if isinstance(error, MemoryError):
         return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this job")
@@ -73,18 +77,33 @@ class ModelFacts:
     limits: Limits
     identity: dict[str, str]
     max_request_bytes: int
+    admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
+
+
+def caller(context: grpc.ServicerContext, token_id: str | None) -> dict[str, Any]:
+    """Who is calling, for the audit line: the token's id (checked by the interceptor), else the verified
+    client certificate's subject, else anonymous."""
+    subject = certificate_subject(context)
+    if token_id is not None:
+        principal, kind = token_id, "token"
+    elif subject is not None:
+        principal, kind = subject, "certificate"
+    else:
+        principal, kind = "anonymous", "none"
+    return {"principal": principal, "principal_kind": kind, "certificate_subject": subject, "peer": context.peer()}
 
 
 class _Call:
     """One call's audit record, written exactly once."""
 
-    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext,
+                 token_id: str | None = None) -> None:
         self.service = service
         self.method = method
         self.context = context
         self.received_at = time.monotonic()
         self.id = uuid.uuid4().hex  # the request id: audit line, job id, server log
-        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **service.caller(context, method)}
+        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **caller(context, token_id)}
         self.written = False
 
     def finish(self, code: grpc.StatusCode, error: CallStatus | None = None, **fields: Any) -> None:
@@ -121,18 +140,24 @@ class _AuditFailed(Exception):
 
 
 class VideoGenerationService:
+    """The handlers take the caller's ``token_id`` from the token interceptor (auth.TokenInterceptor), which
+    checked it; without tokens configured there is no interceptor and no token id."""
+
     def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
-                 tokens: TokenStore | None = None, keep_prompt_text: bool = False,
+                 keep_prompt_text: bool = False,
                  draining: Callable[[], bool] = lambda: False,
-                 on_audit_failure: Callable[[], None] = lambda: None) -> None:
+                 on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
         self.jobs = jobs
         self.facts = facts
         self.audit = audit
         self.metrics = metrics
-        self.tokens = tokens
         self.keep_prompt_text = keep_prompt_text
         self.draining = draining
         self.on_audit_failure = on_audit_failure
+        self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
+        # Limits lowered to what the memory budget can hold at all; requests are validated against the model's
+        # limits and larger ones refused by admission, so the refusal is RESOURCE_EXHAUSTED naming what fits.
+        self.reported_limits = facts.limits if facts.admission is None else facts.admission.lowered(facts.limits)
         self._info = self._model_info()
         self._open_calls = 0  # Generate handlers still running (drain waits for their last messages)
         self._calls_cond = threading.Condition()
@@ -163,20 +188,6 @@ class VideoGenerationService:
 
     # --- who is calling --------------------------------------------------------------------------------
 
-    def caller(self, context: grpc.ServicerContext, method: str) -> dict[str, Any]:
-        subject = certificate_subject(context)
-        token_id = None
-        if self.tokens is not None:
-            token_id = self.tokens.check(context.invocation_metadata(), method).token_id
-        if token_id is not None:
-            principal, kind = token_id, "token"
-        elif subject is not None:
-            principal, kind = subject, "certificate"
-        else:
-            principal, kind = "anonymous", "none"
-        return {"principal": principal, "principal_kind": kind, "certificate_subject": subject,
-                "peer": context.peer()}
-
     def audit_denied(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
                      token_id: str | None) -> None:
         """The token interceptor's refusals are audited like every other call."""
@@ -191,8 +202,8 @@ class VideoGenerationService:
 
     # --- DescribeModel -----------------------------------------------------------------------------------
 
-    def describe_model(self, raw: bytes, context: grpc.ServicerContext) -> pb.ModelInfo:
-        call = _Call(self, "DescribeModel", context)
+    def describe_model(self, raw: bytes, context: grpc.ServicerContext, token_id: str | None = None) -> pb.ModelInfo:
+        call = _Call(self, "DescribeModel", context, token_id)
         try:
             parse_message(raw, pb.DescribeModelRequest)
             if self.draining():
@@ -203,7 +214,7 @@ class VideoGenerationService:
             self._end_with_error(call, err)
 
     def _model_info(self) -> pb.ModelInfo:
-        facts, limits, spec = self.facts, self.facts.limits, self.facts.spec
+        facts, limits, spec = self.facts, self.reported_limits, self.facts.spec
         return pb.ModelInfo(
             identity=facts.identity,
             limits=pb.Limits(max_frames=limits.max_frames, frame_multiple=limits.frame_multiple,
@@ -222,8 +233,9 @@ class VideoGenerationService:
 
     # --- Generate ----------------------------------------------------------------------------------------
 
-    def generate(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
-        call = _Call(self, "Generate", context)
+    def generate(self, raw: bytes, context: grpc.ServicerContext,
+                 token_id: str | None = None) -> Iterator[pb.GenerateResponse]:
+        call = _Call(self, "Generate", context, token_id)
         job: Job | None = None
         self._call_opened(+1)
         try:
@@ -252,16 +264,25 @@ class VideoGenerationService:
         request, video_format = request_from_proto(message)
         call.record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
         request.validate(self.facts.limits)
+        if self.provenance is not None and video_format != MP4:
+            raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "
+                                                "frames cannot carry: ask for MP4")
         if request.latents is not None:
             spec = self.facts.spec
             expected = request.latent_shape(spec.latent_channels, spec.vae_scale_temporal, spec.vae_scale_spatial)
             if tuple(request.latents.shape) != expected:
                 raise InvalidRequestError("latents", f"shape {list(request.latents.shape)} does not match "
                                                      f"frames/height/width: expected {list(expected)}")
+        admission = self.facts.admission
+        if admission is not None:  # before the job is queued: a refusal costs nothing and is audited
+            estimate = admission.estimator.estimate(request)
+            call.record["memory"] = {"estimate_bytes": estimate.total, "budget_bytes": admission.budget.bytes}
+            admission.check(request)
         return request, video_format, message.client_request_id
 
     def _stream_job(self, call: _Call, job: Job, client_request_id: str) -> Iterator[pb.GenerateResponse]:
         context, offset = call.context, 0
+        video: list[bytes] = []  # kept only to sign the C2PA sidecar over exactly what was streamed
         while True:
             event = job.next_event(timeout=_EVENT_POLL_S)
             if event is None:
@@ -277,9 +298,11 @@ class VideoGenerationService:
                 for start in range(0, len(event.data), CHUNK_BYTES):
                     piece = event.data[start:start + CHUNK_BYTES]
                     yield pb.GenerateResponse(video=pb.VideoChunk(offset=offset, data=piece))
+                    if self.provenance is not None:
+                        video.append(piece)
                     offset += len(piece)
             elif isinstance(event, DoneEvent):
-                yield self._result(call, job, event, client_request_id)
+                yield self._result(call, job, event, client_request_id, b"".join(video))
                 return
             elif isinstance(event, FailedEvent):
                 call.record["timings"] = _rounded(event.timings)
@@ -292,7 +315,8 @@ class VideoGenerationService:
                         return
                 self._abort(call, status_for(error, job.id))
 
-    def _result(self, call: _Call, job: Job, done: DoneEvent, client_request_id: str) -> pb.GenerateResponse:
+    def _result(self, call: _Call, job: Job, done: DoneEvent, client_request_id: str,
+                video: bytes) -> pb.GenerateResponse:
         request = job.request
         timings = {**done.timings, "total_s": time.monotonic() - call.received_at}
         result = pb.GenerateResponse(result=pb.Result(
@@ -301,11 +325,20 @@ class VideoGenerationService:
             seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
             identity=self.facts.identity, client_request_id=client_request_id,
         ))
+        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
+        if self.provenance is not None:
+            result.result.c2pa_manifest = self._provenance(video, call.id)
+            output["c2pa_manifest_sha256"] = hashlib.sha256(result.result.c2pa_manifest).hexdigest()
         # Recorded before the Result leaves: a client never holds a clip the audit log does not know.
-        call.finish(grpc.StatusCode.OK, timings=_rounded(timings), identity=self.facts.identity,
-                    output={"sha256": done.sha256, "bytes": done.nbytes, "format": job.format,
-                            "frames": done.frames})
+        call.finish(grpc.StatusCode.OK, timings=_rounded(timings), identity=self.facts.identity, output=output)
         return result
+
+    def _provenance(self, video: bytes, request_id: str) -> bytes:
+        from wanrt import __version__
+        from wanrt.trust.provenance import manifest_definition, sidecar
+
+        definition = manifest_definition(self.facts.identity, request_id, wanrt_version=__version__)
+        return sidecar(video, self.provenance, definition)
 
     # --- ending calls with an error --------------------------------------------------------------------
 

@@ -32,3 +32,24 @@ class BackendUnavailableError(WanrtError):
 
 class CancelledError(WanrtError):
     """Generation stopped at a step boundary because the caller asked it to."""
+
+
+class SignatureError(ArtifactError):
+    """A folder or report is unsigned, signed by an untrusted key, or changed since it was signed."""
+
+
+class AuditChainError(WanrtError):
+    """An audit log's hash chain is broken: a record was edited, deleted, reordered or truncated."""
+
+
+class ConfinementError(WanrtError):
+    """The process does not run under the SELinux type it was told to require (or SELinux is off)."""
+
+
+class ProvenanceError(WanrtError):
+    """C2PA material is missing, mismatched or refused, or a video's provenance could not be signed or read."""
+
+
+class InsufficientMemoryError(WanrtError):
+    """A request does not fit in memory: refused before it runs (its estimate exceeds the memory budget), or
+    an allocation failed while it ran. The service stays up; the CLI exits 2, gRPC answers RESOURCE_EXHAUSTED."""

@@ -9,33 +9,67 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.device import parse_device
 from wanrt.errors import ArtifactError, BackendUnavailableError
 
 
 def providers_for(device: str) -> list[object]:
     """``cpu``, ``cuda`` or ``cuda:N`` -> onnxruntime's provider list (one GPU per worker)."""
-    if device == "cpu":
+    parsed = parse_device(device)
+    if not parsed.is_cuda:
         return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise BackendUnavailableError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": parsed.index}), "CPUExecutionProvider"]
+
+
+def session_options(session_config: Mapping[str, str]) -> object:
+    """onnxruntime session options with the given config entries (an artifact's
+    ``Manifest.onnxruntime_session_config``: what its quantized graphs were measured and must run with)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def return_freed_memory() -> None:
+    """glibc raises its mmap threshold after freeing a large block (up to 32 MB), after which video-sized
+    tensors come from the heap and stay in the process when freed; a fixed threshold hands them back."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+# 1 MiB: what the estimate was measured with (README, "Memory admission"). It costs speed on small clips
+# (1.6x on the demo clip, scripts/measure_memory.py --speed 17:96x96); 16 MiB costs nothing there but the heap
+# then keeps mid-sized tensors and 17 frames at 256x256 peaked 8% above the estimate.
+MMAP_THRESHOLD = 1 << 20
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu") -> None:
+    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu",
+                 session_config: Mapping[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         providers = providers_for(device)
-        if device != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Run Q/DQ graphs as written: onnxruntime's fused INT8 kernels drift ~0.4% from the Q/DQ maths and its
-        # FP8 rewrite cannot load at all. Exact Q/DQ is what makes onnxruntime TensorRT's CPU reference.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        options = session_options(session_config or {})
+        # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no
+        # CPU arena (it keeps each session's peak for good, so stages would add up) and no memory pattern
+        # (one block per run, planned with gaps); freed buffers go back to the system at once.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        return_freed_memory()
         self._sessions = {}
         for name, file in graph_files.items():
             try:

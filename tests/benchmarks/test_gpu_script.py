@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("diffusers")
 
 
+@pytest.mark.slow  # builds experts and a VAE with diffusers, times them
 def test_gpu_script_runs_at_reduced_size_and_writes_its_results(tmp_path):
     from wanrt.benchmarks import gpu_a14b
     from wanrt.benchmarks.flops import DitShape, VideoShape, forward_flops

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from wanrt.benchmarks.report import serving_markdown
 from wanrt.benchmarks.serving import bench_serving
 from wanrt.engine.request import GenerationRequest
 from wanrt.reef import default_model_dir
 
 
+@pytest.mark.slow  # starts `wanrt serve` and runs 8 requests
 def test_served_and_in_process_runs_make_the_same_clip_and_concurrency_is_counted():
     request = GenerationRequest(prompt="a turtle glides over the reef", frames=1, height=16, width=16, steps=1)
     result = bench_serving(default_model_dir(), request, repeats=1, per_client=2, concurrency=(1, 3))
