@@ -45,7 +45,11 @@ def model_kind(model: Path) -> str:
 def artifact_precision(art_dir: Path) -> str:
     data = json.loads((Path(art_dir) / "manifest.json").read_text(encoding="utf-8"))
     quantization = data.get("quantization")
-    return str(quantization.get("mode")) if isinstance(quantization, dict) else "fp32"
+    if isinstance(quantization, dict):
+        return str(quantization.get("mode"))
+    # `wanrt export --dtype bf16|fp16` records each graph's compute precision; the experts' is the one that counts.
+    experts = [g for name, g in data.get("graphs", {}).items() if name.startswith("transformer")]
+    return str(experts[0].get("dtype", "fp32")) if experts else "fp32"
 
 
 def _cuda_onnxruntime() -> bool:

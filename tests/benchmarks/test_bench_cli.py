@@ -59,3 +59,19 @@ def test_measure_counts_runs_and_orders_percentiles():
     assert len(calls) == 9 and len(timing.runs) == 7
     summary = timing.summary()
     assert summary["p10_s"] <= summary["median_s"] <= summary["p90_s"] and summary["runs"] == 7
+
+
+def test_precision_is_read_from_the_artifact(tmp_path):
+
+    from wanrt.benchmarks.settings import artifact_precision
+    from wanrt.reef import default_model_dir
+
+    assert artifact_precision(default_model_dir()) == "fp32"
+    manifest = json.loads((default_model_dir() / "manifest.json").read_text())
+    for name in ("transformer", "transformer_2"):
+        manifest["graphs"][name]["dtype"] = "bf16"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert artifact_precision(tmp_path) == "bf16"
+    manifest["quantization"] = {"mode": "int8"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert artifact_precision(tmp_path) == "int8"
