@@ -62,7 +62,6 @@ def test_measure_counts_runs_and_orders_percentiles():
 
 
 def test_precision_is_read_from_the_artifact(tmp_path):
-
     from wanrt.benchmarks.settings import artifact_precision
     from wanrt.reef import default_model_dir
 
