@@ -334,3 +334,14 @@ def test_seconds_map_to_the_nearest_valid_frame_count(seconds, fps, frames):
     assert frames_for_seconds(seconds, fps, Limits()) == frames
     assert (frames - 1) % Limits().frame_multiple == 0
 
+
+
+def test_memory_admission_refusal_is_400_not_429(pipeline, tmp_path):
+    """A request over the memory budget will not fit however long the client waits: 400, not a retryable 429."""
+    with running_server(pipeline, tmp_path, http_listen="127.0.0.1:0", memory_budget=1 << 20) as served, \
+            raw(served, None) as http:
+        refused = http.post("/v1/videos", json=TINY_BODY)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "resource_exhausted"
+        record = served.audit()[-1]
+        assert record["status"] == "RESOURCE_EXHAUSTED" and record["memory"]["budget_bytes"] == 1 << 20
