@@ -26,9 +26,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 DOMAIN = "wanrt_container_t"
-# One port type per listener (selinux/wanrt.ports): gRPC, metrics, plaintext health for kubelet's probes.
+# One port type per listener (selinux/wanrt.ports): gRPC, metrics, plaintext health for kubelet's probes, and
+# the OpenAI-compatible HTTP API.
 PORTS = [("tcp", 50051, "wanrt_grpc_port_t"), ("tcp", 9464, "wanrt_metrics_port_t"),
-         ("tcp", 50060, "wanrt_health_port_t")]
+         ("tcp", 50060, "wanrt_health_port_t"), ("tcp", 50080, "wanrt_http_port_t")]
 PORT_TYPES = [t for _p, _n, t in PORTS]
 
 FILE_CLASSES = ["file", "dir", "lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"]
@@ -110,7 +111,7 @@ GOALS: list[Goal] = [
           "perms": {"file": ["create", "open", "append", "read", "getattr"], "dir": ["search", "add_name"]}}),
     Goal("M4", "read TLS material and tokens (wanrt_secret_t)", "may",
          {"targets": ["wanrt_secret_t"], "classes": ["file"], "perms": ["open", "read"]}),
-    Goal("M5", "listen on the gRPC, metrics and health port types (tcp socket, node_bind, name_bind)", "may_each",
+    Goal("M5", "listen on the gRPC, metrics, health and HTTP port types (tcp socket, node_bind, name_bind)", "may_each",
          {"targets": None, "perms": {}, "pairs": [
              (DOMAIN, "tcp_socket", ["create", "bind", "listen", "accept", "read", "write"]),
              *[(t, "tcp_socket", ["name_bind"]) for t in PORT_TYPES],
@@ -118,7 +119,7 @@ GOALS: list[Goal] = [
     Goal("M6", "use the NVIDIA device nodes (xserver_misc_device_t: rw, ioctl, map)", "may",
          {"targets": ["xserver_misc_device_t"], "classes": ["chr_file"],
           "perms": ["open", "read", "write", "ioctl", "map", "getattr"]}),
-    Goal("M7", "tcp 50051, 9464 and 50060 carry their own port types", "portcon", {"ports": PORTS}),
+    Goal("M7", "tcp 50051, 9464, 50060 and 50080 carry their own port types", "portcon", {"ports": PORTS}),
     Goal("M8", "health over its own unix socket (the HEALTHCHECK needs no TCP connect)", "may_each",
          {"targets": None, "perms": {}, "pairs": [
              (DOMAIN, "unix_stream_socket", ["create", "bind", "listen", "accept", "connect", "connectto"]),
@@ -143,7 +144,7 @@ GOALS: list[Goal] = [
           "perms": WRITE_PERMS}),
     Goal("N4", "no name_connect to any port, under any boolean", "must_not",
          {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"]}),
-    Goal("N5", "no name_bind on any port type but the three wanrt port types (tcp, udp, sctp)", "must_not",
+    Goal("N5", "no name_bind on any port type but the wanrt port types (tcp, udp, sctp)", "must_not",
          {"targets": "*", "classes": ["tcp_socket", "udp_socket", "sctp_socket", "dccp_socket"],
           "perms": ["name_bind"], "except_targets": PORT_TYPES}),
     Goal("N6", "no dangerous capabilities (sys_admin, sys_module, net_admin, sys_ptrace ...)", "must_not",

@@ -137,7 +137,7 @@ def _labelled_ports() -> dict[tuple[str, int], str]:
 def test_labelled_ports_are_the_service_ports() -> None:
     ports = _labelled_ports()
     assert ports == {("tcp", 50051): "wanrt_grpc_port_t", ("tcp", 9464): "wanrt_metrics_port_t",
-                     ("tcp", 50060): "wanrt_health_port_t"}
+                     ("tcp", 50060): "wanrt_health_port_t", ("tcp", 50080): "wanrt_http_port_t"}
     # compose publishes gRPC and metrics; its health goes over the unix socket, so 50060 stays unpublished.
     compose = load_yaml(REPO / "docker-compose.yml")
     for svc in compose["services"].values():
