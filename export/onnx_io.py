@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from wanrt.errors import ExportVerificationError
+from wanrt.export import attention
 
-OPSET = 18
+OPSET = attention.OPSET  # attention exports as one operator from this opset on (see attention.py)
 # The one piece of exporter metadata an artifact keeps: each node's module path (quantization places by it).
 SCOPE_METADATA_KEY = "pkg.torch.onnx.name_scopes"
 # protobuf refuses single messages over 2 GiB; ONNX's own rule is to move weights out beyond that.
@@ -29,18 +30,21 @@ def export_graph(
     output_names: Sequence[str],
     dynamic_shapes: Any,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+    opset: int | None = None,
 ) -> list[Path]:
     """Exports ``module(*args)`` with the dynamo exporter and returns the files written (graph, data).
 
     Weights go to ``<name>.onnx.data`` when the serialised model would exceed ``external_data_threshold``.
+    ``opset``: OPSET unless a benchmark asks for the graphs exported before it (18: attention as MatMul ->
+    Softmax -> MatMul).
     """
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), attention.native_attention():
         program = torch.onnx.export(
             module,
             args,
             dynamo=True,
-            opset_version=OPSET,
+            opset_version=opset or OPSET,
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=dynamic_shapes,
@@ -133,10 +137,11 @@ class ExportedGraph:
     # Per input, the smallest and largest shape the export accepts (what a TensorRT profile needs).
     shape_ranges: dict[str, dict[str, list[int]]]
     parity: tuple[ParityResult, ...]
+    attention: dict[str, Any]  # attention.record(): the operator, and the onnxruntime form's file if any
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"file": self.files[0].name, "files": [p.name for p in self.files], "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges}
+                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges, "attention": self.attention}
 
 
 def export_verified(
@@ -150,8 +155,10 @@ def export_verified(
     parity_feeds: Sequence[Mapping[str, np.ndarray]],
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
     tolerance: float = PARITY_TOLERANCE,
+    require_fused_attention: bool = False,
 ) -> ExportedGraph:
-    """Exports ``module`` to ``out_dir/<name>.onnx`` and checks parity on every feed in ``parity_feeds``.
+    """Exports ``module`` to ``out_dir/<name>.onnx`` and checks parity on every feed in ``parity_feeds``, for
+    the graph and for its onnxruntime attention form if it has one.
 
     ``example`` and each feed are keyed by the module's forward argument names, in call order; those names
     become the graph's input names.
@@ -161,9 +168,12 @@ def export_verified(
     files = export_graph(module, args, path, input_names=list(example),
                          output_names=output_names, dynamic_shapes=dict(dynamic_shapes),
                          external_data_threshold=external_data_threshold)
-    parity = tuple(check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds)
+    parity = [check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds]
+    entry, variant_parity = attention.record(
+        path, lambda variant: [check_parity(variant, module, f, tolerance=tolerance) for f in parity_feeds],
+        required=require_fused_attention)
     return ExportedGraph(name, tuple(files), tuple(example), tuple(output_names),
-                         _shape_ranges(example, dynamic_shapes), parity)
+                         _shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry)
 
 
 def _shape_ranges(example: Mapping[str, np.ndarray],

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wanrt.errors import ExportVerificationError
+from wanrt.export import attention
 from wanrt.export.onnx_io import EXTERNAL_DATA_THRESHOLD_BYTES, check_parity, export_graph
 
 INIT_FILE = "vae_decoder_init.onnx"
@@ -303,17 +304,23 @@ def export_vae_decoder(
         )
 
     # Parity against the unmodified (nearest-exact) decoder, so the switch above is checked too.
+    feeds = [_feeds(init, layout, pb, ph, pw, seed=seed) for seed, (pb, ph, pw) in enumerate(_PARITY_SIZES, 1)]
     parity = []
-    for seed, (pb, ph, pw) in enumerate(_PARITY_SIZES, start=1):
-        i_feeds, s_feeds = _feeds(init, layout, pb, ph, pw, seed=seed)
+    for i_feeds, s_feeds in feeds:
         parity.append(check_parity(out_dir / INIT_FILE, init, i_feeds, tolerance=PARITY_TOLERANCE).as_dict())
         parity.append(check_parity(out_dir / STEP_FILE, step, s_feeds, tolerance=PARITY_TOLERANCE).as_dict())
+    # The mid-block's spatial attention: its onnxruntime form, checked on the same feeds.
+    init_attention, init_parity = attention.record(out_dir / INIT_FILE, lambda variant: [
+        check_parity(variant, init, f[0], tolerance=PARITY_TOLERANCE) for f in feeds])
+    step_attention, step_parity = attention.record(out_dir / STEP_FILE, lambda variant: [
+        check_parity(variant, step, f[1], tolerance=PARITY_TOLERANCE) for f in feeds])
+    parity += [p.as_dict() for p in init_parity + step_parity]
 
     return {
         "init": {"file": INIT_FILE, "files": [p.name for p in init_files],
-                 "inputs": ["latent"], "outputs": init_outputs},
+                 "inputs": ["latent"], "outputs": init_outputs, "attention": init_attention},
         "step": {"file": STEP_FILE, "files": [p.name for p in step_files],
-                 "inputs": step_inputs, "outputs": step_outputs},
+                 "inputs": step_inputs, "outputs": step_outputs, "attention": step_attention},
         "cache": layout.as_dict(),
         "z_dim": layout.z_dim,
         "out_channels": layout.out_channels,
