@@ -40,13 +40,19 @@ def variant_path(graph_path: Path) -> Path:
     return graph_path.with_name(graph_path.name.removesuffix(".onnx") + VARIANT_SUFFIX)
 
 
-def write_onnxruntime_variant(graph_path: Path) -> Variant | None:
+def write_onnxruntime_variant(graph_path: Path, *, shapes_from: Path | None = None) -> Variant | None:
     """Writes ``<graph>.ort.onnx`` next to ``graph_path`` when at least one Attention node can be rewritten;
     returns None (and writes nothing) when none can.
+
+    Head counts come from the shapes the exporter recorded in the graph; ``shapes_from`` names the graph this
+    one was made from, and wins where both record a tensor (ModelOpt's quantized graphs keep tensor names but
+    re-infer shapes symbolically, losing the head count).
     """
     graph_path = Path(graph_path)
     model = onnx.load(graph_path, load_external_data=False)
     shapes = _known_shapes(model.graph)
+    if shapes_from is not None:
+        shapes |= _known_shapes(onnx.load(shapes_from, load_external_data=False).graph)
     nodes: list[onnx.NodeProto] = []
     kept = 0
     head_counts: list[int] = []

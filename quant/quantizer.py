@@ -203,7 +203,7 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
     new_entry = {**entry, "files": files, "opset": opset}
     if "attention" in entry:  # the Q/DQ graph's own onnxruntime form, checked against it on a calibration call
         new_entry["attention"], _ = attention.record(dest, lambda variant: [
-            _check_same_outputs(dest, variant, samples[0], config.device)])
+            _check_same_outputs(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"])
     detail = {"quantized": [{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
               "excluded": excluded, "calibration_calls": len(samples),
               "smoothquant": {"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None}
