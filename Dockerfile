@@ -7,9 +7,10 @@
 #                                               default target (last stage), the one CI builds
 #
 # Build arguments:
-#   GPU_BASE  pinned TensorRT image; 25.01 = Ubuntu 24.04, CUDA 12.8, TensorRT 10.8, Python 3.12
-#             (see selinux/README.md, "Deployment notes"). Pin by digest in production:
-#             --build-arg GPU_BASE=nvcr.io/nvidia/tensorrt:25.01-py3@sha256:...
+#   GPU_BASE  pinned TensorRT image on TensorRT 11 (strongly typed engines only; wanrt runs 10.14+ and 11.x):
+#             26.10 = NVIDIA's TensorRT 11.4 release (October 2026), CUDA 13, Python 3.12; check its
+#             container release notes' driver table against the fleet. Pin by digest in production:
+#             --build-arg GPU_BASE=nvcr.io/nvidia/tensorrt:26.10-py3@sha256:...
 #   CPU_BASE  any Debian-family image with python3 (>= 3.11), its venv module, bash and ca-certificates;
 #             CI passes a locally bootstrapped Debian base (deploy/ci/podman-smoke.sh).
 #   WANRT_VERSION, VCS_REF, BUILD_DATE  recorded in the OCI labels.
@@ -24,7 +25,7 @@
 # engines read-only under /models, TLS material and tokens under /run/secrets, gRPC on 50051, Prometheus
 # metrics on 9464, SELinux type wanrt_container_t (selinux/).
 
-ARG GPU_BASE=nvcr.io/nvidia/tensorrt:25.01-py3
+ARG GPU_BASE=nvcr.io/nvidia/tensorrt:26.10-py3
 ARG CPU_BASE=python:3.11-slim-bookworm
 
 ############################################################################################################
@@ -81,6 +82,14 @@ RUN groupadd --system --gid 10001 wanrt \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/wanrt /var/lib/wanrt/outputs /var/log/wanrt \
     && install -d -m 0755 /models
 COPY --from=gpu-builder /opt/wanrt /opt/wanrt
+# The venv's own Python must import what serving needs: tensorrt (the base image's bindings, through
+# --system-site-packages, in the version range wanrt supports) and pycuda.driver (compiled in gpu-builder).
+# pycuda.driver links libcuda.so.1, which the NVIDIA container runtime injects when the container runs; at build
+# time the image's CUDA forward-compatibility copy stands in for it.
+RUN compat="$(find /usr/local/cuda/compat -maxdepth 1 -type d -name 'lib*' 2>/dev/null | sort -r | head -n 1)" \
+    && LD_LIBRARY_PATH="${compat}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" /opt/wanrt/bin/python -c \
+       'import pycuda, pycuda.driver; from wanrt.engine.tensorrt.engine import tensorrt_module; \
+print("TensorRT", tensorrt_module().__version__, "pycuda", pycuda.VERSION_TEXT)'
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -95,11 +104,13 @@ EXPOSE 50051 9464
 VOLUME ["/var/lib/wanrt/outputs", "/var/log/wanrt"]
 STOPSIGNAL SIGTERM
 # Engine deserialisation takes minutes on first start: a long start period.
+# Health over the server's unix socket (serve --health-socket): no TCP connect, so the SELinux domain
+# needs no name_connect, and no TLS material is needed to probe.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
-    CMD ["wanrt", "client", "health", "--server", "127.0.0.1:50051", "--ca", "/run/secrets/wanrt_tls_ca"]
+    CMD ["wanrt", "client", "health", "--server", "unix:/tmp/wanrt-health.sock", "--insecure"]
 ENTRYPOINT ["wanrt"]
 CMD ["serve", "--backend", "tensorrt", "--device", "cuda:0", \
-     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", \
+     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--health-socket", "/tmp/wanrt-health.sock", \
      "--tls-cert", "/run/secrets/wanrt_tls_cert", "--tls-key", "/run/secrets/wanrt_tls_key", \
      "--tokens", "/run/secrets/wanrt_tokens", "--audit-log", "/var/log/wanrt/audit.jsonl"]
 
@@ -111,9 +122,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY deploy/docker/with-extra-ca.sh /usr/local/bin/with-extra-ca
 COPY . /src
+# Every third-party package comes from the hashed lock (deploy/docker/lock.sh writes it): a changed or
+# substituted wheel fails the build. wanrt itself is then built from /src with no further downloads.
 RUN --mount=type=secret,id=extra_ca,required=false \
     python3 -m venv /opt/wanrt \
-    && with-extra-ca /opt/wanrt/bin/pip install /src \
+    && with-extra-ca /opt/wanrt/bin/pip install --require-hashes --no-deps -r /src/deploy/docker/requirements-cpu.lock \
+    && /opt/wanrt/bin/pip install --no-deps --no-build-isolation --no-index /src \
     && /opt/wanrt/bin/pip uninstall -y pip
 
 ############################################################################################################
@@ -157,10 +171,12 @@ WORKDIR /tmp
 EXPOSE 50051 9464
 VOLUME ["/var/lib/wanrt/outputs", "/var/log/wanrt"]
 STOPSIGNAL SIGTERM
+# Health over the server's unix socket (serve --health-socket): no TCP connect, so the SELinux domain
+# needs no name_connect, and no TLS material is needed to probe.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["wanrt", "client", "health", "--server", "127.0.0.1:50051", "--ca", "/run/secrets/wanrt_tls_ca"]
+    CMD ["wanrt", "client", "health", "--server", "unix:/tmp/wanrt-health.sock", "--insecure"]
 ENTRYPOINT ["wanrt"]
 CMD ["serve", "--backend", "onnxruntime", \
-     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", \
+     "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--health-socket", "/tmp/wanrt-health.sock", \
      "--tls-cert", "/run/secrets/wanrt_tls_cert", "--tls-key", "/run/secrets/wanrt_tls_key", \
      "--tokens", "/run/secrets/wanrt_tokens", "--audit-log", "/var/log/wanrt/audit.jsonl"]

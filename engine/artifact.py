@@ -92,23 +92,12 @@ def load_artifact(art_dir: Path, *, verify_hashes: bool = True) -> Manifest:
     Checks: the manifest exists, parses and has a known format; every listed file is present (and, with
     ``verify_hashes``, unchanged); every graph's file is listed; no unlisted ONNX file lies in the folder.
     """
+    from wanrt.engine.manifest_file import read_manifest
+
     art_dir = Path(art_dir)
-    path = art_dir / MANIFEST_NAME
-    if not art_dir.is_dir():
-        raise ArtifactError(f"{art_dir} is not a directory")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{art_dir} has no {MANIFEST_NAME}: not a wanrt artifact (make one with "
-                            "`wanrt export`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} is not a JSON object")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format_version {version!r}; this wanrt reads format {FORMAT_VERSION} "
-                            "(re-export the model with this version)")
+    data = read_manifest(art_dir, MANIFEST_NAME, format_version=FORMAT_VERSION,
+                         not_found="not a wanrt artifact (make one with `wanrt export`)",
+                         outdated="re-export the model with this version")
     manifest = Manifest.from_dict(data)
     _check_files(art_dir, manifest, verify_hashes)
     return manifest

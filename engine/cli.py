@@ -9,6 +9,7 @@ import numpy as np
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.engine.request import GenerationRequest
+from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
                              "(torch); default: the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", dest="devices", action="append", default=None,
+                        help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="run the cond and uncond halves of each guided step on the two --device at once")
+    add_trust_argument(parser)
+    add_provenance_arguments(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
 
@@ -62,12 +68,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.loader import load_pipelines
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
+    from wanrt.errors import InvalidRequestError
+    from wanrt.trust.cli import check_trusted, provenance_key
 
     request = request_from_args(args)
-    pipeline = load_pipeline(_model_or_default(args), args.backend, device=args.device)
+    devices = tuple(args.devices or ("cpu",))
+    if len(devices) != (2 if args.cfg_parallel else 1):
+        raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
+                                            f"{len(devices)}")
+    model = _model_or_default(args)
+    provenance = provenance_key(args)
+    check_trusted(model, args.trust)
+    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:
@@ -77,12 +92,26 @@ def _generate(args: argparse.Namespace) -> int:
         bar.update(progress.step - bar.n)
 
     try:
-        write_video(args.out, pipeline.generate(request, on_progress=show), request.fps)
+        frames = pipeline.generate(request, on_progress=show)
+        if provenance is None:
+            write_video(args.out, frames, request.fps)
+        else:
+            _write_signed(args.out, frames, request.fps, provenance, pipeline.identity)
     finally:
         for bar in bars.values():
             bar.close()
     print(args.out)
     return 0
+
+
+def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict) -> None:
+    import uuid
+
+    from wanrt import __version__
+    from wanrt.trust.provenance import manifest_definition, write_signed_video
+
+    definition = manifest_definition(identity, uuid.uuid4().hex, wanrt_version=__version__, title=out.name)
+    write_signed_video(out, frames, fps, key, definition)
 
 
 def _model_or_default(args: argparse.Namespace) -> Path:

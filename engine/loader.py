@@ -26,6 +26,25 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPip
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *,
+                   cfg_parallel: bool = False) -> list[VideoPipeline]:
+    """One pipeline per worker: one per device, or with ``cfg_parallel`` one per pair of devices, the pair
+    running the cond and uncond halves of each guided step at once (backends/cfg_parallel.py)."""
+    if not cfg_parallel:
+        return [load_pipeline(model, backend, device=device) for device in devices]
+    if len(devices) < 2 or len(devices) % 2:
+        raise ModelFormatError(f"--cfg-parallel pairs devices: give an even number of --device, got {len(devices)}")
+    from wanrt.engine.backends.cfg_parallel import CfgParallelBackend
+
+    pipelines = []
+    for first, second in zip(devices[::2], devices[1::2], strict=True):
+        a, b = load_pipeline(model, backend, device=first), load_pipeline(model, backend, device=second)
+        pipelines.append(VideoPipeline(a.spec, a.tokenizer, CfgParallelBackend(a.backend, b.backend),
+                                       identity={**a.identity, "cfg_parallel": f"{first}+{second}"},
+                                       limits=a.limits))
+    return pipelines
+
+
 def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
     from wanrt.engine.artifact import MANIFEST_NAME, load_artifact, sha256_file
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend

@@ -6,11 +6,11 @@
 # Usage: selinux/install.sh [options]
 #   --models DIR    model + engine store        (default /srv/wanrt/models)      -> wanrt_model_t
 #   --outputs DIR   generated videos            (default /var/lib/wanrt/outputs) -> wanrt_output_t
-#   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_output_t
+#   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_audit_t
 #   --secrets DIR   TLS material + tokens file  (default /etc/wanrt/secrets)     -> wanrt_secret_t
-#   --no-health-connect  turn the wanrt_container_health_connect boolean off (no name_connect at all;
-#                   probe health from outside the container instead of the image HEALTHCHECK)
 #   --uid N         owner of the output and audit directories (default 10001, the image's user)
+#   --allow-unconfined-docker  install even though a Docker engine here runs without SELinux support
+#                   (only when wanrt runs under Podman on this host)
 #   --uninstall     remove the module, the port labels and the fcontext rules this script added
 #   --dry-run       print the commands instead of running them
 # Environment: SEMODULE_PRIORITY (default 400), SELINUX_DEVEL_MAKEFILE (default
@@ -23,8 +23,8 @@ outputs=/var/lib/wanrt/outputs
 audit=/var/log/wanrt
 secrets=/etc/wanrt/secrets
 uid=10001
-health_connect=on
 uninstall=false
+allow_unconfined_docker=false
 dry_run=false
 priority="${SEMODULE_PRIORITY:-400}"
 makefile="${SELINUX_DEVEL_MAKEFILE:-/usr/share/selinux/devel/Makefile}"
@@ -36,10 +36,10 @@ while (($#)); do
         --audit) audit="$2"; shift 2 ;;
         --secrets) secrets="$2"; shift 2 ;;
         --uid) uid="$2"; shift 2 ;;
-        --no-health-connect) health_connect=off; shift ;;
         --uninstall) uninstall=true; shift ;;
+        --allow-unconfined-docker) allow_unconfined_docker=true; shift ;;
         --dry-run) dry_run=true; shift ;;
-        -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -73,8 +73,9 @@ declare -A default_dirs=(
     [wanrt_model_t]=/srv/wanrt/models
     [wanrt_output_t]=/var/lib/wanrt/outputs
     [wanrt_secret_t]=/etc/wanrt/secrets
+    [wanrt_audit_t]=/var/log/wanrt
 )
-labels=("wanrt_model_t:$models" "wanrt_output_t:$outputs" "wanrt_output_t:$audit" "wanrt_secret_t:$secrets")
+labels=("wanrt_model_t:$models" "wanrt_output_t:$outputs" "wanrt_audit_t:$audit" "wanrt_secret_t:$secrets")
 
 fcontext_spec() {
     printf '%s(/.*)?' "$(realpath -m "$1")"
@@ -82,7 +83,7 @@ fcontext_spec() {
 
 is_default() {
     local type="$1" dir="$2"
-    [[ "$dir" == "${default_dirs[$type]}" ]] || [[ "$type:$dir" == "wanrt_output_t:/var/log/wanrt" ]]
+    [[ "$dir" == "${default_dirs[$type]}" ]]
 }
 
 if $uninstall; then
@@ -92,8 +93,8 @@ if $uninstall; then
             run semanage fcontext -d "$(fcontext_spec "$dir")" || true
         fi
     done
-    while read -r proto port _; do
-        [[ -z "$proto" || "$proto" == \#* ]] && continue
+    while read -r type proto port _; do
+        [[ -z "$type" || "$type" == \#* ]] && continue
         run semanage port -d -p "$proto" "$port" || true
     done <"$here/wanrt.ports"
     run semodule -X "$priority" -r wanrt || true
@@ -101,6 +102,19 @@ if $uninstall; then
         if [[ -e "${entry#*:}" ]]; then run restorecon -RF "${entry#*:}"; fi
     done
     exit 0
+fi
+
+# 0. Docker without SELinux support ignores `label=type:wanrt_container_t` and runs the container as plain
+#    container_t, or unconfined: refuse rather than install a policy that would silently not apply.
+#    (Podman always labels; the check only concerns a Docker engine found on this host.)
+if command -v docker >/dev/null 2>&1 && ! $allow_unconfined_docker; then
+    if docker_security="$(docker info --format '{{json .SecurityOptions}}' 2>/dev/null)"; then
+        if [[ "$docker_security" != *name=selinux* ]]; then
+            die "Docker runs without SELinux support (docker info: $docker_security): its containers would not" \
+                "get wanrt_container_t. Add \"selinux-enabled\": true to /etc/docker/daemon.json and restart" \
+                "docker, or pass --allow-unconfined-docker if wanrt runs only under Podman here."
+        fi
+    fi
 fi
 
 # 1. build and load the module (from a scratch copy: the devel Makefile writes next to its sources).
@@ -111,10 +125,10 @@ run make -s -C "$build" -f "$makefile" wanrt.pp
 run semodule -X "$priority" -i "$build/wanrt.pp"
 
 # 2. ports: -a, or -m when the port already has a (policy or local) label.
-while read -r proto port _; do
-    [[ -z "$proto" || "$proto" == \#* ]] && continue
-    if ! run semanage port -a -t wanrt_port_t -p "$proto" "$port" 2>/dev/null; then
-        run semanage port -m -t wanrt_port_t -p "$proto" "$port"
+while read -r type proto port _; do
+    [[ -z "$type" || "$type" == \#* ]] && continue
+    if ! run semanage port -a -t "$type" -p "$proto" "$port" 2>/dev/null; then
+        run semanage port -m -t "$type" -p "$proto" "$port"
     fi
 done <"$here/wanrt.ports"
 
@@ -135,8 +149,5 @@ for entry in "${labels[@]}"; do
     run restorecon -RF "${entry#*:}"
 done
 
-# 4. the health-probe boolean (on by default in the module).
-run setsebool -P wanrt_container_health_connect "$health_connect"
-
-echo "install.sh: wanrt policy loaded; ports $(grep -Ev '^\s*(#|$)' "$here/wanrt.ports" | awk '{print $1 "/" $2}' | xargs)" \
-     "labelled wanrt_port_t; $models $outputs $audit $secrets labelled"
+echo "install.sh: wanrt policy loaded; ports $(grep -Ev '^\s*(#|$)' "$here/wanrt.ports" | awk '{print $2 "/" $3 "=" $1}' | xargs)" \
+     "labelled; $models $outputs $audit $secrets labelled"

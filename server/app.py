@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
 from wanrt.engine.spec import ModelSpec
-from wanrt.server.audit import AuditLog
+from wanrt.server.audit import open_audit_log
 from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
@@ -82,7 +82,7 @@ class WanrtServer:
         self.limits = effective_limits(first.limits, config)
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
-        self.audit = AuditLog(Path(config.audit_log))
+        self.audit = open_audit_log(config)
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
@@ -91,6 +91,7 @@ class WanrtServer:
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
             self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
+            provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []
@@ -103,8 +104,11 @@ class WanrtServer:
         self._grpc.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        self._health_grpc: grpc.Server | None = None
+        self.health_port: int | None = None
         try:
             self.port = self._bind()
+            self._bind_health()
         except ConfigError:
             self.jobs.close()
             self.audit.close()
@@ -130,6 +134,31 @@ class WanrtServer:
             raise ConfigError("listen", f"cannot listen on {address}")
         return port
 
+    def _bind_health(self) -> None:
+        """A second server that carries grpc.health.v1 alone, in plaintext: kubelet's native gRPC probes cannot
+        speak TLS, and a HEALTHCHECK over a unix socket needs no SELinux name_connect. It shares the main
+        server's HealthServicer, so a drain or an audit failure shows on both."""
+        config = self.config
+        if config.health_listen is None and config.health_socket is None:
+            return
+        self._health_grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="wanrt-health"),
+                                        maximum_concurrent_rpcs=8)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
+        if config.health_socket is not None:
+            socket_path = Path(config.health_socket)
+            if socket_path.is_socket():
+                socket_path.unlink()  # left by a killed predecessor; config checked it is a socket
+            if not self._health_grpc.add_insecure_port(f"unix:{socket_path}"):
+                raise ConfigError("health_socket", f"cannot listen on {socket_path}")
+        if config.health_listen is not None:
+            address = str(config.health_address)
+            try:
+                self.health_port = self._health_grpc.add_insecure_port(address)
+            except RuntimeError as err:
+                raise ConfigError("health_listen", f"cannot listen on {address}: {err}") from None
+            if not self.health_port:
+                raise ConfigError("health_listen", f"cannot listen on {address}")
+
     @property
     def address(self) -> str:
         listen = self.config.listen_address
@@ -143,6 +172,8 @@ class WanrtServer:
             except OSError as err:
                 raise ConfigError("metrics_listen", f"cannot listen on {metrics}: {err.strerror}") from None
         self._grpc.start()
+        if self._health_grpc is not None:
+            self._health_grpc.start()
         for service in ("", SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving wanrt.v1 on %s (%s), metrics on %s, %d worker(s), queue %d", self.address,
@@ -186,6 +217,8 @@ class WanrtServer:
             return
         self._stopped = True
         self._grpc.stop(grace).wait()
+        if self._health_grpc is not None:
+            self._health_grpc.stop(0).wait()
         self.jobs.close()
         self.metrics.stop()
         self.audit.close()

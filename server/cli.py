@@ -14,6 +14,7 @@ from pathlib import Path
 
 from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
+from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,12 +31,22 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                         help="artifact folder (onnxruntime) or diffusers Wan folder (torch); default $WANRT_MODEL, "
                              "else the packaged demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    add_trust_argument(parser)
+    parser.add_argument("--require-selinux-type", metavar="TYPE", default=os.environ.get("WANRT_REQUIRE_SELINUX_TYPE"),
+                        help="refuse to start unless this process runs under this SELinux type, enforced "
+                             "(e.g. wanrt_container_t; default $WANRT_REQUIRE_SELINUX_TYPE)")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="pair the devices: each pair runs the cond and uncond halves of a guided step at once")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
     parser.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN,
                         help="Prometheus HOST:PORT (default %(default)s)")
+    parser.add_argument("--health-listen", default=None,
+                        help="plaintext HOST:PORT serving grpc.health.v1 only (e.g. for kubelet's gRPC probes)")
+    parser.add_argument("--health-socket", type=Path, default=None,
+                        help="unix socket serving grpc.health.v1 only (the image's HEALTHCHECK dials it)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--client-ca", type=Path, help="CA that signs client certificates: turns on mutual TLS")
@@ -44,6 +55,10 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--audit-log", type=Path, required=True, help="JSON-lines audit log, appended")
     parser.add_argument("--audit-prompts", action="store_true",
                         help="keep prompt text in the audit log (default: SHA-256 only)")
+    add_provenance_arguments(parser)
+    parser.add_argument("--audit-signing-key", type=Path, help="key (`wanrt keygen`) that signs audit checkpoints")
+    parser.add_argument("--audit-checkpoint-every", type=int, default=0, metavar="N",
+                        help="with --audit-signing-key: a signed checkpoint after every N records")
     parser.add_argument("--queue-size", type=int, default=8, help="jobs waiting beyond the running ones")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long jobs may take to finish before they are cancelled")
@@ -55,19 +70,24 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.loader import load_pipelines
     from wanrt.server.app import WanrtServer
+    from wanrt.trust.cli import check_trusted
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         model=args.model or _packaged_model(args.backend), backend=args.backend,
-        devices=tuple(args.devices or ("cpu",)), listen=args.listen, metrics_listen=args.metrics_listen,
+        devices=tuple(args.devices or ("cpu",)), cfg_parallel=args.cfg_parallel, listen=args.listen,
+        metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
+        audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
+        c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
-        max_request_bytes=args.max_request_bytes,
+        max_request_bytes=args.max_request_bytes, health_listen=args.health_listen,
+        health_socket=args.health_socket,
     ).validated()  # before the (slow) model load: a wrong flag fails in a second, not after minutes
 
     stop = threading.Event()
@@ -78,14 +98,24 @@ def _serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    pipelines = [load_pipeline(config.model, config.backend, device=device) for device in config.devices]
+    # SIGHUP (log rotation) reopens the audit log once the server exists, on its own thread: the handler runs on
+    # the main thread, which must not wait for the audit lock a worker may hold.
+    reopen: list = []
+    signal.signal(signal.SIGHUP, lambda *_: [threading.Thread(target=f).start() for f in reopen])
+    if args.require_selinux_type:
+        from wanrt.trust.confinement import require_selinux_type
+
+        require_selinux_type(args.require_selinux_type)
+    check_trusted(config.model, args.trust)
+    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)
+    reopen.append(server.audit.reopen)
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
-                      "metrics_port": server.metrics_port}), flush=True)
+                      "metrics_port": server.metrics_port, "health_port": server.health_port}), flush=True)
     while not stop.wait(0.5):
         pass
     # A second signal during the drain cancels the remaining jobs at their next step instead of waiting.
@@ -95,6 +125,10 @@ def _serve(args: argparse.Namespace) -> int:
     server.drain()
     print(json.dumps({"event": "stopped"}), flush=True)
     return 0
+
+
+def _env_path(name: str) -> Path | None:
+    return Path(os.environ[name]) if os.environ.get(name) else None
 
 
 def _packaged_model(backend: str) -> Path | None:

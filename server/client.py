@@ -64,6 +64,7 @@ class GenerationResult:
     identity: dict[str, str]
     client_request_id: str
     queue_position: int
+    c2pa_manifest: bytes = b""  # the server's C2PA sidecar for these bytes, when it signs provenance
 
 
 class Client:
@@ -172,7 +173,7 @@ def _result(r: pb.Result, accepted: pb.Accepted | None, sha256: str, received: i
         timings={"queued_s": t.queued_s, "text_s": t.text_s, "denoise_s": t.denoise_s, "decode_s": t.decode_s,
                  "total_s": t.total_s},
         identity=dict(r.identity), client_request_id=r.client_request_id,
-        queue_position=accepted.queue_position if accepted else 0)
+        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest)
 
 
 def translate_error(err: grpc.RpcError) -> WanrtError:
@@ -208,7 +209,8 @@ def bad_request_field(err: grpc.RpcError) -> tuple[str | None, str | None]:
 # --- `wanrt client ...` ------------------------------------------------------------------------------------
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--server", default=DEFAULT_LISTEN,
+                        help="HOST:PORT or unix:/PATH (default %(default)s)")
     parser.add_argument("--insecure", action="store_true", help="plaintext, to a loopback address only")
     parser.add_argument("--ca", type=Path, help="CA certificate(s) to verify the server (default: system roots)")
     parser.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
@@ -271,6 +273,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                       result.width, 3)
                 np.save(sink, frames)
         partial.replace(out)
+        if result.c2pa_manifest:  # C2PA's sidecar naming: the asset's name with .c2pa
+            out.with_name(out.name + ".c2pa").write_bytes(result.c2pa_manifest)
     finally:
         for bar in bars.values():
             bar.close()

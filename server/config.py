@@ -55,6 +55,11 @@ def parse_host_port(field: str, value: str) -> HostPort:
     return HostPort(host, int(port))
 
 
+def is_unix_target(server: str) -> bool:
+    """``unix:/abs/path`` or ``unix:///abs/path`` (grpc's forms): a socket on this machine, never the network."""
+    return isinstance(server, str) and server.startswith("unix:")
+
+
 def _readable_file(field: str, path: Path | None) -> Path | None:
     if path is None:
         return None
@@ -89,6 +94,7 @@ class ServerConfig:
     model: Path | None
     backend: str = "onnxruntime"
     devices: tuple[str, ...] = ("cpu",)  # one worker (and one loaded pipeline) per entry
+    cfg_parallel: bool = False  # one worker per PAIR of devices: cond and uncond halves run at once
     listen: str = DEFAULT_LISTEN
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN  # None: no metrics endpoint
     tls_cert: Path | None = None
@@ -98,6 +104,10 @@ class ServerConfig:
     insecure: bool = False  # plaintext; only on loopback addresses
     audit_log: Path | None = None
     audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
+    audit_checkpoint_every: int = 0  # with audit_signing_key: a signed checkpoint every N records
+    audit_signing_key: Path | None = None
+    c2pa_cert: Path | None = None  # with c2pa_key: every MP4 result carries a signed C2PA sidecar manifest
+    c2pa_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
     # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold.
@@ -106,6 +116,11 @@ class ServerConfig:
     max_width: int | None = None
     max_steps: int | None = None
     max_request_bytes: int | None = None  # default: enough for latents at the largest allowed size
+    # Health only (grpc.health.v1, plaintext, no other service): for probes that cannot speak TLS (kubelet's
+    # native gRPC probes) and for the in-container HEALTHCHECK over a unix socket, which needs no
+    # SELinux name_connect. Neither carries requests or tokens.
+    health_listen: str | None = None
+    health_socket: Path | None = None
 
     @property
     def listen_address(self) -> HostPort:
@@ -114,6 +129,10 @@ class ServerConfig:
     @property
     def metrics_address(self) -> HostPort | None:
         return None if self.metrics_listen is None else parse_host_port("metrics_listen", self.metrics_listen)
+
+    @property
+    def health_address(self) -> HostPort | None:
+        return None if self.health_listen is None else parse_host_port("health_listen", self.health_listen)
 
     def validated(self, *, model_required: bool = True) -> ServerConfig:
         """Returns self, or raises ConfigError naming the first wrong option."""
@@ -126,8 +145,14 @@ class ServerConfig:
                 raise ConfigError("model", f"{self.model} is not a directory")
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if not self.devices or len(set(self.devices)) != len(self.devices):
+        # Two CPU sessions may share the CPU (cfg-parallel on CPU threads); an accelerator serves one worker.
+        accelerators = [d for d in self.devices if d != "cpu"]
+        repeated_cpu = self.devices.count("cpu") > 1 and not self.cfg_parallel
+        if not self.devices or len(set(accelerators)) != len(accelerators) or repeated_cpu:
             raise ConfigError("device", f"needs one or more distinct devices, got {list(self.devices)}")
+        if self.cfg_parallel and (len(self.devices) < 2 or len(self.devices) % 2):
+            raise ConfigError("cfg_parallel", f"pairs devices: needs an even number of --device, got "
+                                              f"{len(self.devices)}")
         for device in self.devices:
             if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
                 raise ConfigError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
@@ -135,10 +160,16 @@ class ServerConfig:
         metrics = self.metrics_address
         if metrics is not None and metrics.port != 0 and (metrics.host, metrics.port) == (listen.host, listen.port):
             raise ConfigError("metrics_listen", "must differ from --listen")
+        health = self.health_address
+        taken = [(a.host, a.port) for a in (listen, metrics) if a is not None and a.port != 0]
+        if health is not None and health.port != 0 and (health.host, health.port) in taken:
+            raise ConfigError("health_listen", "must differ from --listen and --metrics-listen")
+        self._check_health_socket()
         self._check_transport(listen)
         if self.tokens is not None:
             TokenStore.load(_readable_file("tokens", self.tokens))
         self._check_audit_log()
+        self.provenance_key()
         _check_int("queue_size", self.queue_size, 0, MAX_QUEUE_SIZE)
         if not isinstance(self.grace_seconds, int | float) or not math.isfinite(self.grace_seconds) \
                 or self.grace_seconds < 0:
@@ -149,6 +180,16 @@ class ServerConfig:
         if self.max_request_bytes is not None:
             _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
         return self
+
+    def provenance_key(self) -> object | None:
+        """The C2PA signing key (checked like the TLS pair), or None when provenance is off."""
+        from wanrt.errors import InvalidRequestError
+        from wanrt.trust.provenance import key_from_options
+
+        try:
+            return key_from_options(self.c2pa_cert, self.c2pa_key)
+        except InvalidRequestError as err:
+            raise ConfigError(err.field, err.message) from None
 
     def _check_transport(self, listen: HostPort) -> None:
         tls_given = [name for name in ("tls_cert", "tls_key", "client_ca") if getattr(self, name) is not None]
@@ -168,6 +209,17 @@ class ServerConfig:
         if self.client_ca is not None:
             check_ca("client_ca", _readable_file("client_ca", self.client_ca))
 
+    def _check_health_socket(self) -> None:
+        if self.health_socket is None:
+            return
+        path = Path(self.health_socket)
+        if not path.is_absolute():
+            raise ConfigError("health_socket", f"must be an absolute path, got {str(path)!r}")
+        if not path.parent.is_dir():
+            raise ConfigError("health_socket", f"directory {path.parent} does not exist")
+        if path.exists() and not path.is_socket():
+            raise ConfigError("health_socket", f"{path} exists and is not a socket")
+
     def _check_audit_log(self) -> None:
         if self.audit_log is None:
             raise ConfigError("audit_log", "is required: every request is recorded")
@@ -181,6 +233,17 @@ class ServerConfig:
                 pass
         except OSError as err:
             raise ConfigError("audit_log", f"cannot append to {path}: {err.strerror}") from None
+        _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
+        if (self.audit_signing_key is None) != (self.audit_checkpoint_every == 0):
+            raise ConfigError("audit_signing_key", "and --audit-checkpoint-every N (N > 0) go together")
+        if self.audit_signing_key is not None:
+            from wanrt.errors import SignatureError
+            from wanrt.trust.keys import load_signer
+
+            try:
+                load_signer(_readable_file("audit_signing_key", self.audit_signing_key))
+            except SignatureError as err:
+                raise ConfigError("audit_signing_key", str(err)) from None
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:
@@ -201,7 +264,7 @@ class ClientConfig:
     server_name: str | None = None  # TLS name to verify instead of the host in ``server``
 
     def validated(self) -> ClientConfig:
-        address = parse_host_port("server", self.server)
+        address = HostPort("localhost", 0) if is_unix_target(self.server) else parse_host_port("server", self.server)
         if self.insecure:
             given = [name for name in ("ca", "cert", "key", "server_name") if getattr(self, name) is not None]
             if given:

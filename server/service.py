@@ -8,6 +8,7 @@ fault. Every call, refused or not, leaves exactly one audit line, written before
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ from wanrt.server.audit import AuditLog
 from wanrt.server.auth import SERVICE, TokenStore, bearer_token, certificate_subject
 from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, audit_params, parse_message, request_from_proto
 from wanrt.server.errors import DrainingError, QueueFullError
-from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
+from wanrt.server.jobs import MP4, DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
 from wanrt.server.metrics import Metrics
 from wanrt.server.v1 import wanrt_pb2 as pb
 
@@ -124,7 +125,7 @@ class VideoGenerationService:
     def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
                  tokens: TokenStore | None = None, keep_prompt_text: bool = False,
                  draining: Callable[[], bool] = lambda: False,
-                 on_audit_failure: Callable[[], None] = lambda: None) -> None:
+                 on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
         self.jobs = jobs
         self.facts = facts
         self.audit = audit
@@ -133,6 +134,7 @@ class VideoGenerationService:
         self.keep_prompt_text = keep_prompt_text
         self.draining = draining
         self.on_audit_failure = on_audit_failure
+        self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
         self._info = self._model_info()
         self._open_calls = 0  # Generate handlers still running (drain waits for their last messages)
         self._calls_cond = threading.Condition()
@@ -252,6 +254,9 @@ class VideoGenerationService:
         request, video_format = request_from_proto(message)
         call.record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
         request.validate(self.facts.limits)
+        if self.provenance is not None and video_format != MP4:
+            raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "
+                                                "frames cannot carry: ask for MP4")
         if request.latents is not None:
             spec = self.facts.spec
             expected = request.latent_shape(spec.latent_channels, spec.vae_scale_temporal, spec.vae_scale_spatial)
@@ -262,6 +267,7 @@ class VideoGenerationService:
 
     def _stream_job(self, call: _Call, job: Job, client_request_id: str) -> Iterator[pb.GenerateResponse]:
         context, offset = call.context, 0
+        video: list[bytes] = []  # kept only to sign the C2PA sidecar over exactly what was streamed
         while True:
             event = job.next_event(timeout=_EVENT_POLL_S)
             if event is None:
@@ -277,9 +283,11 @@ class VideoGenerationService:
                 for start in range(0, len(event.data), CHUNK_BYTES):
                     piece = event.data[start:start + CHUNK_BYTES]
                     yield pb.GenerateResponse(video=pb.VideoChunk(offset=offset, data=piece))
+                    if self.provenance is not None:
+                        video.append(piece)
                     offset += len(piece)
             elif isinstance(event, DoneEvent):
-                yield self._result(call, job, event, client_request_id)
+                yield self._result(call, job, event, client_request_id, b"".join(video))
                 return
             elif isinstance(event, FailedEvent):
                 call.record["timings"] = _rounded(event.timings)
@@ -292,7 +300,8 @@ class VideoGenerationService:
                         return
                 self._abort(call, status_for(error, job.id))
 
-    def _result(self, call: _Call, job: Job, done: DoneEvent, client_request_id: str) -> pb.GenerateResponse:
+    def _result(self, call: _Call, job: Job, done: DoneEvent, client_request_id: str,
+                video: bytes) -> pb.GenerateResponse:
         request = job.request
         timings = {**done.timings, "total_s": time.monotonic() - call.received_at}
         result = pb.GenerateResponse(result=pb.Result(
@@ -301,11 +310,20 @@ class VideoGenerationService:
             seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
             identity=self.facts.identity, client_request_id=client_request_id,
         ))
+        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
+        if self.provenance is not None:
+            result.result.c2pa_manifest = self._provenance(video, call.id)
+            output["c2pa_manifest_sha256"] = hashlib.sha256(result.result.c2pa_manifest).hexdigest()
         # Recorded before the Result leaves: a client never holds a clip the audit log does not know.
-        call.finish(grpc.StatusCode.OK, timings=_rounded(timings), identity=self.facts.identity,
-                    output={"sha256": done.sha256, "bytes": done.nbytes, "format": job.format,
-                            "frames": done.frames})
+        call.finish(grpc.StatusCode.OK, timings=_rounded(timings), identity=self.facts.identity, output=output)
         return result
+
+    def _provenance(self, video: bytes, request_id: str) -> bytes:
+        from wanrt import __version__
+        from wanrt.trust.provenance import manifest_definition, sidecar
+
+        definition = manifest_definition(self.facts.identity, request_id, wanrt_version=__version__)
+        return sidecar(video, self.provenance, definition)
 
     # --- ending calls with an error --------------------------------------------------------------------
 

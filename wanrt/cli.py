@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from wanrt.errors import ArtifactError, InvalidRequestError, ModelFormatError, WanrtError
+from wanrt.errors import ArtifactError, ConfinementError, InvalidRequestError, ModelFormatError, WanrtError
 
 EXIT_USAGE = 2  # bad arguments or input: nothing was produced
 EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavailable
@@ -14,7 +14,8 @@ EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavail
 # Stages that add subcommands; each module exposes register(subparsers). Imported lazily so that, e.g.,
 # `wanrt generate --backend onnxruntime` never imports torch through the export stage.
 _STAGES = ("wanrt.export.cli", "wanrt.engine.cli", "wanrt.server.cli",
-           "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli")
+           "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli",
+           "wanrt.trust.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

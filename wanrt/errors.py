@@ -32,3 +32,19 @@ class BackendUnavailableError(WanrtError):
 
 class CancelledError(WanrtError):
     """Generation stopped at a step boundary because the caller asked it to."""
+
+
+class SignatureError(ArtifactError):
+    """A folder or report is unsigned, signed by an untrusted key, or changed since it was signed."""
+
+
+class AuditChainError(WanrtError):
+    """An audit log's hash chain is broken: a record was edited, deleted, reordered or truncated."""
+
+
+class ConfinementError(WanrtError):
+    """The process does not run under the SELinux type it was told to require (or SELinux is off)."""
+
+
+class ProvenanceError(WanrtError):
+    """C2PA material is missing, mismatched or refused, or a video's provenance could not be signed or read."""

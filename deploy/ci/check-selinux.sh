@@ -122,9 +122,9 @@ sed -i '/^[[:space:]]*expand-check[[:space:]]*=/d' "$conf"
 echo "expand-check=$expand_check" >>"$conf"
 ports_local="$root/var/lib/selinux/default/active/ports.local"
 : >"$ports_local"
-while read -r proto port _; do
-    [[ -z "$proto" || "$proto" == \#* ]] && continue
-    echo "portcon $proto $port system_u:object_r:wanrt_port_t:s0" >>"$ports_local"
+while read -r type proto port _; do
+    [[ -z "$type" || "$type" == \#* ]] && continue
+    echo "portcon $proto $port system_u:object_r:$type:s0" >>"$ports_local"
 done <"$repo/selinux/wanrt.ports"
 if ! semodule -p "$root" -s default -n -i "${modules[@]}" >"$workdir/link.log" 2>&1; then
     grep -v 'not in password file' "$workdir/link.log" >&2 || true

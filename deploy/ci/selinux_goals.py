@@ -12,8 +12,7 @@ Two evaluation modes:
   * "default": conditional rules count only when enabled with the policy's default booleans
     (what the domain gets on a freshly installed host);
   * "any": every conditional rule counts, whatever its boolean (what an administrator could
-    switch on). Every MUST NOT goal uses "any", so a boolean cannot quietly reopen a hole; the
-    only conditional exception is the documented health-probe boolean.
+    switch on). Every MUST NOT goal uses "any", so a boolean cannot quietly reopen a hole.
 """
 
 from __future__ import annotations
@@ -27,7 +26,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 DOMAIN = "wanrt_container_t"
-HEALTH_BOOL = "wanrt_container_health_connect"
+# One port type per listener (selinux/wanrt.ports): gRPC, metrics, plaintext health for kubelet's probes.
+PORTS = [("tcp", 50051, "wanrt_grpc_port_t"), ("tcp", 9464, "wanrt_metrics_port_t"),
+         ("tcp", 50060, "wanrt_health_port_t")]
+PORT_TYPES = [t for _p, _n, t in PORTS]
 
 FILE_CLASSES = ["file", "dir", "lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"]
 WRITE_PERMS = [
@@ -56,7 +58,7 @@ INHERITED_USERNS_CAPS = ["chown", "dac_override", "dac_read_search", "fowner", "
 # Types the domain may write files in (default booleans): ours, the container's own
 # overlay/tmpfs content, its own /proc entries, and the net sysctls of its private network
 # namespace (both inherited from container_domain), and fusefs (rootless overlay, inherited).
-WRITE_ALLOWED = ["wanrt_output_t", "container_file_t", DOMAIN, "sysctl_net_t", "fusefs_t"]
+WRITE_ALLOWED = ["wanrt_output_t", "wanrt_audit_t", "container_file_t", DOMAIN, "sysctl_net_t", "fusefs_t"]
 # Device nodes the domain may open/read/write/ioctl/map (default booleans): the GPU type, the
 # harmless standard nodes, and nodes the engine creates inside the container (container_*).
 DEVICES_ALLOWED = [
@@ -87,7 +89,8 @@ GOALS: list[Goal] = [
     Goal("S2", "domain is not permissive", "not_permissive", {"type": DOMAIN}),
     Goal("S3", "content and port types are file/port types", "attrs_each",
          {"types": {"wanrt_model_t": ["file_type"], "wanrt_output_t": ["file_type"],
-                    "wanrt_secret_t": ["file_type"], "wanrt_port_t": ["port_type"]}}),
+                    "wanrt_secret_t": ["file_type"], "wanrt_audit_t": ["file_type", "logfile"],
+                    **{t: ["port_type"] for t in PORT_TYPES}}}),
     Goal("S4", "a container engine can enter the domain under no-new-privileges", "enter",
          {"engine_attr": "container_engine_domain"}),
     Goal("S5", "image content (container_file_t) is the entrypoint", "may",
@@ -98,39 +101,51 @@ GOALS: list[Goal] = [
     Goal("M2", "list model/engine directories, follow their symlinks", "may_each",
          {"targets": ["wanrt_model_t"], "perms": {"dir": ["search", "read", "open", "getattr"],
                                                   "lnk_file": ["read"]}}),
-    Goal("M3", "create/append/rename outputs and the audit log (wanrt_output_t)", "may_each",
+    Goal("M3", "create/write/rename outputs (wanrt_output_t)", "may_each",
          {"targets": ["wanrt_output_t"],
           "perms": {"file": ["create", "open", "write", "append", "rename", "unlink", "getattr"],
                     "dir": ["search", "add_name", "remove_name", "write", "create"]}}),
+    Goal("A1", "create the audit log and append to it (wanrt_audit_t)", "may_each",
+         {"targets": ["wanrt_audit_t"],
+          "perms": {"file": ["create", "open", "append", "read", "getattr"], "dir": ["search", "add_name"]}}),
     Goal("M4", "read TLS material and tokens (wanrt_secret_t)", "may",
          {"targets": ["wanrt_secret_t"], "classes": ["file"], "perms": ["open", "read"]}),
-    Goal("M5", "listen on wanrt_port_t (tcp socket, node_bind, name_bind)", "may_each",
+    Goal("M5", "listen on the gRPC, metrics and health port types (tcp socket, node_bind, name_bind)", "may_each",
          {"targets": None, "perms": {}, "pairs": [
              (DOMAIN, "tcp_socket", ["create", "bind", "listen", "accept", "read", "write"]),
-             ("wanrt_port_t", "tcp_socket", ["name_bind"]),
+             *[(t, "tcp_socket", ["name_bind"]) for t in PORT_TYPES],
              ("node_t", "tcp_socket", ["node_bind"])]}),
     Goal("M6", "use the NVIDIA device nodes (xserver_misc_device_t: rw, ioctl, map)", "may",
          {"targets": ["xserver_misc_device_t"], "classes": ["chr_file"],
           "perms": ["open", "read", "write", "ioctl", "map", "getattr"]}),
-    Goal("M7", "tcp 50051 and 9464 are labelled wanrt_port_t", "portcon",
-         {"ports": [("tcp", 50051), ("tcp", 9464)], "type": "wanrt_port_t"}),
+    Goal("M7", "tcp 50051, 9464 and 50060 carry their own port types", "portcon", {"ports": PORTS}),
+    Goal("M8", "health over its own unix socket (the HEALTHCHECK needs no TCP connect)", "may_each",
+         {"targets": None, "perms": {}, "pairs": [
+             (DOMAIN, "unix_stream_socket", ["create", "bind", "listen", "accept", "connect", "connectto"]),
+             ("container_file_t", "sock_file", ["create", "write", "unlink"])]}),
     # ---- MUST NOT -------------------------------------------------------------------------
     Goal("N1", "no write/create/relabel/mounton on models (wanrt_model_t)", "must_not",
          {"targets": ["wanrt_model_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
     Goal("N2", "no write on secrets (wanrt_secret_t)", "must_not",
          {"targets": ["wanrt_secret_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
-    Goal("N3", "nothing executable from models, outputs or secrets", "must_not",
-         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_secret_t"], "classes": ["file"],
+    Goal("N3", "nothing executable from models, outputs, the audit log or secrets", "must_not",
+         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_audit_t", "wanrt_secret_t"], "classes": ["file"],
           "perms": EXEC_PERMS}),
-    Goal("N4", f"no name_connect (only exception: wanrt_port_t under boolean {HEALTH_BOOL})", "must_not",
-         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
-          "except_cond": {"bool": HEALTH_BOOL, "targets": ["wanrt_port_t"]}}),
-    Goal("N4b", f"with {HEALTH_BOOL} off: no name_connect at all", "must_not",
-         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"],
-          "mode": "health_off"}),
-    Goal("N5", "no name_bind on any port type but wanrt_port_t (tcp, udp, sctp)", "must_not",
+    Goal("A2", "audit log: no write at an offset, truncate, rename, unlink, link or relabel (wanrt_audit_t)",
+         "must_not", {"targets": ["wanrt_audit_t"], "classes": ["file"],
+                      "perms": ["write", "setattr", "rename", "unlink", "link", "relabelfrom", "relabelto",
+                                "mounton"]}),
+    Goal("A3", "audit directory: no entry removed or renamed, directory kept (wanrt_audit_t)", "must_not",
+         {"targets": ["wanrt_audit_t"], "classes": ["dir"],
+          "perms": ["remove_name", "reparent", "rename", "rmdir", "unlink", "setattr", "relabelfrom", "mounton"]}),
+    Goal("A4", "audit directory holds only files the domain appends to (no links, fifos, sockets)", "must_not",
+         {"targets": ["wanrt_audit_t"], "classes": ["lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"],
+          "perms": WRITE_PERMS}),
+    Goal("N4", "no name_connect to any port, under any boolean", "must_not",
+         {"targets": "*", "classes": ["tcp_socket", "sctp_socket", "dccp_socket"], "perms": ["name_connect"]}),
+    Goal("N5", "no name_bind on any port type but the three wanrt port types (tcp, udp, sctp)", "must_not",
          {"targets": "*", "classes": ["tcp_socket", "udp_socket", "sctp_socket", "dccp_socket"],
-          "perms": ["name_bind"], "except_targets": ["wanrt_port_t"]}),
+          "perms": ["name_bind"], "except_targets": PORT_TYPES}),
     Goal("N6", "no dangerous capabilities (sys_admin, sys_module, net_admin, sys_ptrace ...)", "must_not",
          {"targets": [DOMAIN], "classes": ["capability"], "perms": DANGEROUS_CAPS}),
     Goal("N6u", "no dangerous capabilities in a child user namespace either", "must_not",
@@ -207,8 +222,7 @@ class Checker:
             if cond is None:
                 grant = None
             else:
-                grant = (str(cond), {str(b) for b in cond.booleans}, rule.enabled(),
-                         rule.enabled(**{HEALTH_BOOL: False}))
+                grant = (str(cond), {str(b) for b in cond.booleans}, rule.enabled())
             for tgt in rule.target.expand():
                 for perm in rule.perms:
                     self.access[(str(tgt), cls)][str(perm)].append(grant)
@@ -241,8 +255,6 @@ class Checker:
         grants = self.access.get((tgt, cls), {}).get(perm, [])
         if mode == "any":
             return grants
-        if mode == "health_off":
-            return [g for g in grants if g is None or g[3]]
         return [g for g in grants if g is None or g[2]]
 
     @staticmethod
@@ -309,8 +321,6 @@ class Checker:
     def k_must_not(self, a: dict) -> list[str]:
         mode = a.get("mode", "any")
         excepted = set(self._types(a["except_targets"])) if a.get("except_targets") else set()
-        exc_cond = a.get("except_cond")
-        exc_cond_targets = set(self._types(exc_cond["targets"])) if exc_cond else set()
         targets = self._types(a["targets"], optional=a.get("optional", False))
         problems = []
         for tgt in targets:
@@ -319,9 +329,6 @@ class Checker:
             for cls in self._classes(a["classes"]):
                 for perm in a["perms"]:
                     grants = self.granted(tgt, cls, perm, mode)
-                    if exc_cond and tgt in exc_cond_targets:
-                        # tolerated only when conditional on exactly the documented boolean
-                        grants = [g for g in grants if g is None or g[1] != {exc_cond["bool"]}]
                     if grants:
                         problems.append(self._fmt(tgt, cls, perm, grants))
         return problems
@@ -349,7 +356,7 @@ class Checker:
 
     def k_portcon(self, a: dict) -> list[str]:
         problems = []
-        for proto, port in a["ports"]:
+        for proto, port, want in a["ports"]:
             best = None
             for pc in self.p.portcons():
                 if pc.protocol.name != proto or not (pc.ports.low <= port <= pc.ports.high):
@@ -358,8 +365,8 @@ class Checker:
                 if best is None or width < best[0]:
                     best = (width, str(pc.context.type_))
             got = best[1] if best else "unlabelled"
-            if got != a["type"]:
-                problems.append(f"{proto}/{port} is {got}, want {a['type']}")
+            if got != want:
+                problems.append(f"{proto}/{port} is {got}, want {want}")
         return problems
 
     # -- driver -------------------------------------------------------------------------
@@ -376,7 +383,7 @@ def fcontext_results(file_contexts: str) -> list[dict]:
     want = {
         "/srv/wanrt/models/wan2.2/transformer.engine": "wanrt_model_t",
         "/var/lib/wanrt/outputs/0001.mp4": "wanrt_output_t",
-        "/var/log/wanrt/audit.jsonl": "wanrt_output_t",
+        "/var/log/wanrt/audit.jsonl": "wanrt_audit_t",
         "/etc/wanrt/secrets/tls.key": "wanrt_secret_t",
         "/dev/nvidia0": "xserver_misc_device_t",
         "/dev/nvidiactl": "xserver_misc_device_t",

@@ -27,6 +27,7 @@ from wanrt.engine.tensorrt.engine_manifest import (
     check_runtime,
     read_engines_manifest,
 )
+from wanrt.engine.tensorrt.memory import EngineMemory, plan_memory
 from wanrt.engine.tensorrt.plan import BindingError, Planner
 from wanrt.engine.tensorrt.profiles import TEXT_ENCODER, VAE_INIT, VAE_STEP, vae_cache_layout
 from wanrt.engine.text import PromptTokenizer
@@ -50,7 +51,8 @@ class _DecoderState:
 
     Two sets of buffers: the step engine reads one and writes the other, then they swap, so caches never
     travel through the host and no device-to-device copy is needed. Each video gets its own pair (freed
-    with the state), so concurrent decodes on one backend cannot clobber each other's caches.
+    with the state, on whichever thread drops it: DeviceBuffer pushes the context to free), so concurrent
+    decodes on one backend cannot clobber each other's caches.
     """
 
     shapes: dict[str, tuple[int, ...]]  # step-input cache name -> shape
@@ -66,7 +68,7 @@ class TensorRTBackend:
 
     def __init__(self, engines_dir: Path, artifact: Manifest, engines: EnginesManifest, *,
                  device_index: int = 0) -> None:
-        from wanrt.engine.tensorrt.engine import CudaDevice, Engine, tensorrt_module
+        from wanrt.engine.tensorrt.engine import CudaDevice, Scratch, tensorrt_module
 
         trt = tensorrt_module()
         self._device = CudaDevice(device_index)
@@ -75,26 +77,77 @@ class TensorRTBackend:
         layout = vae_cache_layout(artifact.vae_decoder)
         self._cache_names = [name for name, _, _ in layout]
         self._cache_outputs = list(artifact.vae_decoder["cache"]["output_names"])
-        # One execution context per engine, not safe to share between threads: calls are serialised.
+        self._dir = Path(engines_dir)
+        self._entries = engines.engines
+        self._experts = artifact.spec.experts
+        self._memory = engines.memory
+        # Execution contexts hold no memory of their own (USER_MANAGED) and are not safe to share between
+        # threads: calls are serialised, and every engine borrows this one scratch buffer while it runs.
         self._lock = threading.Lock()
-        self._engines = {}
+        self._scratch = Scratch(self._device)
+        self._engines: dict = {}
         with self._device.active():
-            for graph, entry in engines.engines.items():
-                engine = Engine(Path(engines_dir) / entry.file)
-                engine.load(entry)
-                engine.activate()
-                self._planner.check_engine_io(graph, engine.io_tensors())
-                self._engines[graph] = engine
+            sizes = []
+            # The first stage's expert last: under per-stage the others are loaded, measured and unloaded before
+            # it, so two experts never share the GPU (at A14B size they would not fit).
+            order = [g for g in engines.engines if g not in self._experts] + list(reversed(self._experts))
+            for graph in order:
+                engine = self._load(graph)
+                sizes.append(self._sizes(graph, engine))
+                if self._memory.residency == "per-stage" and graph in self._experts and graph != self._experts[0]:
+                    self._unload(graph)  # comes back when its stage starts
+            # The build planned from estimates; the engines now say what they really need.
+            self.memory_plan = plan_memory(sizes, self._experts, self._device.memory()[1],
+                                           residency=self._memory.residency,
+                                           streaming_budget=self._memory.weight_streaming_budget)
+            self._scratch.reserve(self.memory_plan.scratch)
+
+    def _load(self, graph: str) -> object:
+        from wanrt.engine.tensorrt.engine import Engine
+
+        entry = self._entries[graph]
+        engine = Engine(self._dir / entry.file)
+        engine.load(entry, weight_streaming_budget=self._memory.weight_streaming_budget
+                    if entry.weight_streaming else None)
+        engine.activate()
+        self._planner.check_engine_io(graph, engine.io_tensors())
+        self._engines[graph] = engine
+        return engine
+
+    def _unload(self, graph: str) -> None:
+        self._engines.pop(graph).unload()
+
+    def _sizes(self, graph: str, engine: object) -> EngineMemory:
+        # A serialized engine is its weights plus a little metadata; streaming engines report them directly.
+        entry = self._entries[graph]
+        weights = engine.streamable_bytes if entry.weight_streaming else (self._dir / entry.file).stat().st_size
+        return EngineMemory(graph, int(weights), engine.scratch_bytes)
+
+    def _engine(self, graph: str) -> object:
+        """The engine for ``graph``, swapping the other expert out first under the per-stage residency."""
+        engine = self._engines.get(graph)
+        if engine is None:
+            for other in [g for g in self._experts if g in self._engines]:
+                self._unload(other)
+            engine = self._load(graph)
+        return engine
 
     def _run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         plan = self._planner.plan(graph, {name: a.shape for name, a in feeds.items()})  # before any GPU work
         with self._lock, self._device.active():
-            engine = self._engines[graph]
+            engine = self._engine(graph)
             buffers = engine.allocate(plan, self._device)
             for spec in plan.inputs:
                 self._device.upload(buffers[spec.name], feeds[spec.name], spec)
-            engine.run(plan, buffers, self._device)
+            engine.run(plan, buffers, self._device, self._scratch)
             return {spec.name: self._device.download(buffers[spec.name], spec) for spec in plan.outputs}
+
+    def close(self) -> None:
+        """Frees every engine, buffer and the scratch now (also what garbage collection would do)."""
+        with self._lock, self._device.active():
+            for graph in list(self._engines):
+                self._unload(graph)
+            self._scratch.release()
 
     def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         out = self._run(TEXT_ENCODER, {"input_ids": input_ids, "attention_mask": attention_mask})
@@ -106,15 +159,15 @@ class TensorRTBackend:
 
     def decode_first(self, latent: np.ndarray) -> tuple[np.ndarray, DecoderState]:
         plan = self._planner.plan(VAE_INIT, {"latent": latent.shape})
-        engine = self._engines[VAE_INIT]
         with self._lock, self._device.active():
+            engine = self._engine(VAE_INIT)
             shapes = {name: plan.spec(name).shape for name in self._cache_names}
             state = _DecoderState(shapes, [self._device.alloc(plan.spec(n).nbytes) for n in self._cache_names],
                                   [self._device.alloc(plan.spec(n).nbytes) for n in self._cache_names])
             buffers = engine.allocate(plan, self._device, skip=self._cache_names)
             buffers.update(zip(self._cache_names, state.current, strict=True))  # init writes the first caches
             self._device.upload(buffers["latent"], latent, plan.spec("latent"))
-            engine.run(plan, buffers, self._device)
+            engine.run(plan, buffers, self._device, self._scratch)
             frames = self._device.download(buffers["frames"], plan.spec("frames"))
         return frames, state
 
@@ -122,13 +175,13 @@ class TensorRTBackend:
         if not isinstance(state, _DecoderState):
             raise BindingError(VAE_STEP, "decoder state must come from this backend's decode_first")
         plan = self._planner.plan(VAE_STEP, {"latent": latent.shape, **state.shapes})
-        engine = self._engines[VAE_STEP]
         with self._lock, self._device.active():
+            engine = self._engine(VAE_STEP)
             buffers = engine.allocate(plan, self._device, skip=[*self._cache_names, *self._cache_outputs])
             buffers.update(zip(self._cache_names, state.current, strict=True))
             buffers.update(zip(self._cache_outputs, state.spare, strict=True))
             self._device.upload(buffers["latent"], latent, plan.spec("latent"))
-            engine.run(plan, buffers, self._device)
+            engine.run(plan, buffers, self._device, self._scratch)
             frames = self._device.download(buffers["frames"], plan.spec("frames"))  # waits for the engine
             state.swap()
         return frames, state

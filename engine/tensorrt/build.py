@@ -1,12 +1,17 @@
 """`wanrt build-engines`: an exported artifact -> a folder of TensorRT engines plus engines.json.
 
-``plan_build`` decides everything (profiles, per-graph precision and builder flags, quantization checks)
-without TensorRT, so bad arguments fail in seconds and the decisions are unit-tested; ``build_engines``
-then hands each decision to engine.Engine.build and publishes the folder atomically, like `wanrt export`.
+``plan_build`` decides everything (profiles, each graph's precision as its ONNX graph states it, quantization
+checks, the GPU memory plan) without TensorRT, so bad arguments fail in seconds and the decisions are
+unit-tested; ``build_engines`` then hands each decision to engine.Engine.build and publishes the folder
+atomically, like `wanrt export`.
+
+Precision is the graph's: the networks are strongly typed (the only kind TensorRT 11 builds), so a bf16 export
+gives bf16 engines, a Q/DQ export int8/fp8 ones, an fp32 export fp32 (TF32) ones. Choose it at export time.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import os
@@ -23,25 +28,29 @@ from wanrt.engine.tensorrt.engine_manifest import (
     BuilderOptions,
     EngineEntry,
     EnginesManifest,
+    MemoryOptions,
     write_engines_manifest,
 )
-from wanrt.engine.tensorrt.profiles import TEXT_ENCODER, GraphProfile, VideoShape, compute_profiles, serving_limits
+from wanrt.engine.tensorrt.memory import (
+    EngineMemory,
+    MemoryPlan,
+    dit_scratch,
+    plan_memory,
+    requested_residency,
+    vae_scratch,
+)
+from wanrt.engine.tensorrt.profiles import (
+    TEXT_ENCODER,
+    VAE_STEP,
+    GraphProfile,
+    VideoShape,
+    compute_profiles,
+    serving_limits,
+)
 from wanrt.errors import ArtifactError, InvalidRequestError
 
-PRECISIONS = ("fp16", "bf16", "int8", "fp8")
-# Builder flags per graph precision. TF32 everywhere: fp32 layers (norms, softmax fallbacks) use tensor cores.
-# int8/fp8 are explicit quantization: the Q/DQ nodes in the ONNX choose the quantized layers and the flag only
-# permits them; the remaining layers run in bf16, Wan's training precision (fp16 risks overflow in its DiT).
-FLAGS = {
-    "fp32": ("TF32",),
-    "fp16": ("FP16", "TF32"),
-    "bf16": ("BF16", "TF32"),
-    "int8": ("INT8", "BF16", "TF32"),
-    "fp8": ("FP8", "BF16", "TF32"),
-}
-# Lowest compute capability whose tensor cores run the precision (bf16 is also int8/fp8's fallback precision).
+# Lowest compute capability whose tensor cores run the precision.
 _MIN_CAPABILITY = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
-# The precisions that are explicit quantization: the graph's Q/DQ nodes must be of that type.
 _QUANTIZED = {"int8", "fp8"}
 
 Progress = Callable[[str], None]
@@ -56,47 +65,76 @@ class GraphBuild:
     onnx_sha256: str
     engine_file: str
     precision: str
-    flags: tuple[str, ...]
+    weight_streaming: bool
     profiles: tuple[GraphProfile, ...]
+    memory: EngineMemory  # estimated before building
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildPlan:
     art_dir: Path
     manifest: Manifest
-    precision: str
     limits: Limits
     opt: VideoShape
     graphs: tuple[GraphBuild, ...]
+    memory: MemoryPlan | None  # None when planned without a GPU
 
-
-def graph_precision(graph: str, precision: str, experts: tuple[str, ...],
-                    compute_capability: tuple[int, int] | None, quantized: str | None = None) -> str:
-    """The precision ``graph`` is built in when ``precision`` is asked for.
-
-    A graph with Q/DQ nodes (``quantized``: their element type) is built in that type: the export decided.
-    Otherwise only the DiT experts take the requested precision: they are where the time goes. The UMT5 text
-    encoder overflows in fp16, so it runs in bf16 as Wan and NVIDIA's Wan demo run it (fp32 on GPUs without
-    bf16). The VAE decoder stays fp32 (TF32): its causal caches carry rounding error from frame to frame, and
-    diffusers decodes Wan in fp32 too.
-    """
-    if quantized is not None:
-        return quantized
-    if graph in experts:
-        return precision
-    if graph == TEXT_ENCODER:
-        return "bf16" if compute_capability is None or compute_capability >= (8, 0) else "fp32"
-    return "fp32"
+    @property
+    def precision(self) -> str:
+        """The experts' precision: what the engines folder is known by."""
+        experts = [b.precision for b in self.graphs if b.graph in self.manifest.spec.experts]
+        return experts[0] if experts else self.graphs[0].precision
 
 
 def check_precision_supported(precision: str, compute_capability: tuple[int, int], device_name: str = "this GPU"
                               ) -> None:
-    """InvalidRequestError("precision") when the GPU's tensor cores lack ``precision``."""
+    """InvalidRequestError("model") when the GPU's tensor cores lack ``precision`` (a graph's element type)."""
     needed = _MIN_CAPABILITY.get(precision)
     if needed is not None and compute_capability < needed:
-        raise InvalidRequestError("precision", f"{precision} needs compute capability {needed[0]}.{needed[1]} or "
-                                               f"newer; {device_name} is {compute_capability[0]}."
-                                               f"{compute_capability[1]}")
+        raise InvalidRequestError("model", f"the artifact's graphs are {precision}, which needs compute capability "
+                                           f"{needed[0]}.{needed[1]} or newer; {device_name} is "
+                                           f"{compute_capability[0]}.{compute_capability[1]} (export in fp16 or "
+                                           "fp32 for this GPU)")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphFacts:
+    """What a graph's ONNX says about its precision and weights, read without its external weights."""
+
+    float_type: str  # the float type most weight bytes are stored in: fp32, bf16 or fp16
+    quantized: frozenset[str]  # Q/DQ element types (int8, fp8, ...)
+    weight_bytes: int
+    matrix_dims: tuple[tuple[int, ...], ...]  # shapes of the 2-D and conv weights (for the scratch estimate)
+
+    @property
+    def precision(self) -> str:
+        return next(iter(self.quantized)) if len(self.quantized) == 1 else self.float_type
+
+
+def read_graph_facts(path: Path) -> GraphFacts:
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    inits = [*model.graph.initializer, *(n.attribute[0].t for n in model.graph.node
+                                         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")]
+    by_type: collections.Counter[str] = collections.Counter()
+    total = 0
+    for init in inits:
+        itemsize = _ITEMSIZE.get(init.data_type, 1)
+        numel = 1
+        for d in init.dims:
+            numel *= int(d)
+        total += numel * itemsize
+        name = _FLOAT_NAMES.get(init.data_type)
+        if name is not None:
+            by_type[name] += numel * itemsize
+    float_type = by_type.most_common(1)[0][0] if by_type else "fp32"
+    dims = tuple(tuple(int(d) for d in i.dims) for i in model.graph.initializer if len(i.dims) in (2, 5))
+    return GraphFacts(float_type, frozenset(onnx_quantization(path)), total, dims)
+
+
+_FLOAT_NAMES = {1: "fp32", 16: "bf16", 10: "fp16"}  # onnx.TensorProto FLOAT, BFLOAT16, FLOAT16
+_ITEMSIZE = {1: 4, 16: 2, 10: 2, 11: 8, 7: 8, 6: 4, 3: 1, 2: 1, 9: 1, 17: 1, 19: 1, 22: 1, 21: 1}
 
 
 def onnx_quantization(path: Path) -> set[str]:
@@ -134,60 +172,90 @@ def onnx_quantization(path: Path) -> set[str]:
     return found
 
 
-def _quantized_type(onnx_file: str, found: set[str], precision: str) -> str | None:
-    """The one quantized type ``onnx_file``'s Q/DQ nodes use, checked against the requested precision."""
-    if not found:
-        return None
-    if len(found) > 1 or not found <= _QUANTIZED:
-        raise InvalidRequestError("precision", f"{onnx_file} has Q/DQ nodes of {sorted(found)}; TensorRT engines "
-                                               "are built from int8 or fp8 Q/DQ graphs only, one type per graph")
-    (kind,) = found
-    if precision != kind:
-        raise InvalidRequestError("precision", f"{onnx_file} carries {kind} Q/DQ nodes (a quantized export): "
-                                               f"build it with --precision {kind}, not {precision}")
-    return kind
+def _graph_precision(onnx_file: str, facts: GraphFacts) -> str:
+    """The one precision ``onnx_file`` computes in; a graph mixing Q/DQ types is refused."""
+    if len(facts.quantized) > 1 or not facts.quantized <= _QUANTIZED:
+        raise InvalidRequestError("model", f"{onnx_file} has Q/DQ nodes of {sorted(facts.quantized)}; TensorRT "
+                                           "engines are built from int8 or fp8 Q/DQ graphs only, one type per graph")
+    return facts.precision
+
+
+def _itemsize(precision: str) -> int:
+    return 4 if precision == "fp32" else 2  # quantized graphs keep bf16/fp16 activations between their GEMMs
+
+
+def estimate_memory(graph: str, facts: GraphFacts, profile: GraphProfile, manifest: Manifest,
+                    precision: str) -> EngineMemory:
+    """Weights (exact, from the initializers) and scratch (the activation model of memory.py) of one engine."""
+    spec = manifest.spec
+    itemsize = _itemsize(precision)
+    matrices = [d for d in facts.matrix_dims if len(d) == 2]
+    counts = collections.Counter(x for d in matrices for x in d)
+    # The feed-forward width repeats in every block; a vocabulary (the text encoder's embedding) appears once.
+    ffn = max((x for x, n in counts.items() if n >= 2), default=1)
+    dim = counts.most_common(1)[0][0] if counts else 1
+    if graph in spec.experts:
+        batch, _, frames, height, width = profile.inputs["hidden_states"].max
+        tokens = (frames // spec.patch_size[0]) * (height // spec.patch_size[1]) * (width // spec.patch_size[2])
+        scratch = dit_scratch(tokens, dim, ffn, itemsize, batch)
+    elif graph == TEXT_ENCODER:
+        batch, length = profile.inputs["input_ids"].max
+        scratch = dit_scratch(length, dim, ffn, itemsize, batch)
+    else:
+        vae = manifest.vae_decoder
+        _, _, _, h, w = profile.inputs["latent"].max
+        scale = int(vae["spatial_scale"])
+        out = int(vae["out_channels"])
+        # The last convolution maps the widest full-resolution stage's input to RGB; the stage before it is twice
+        # as wide (Wan's decoder: 96 -> 3 after a 192-channel upsampling stage).
+        last = [d[1] for d in facts.matrix_dims if len(d) == 5 and d[0] == out]
+        channels = 2 * max(last, default=out)
+        frames = int(vae["temporal_stride"]) if graph == VAE_STEP else 1
+        scratch = vae_scratch(frames, h * scale, w * scale, channels, itemsize)
+    return EngineMemory(graph, facts.weight_bytes, scratch)
 
 
 def plan_build(
     art_dir: Path,
     manifest: Manifest,
-    precision: str,
     limits: Limits,
     opt: VideoShape | None = None,
     *,
     compute_capability: tuple[int, int] | None = None,
     device_name: str = "this GPU",
+    gpu_bytes: int | None = None,
+    memory: MemoryOptions | None = None,
 ) -> BuildPlan:
     """Decides every engine to build; raises before any TensorRT work when the request cannot be served.
 
-    ``compute_capability`` None skips the GPU-dependent checks (the CLI calls this once before touching the
-    GPU, to fail fast, and again with the real device).
+    ``compute_capability`` and ``gpu_bytes`` None skip the GPU-dependent checks (the CLI calls this once before
+    touching the GPU, to fail fast, and again with the real device).
     """
-    if precision not in PRECISIONS:
-        raise InvalidRequestError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    memory = memory or MemoryOptions()
+    requested_residency(memory.residency, memory.weight_streaming_budget)
     profiles = compute_profiles(manifest, limits, opt)
     spec = manifest.spec
     builds = []
     for graph, entry in manifest.graphs.items():
-        quantized = _quantized_type(entry["file"], onnx_quantization(Path(art_dir) / entry["file"]), precision)
-        if quantized is None and graph in spec.experts and precision in _QUANTIZED:
-            raise InvalidRequestError(
-                "precision", f"{precision} is explicit quantization: {entry['file']} needs QuantizeLinear/"
-                             f"DequantizeLinear nodes of {precision} (make a quantized artifact with `wanrt "
-                             f"quantize --mode {precision}`); it has none")
-        graph_prec = graph_precision(graph, precision, spec.experts, compute_capability, quantized)
+        facts = read_graph_facts(Path(art_dir) / entry["file"])
+        precision = _graph_precision(entry["file"], facts)
         if compute_capability is not None:
-            check_precision_supported(graph_prec, compute_capability, device_name)
+            check_precision_supported(precision, compute_capability, device_name)
+        streaming = memory.weight_streaming_budget is not None and graph in spec.experts
         builds.append(GraphBuild(graph, entry["file"], manifest.files[entry["file"]], graph + ENGINE_SUFFIX,
-                                 graph_prec, FLAGS[graph_prec], (profiles[graph],)))
+                                 precision, streaming, (profiles[graph],),
+                                 estimate_memory(graph, facts, profiles[graph], manifest, precision)))
+    mem_plan = None
+    if gpu_bytes is not None:
+        mem_plan = plan_memory([b.memory for b in builds], spec.experts, gpu_bytes, residency=memory.residency,
+                               streaming_budget=memory.weight_streaming_budget)
     chosen = opt or VideoShape(limits.max_frames, limits.max_height, limits.max_width)
-    return BuildPlan(Path(art_dir), manifest, precision, limits, chosen, tuple(builds))
+    return BuildPlan(Path(art_dir), manifest, limits, chosen, tuple(builds), mem_plan)
 
 
 def build_engines(
     art_dir: Path,
     out_dir: Path,
-    precision: str,
     *,
     max_frames: int,
     max_height: int,
@@ -195,6 +263,7 @@ def build_engines(
     min_size: int = Limits.min_size,
     opt: VideoShape | None = None,
     options: BuilderOptions | None = None,
+    memory: MemoryOptions | None = None,
     device_index: int = 0,
     progress: Progress | None = None,
 ) -> EnginesManifest:
@@ -209,15 +278,18 @@ def build_engines(
     manifest = load_artifact(art_dir)
     limits = serving_limits(manifest.spec, max_frames=max_frames, max_height=max_height, max_width=max_width,
                             min_size=min_size)
-    plan_build(art_dir, manifest, precision, limits, opt)  # every GPU-independent refusal, before TensorRT
+    plan_build(art_dir, manifest, limits, opt, memory=memory)  # every GPU-independent refusal, before TensorRT
     _refuse_existing(out_dir)
 
     trt = tensorrt_module()
     device = CudaDevice(device_index)
     runtime = device.runtime_info(trt)
     major, minor = (int(v) for v in runtime.compute_capability.split("."))
-    plan = plan_build(art_dir, manifest, precision, limits, opt, compute_capability=(major, minor),
-                      device_name=runtime.device_name)
+    plan = plan_build(art_dir, manifest, limits, opt, compute_capability=(major, minor),
+                      device_name=runtime.device_name, gpu_bytes=device.memory()[1], memory=memory)
+    assert plan.memory is not None
+    say(plan.memory.render())
+    chosen_memory = MemoryOptions(plan.memory.residency, plan.memory.streaming_budget)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
@@ -226,18 +298,20 @@ def build_engines(
         engines = {}
         with device.active():
             for build in plan.graphs:
-                say(f"{build.graph}: building {build.engine_file} ({build.precision}; {', '.join(build.flags)})")
-                sha = Engine.build(art_dir / build.onnx_file, partial / build.engine_file, build.profiles,
-                                   build.flags, options)
+                say(f"{build.graph}: building {build.engine_file} ({build.precision}, strongly typed"
+                    f"{', weight streaming' if build.weight_streaming else ''})")
+                sha = Engine.build(art_dir / build.onnx_file, partial / build.engine_file, build.profiles, options,
+                                   weight_streaming=build.weight_streaming, say=say)
                 engines[build.graph] = EngineEntry(build.engine_file, sha, build.onnx_file, build.onnx_sha256,
-                                                   build.precision, build.flags, build.profiles)
+                                                   build.precision, build.weight_streaming, build.profiles)
         result = EnginesManifest(
             format_version=FORMAT_VERSION,
             # Relative, so the artifact and the engines can move together (containers mount them elsewhere).
             artifact={"path": os.path.relpath(art_dir.resolve(), out_dir.parent.resolve() / out_dir.name),
                       "manifest_sha256": _manifest_sha256(art_dir)},
-            runtime=runtime, precision=precision, limits=limits, opt=plan.opt, builder=options,
-            engines=engines, created_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            runtime=runtime, precision=plan.precision, limits=limits, opt=plan.opt, builder=options,
+            memory=chosen_memory, engines=engines,
+            created_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             wanrt_version=_wanrt_version(),
         )
         write_engines_manifest(partial, result)

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wanrt.engine.artifact import Manifest
+from wanrt.engine.manifest_file import read_manifest
 from wanrt.engine.request import Limits
 from wanrt.engine.tensorrt.profiles import (
     GraphProfile,
@@ -28,7 +29,8 @@ from wanrt.engine.tensorrt.profiles import (
 from wanrt.errors import ArtifactError, InvalidRequestError
 
 ENGINES_MANIFEST = "engines.json"
-FORMAT_VERSION = 1
+# 2: strongly typed engines (precision from the graphs), user-managed memory, residency/weight streaming.
+FORMAT_VERSION = 2
 ENGINE_SUFFIX = ".plan"
 REBUILD = "rebuild them with `wanrt build-engines`"
 
@@ -58,6 +60,17 @@ class BuilderOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryOptions:
+    """How the engines share the GPU (engine/tensorrt/memory.py): chosen at build time, applied at load."""
+
+    residency: str | None = None  # resident, per-stage or streaming; None: the cheapest that fits
+    weight_streaming_budget: int | None = None  # bytes of each expert's weights kept on the GPU
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineEntry:
     """One engine file and what it was built from."""
 
@@ -65,13 +78,13 @@ class EngineEntry:
     sha256: str
     onnx_file: str
     onnx_sha256: str
-    precision: str  # what this graph computes in: fp32, fp16, bf16, int8 or fp8 (see build.graph_precision)
-    flags: tuple[str, ...]  # tensorrt.BuilderFlag member names set on the builder config
+    precision: str  # what the graph computes in: fp32, fp16, bf16, int8 or fp8, as its ONNX states it
+    weight_streaming: bool  # built with BuilderFlag.WEIGHT_STREAMING (its weights can stay on the host)
     profiles: tuple[GraphProfile, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "sha256": self.sha256, "onnx_file": self.onnx_file,
-                "onnx_sha256": self.onnx_sha256, "precision": self.precision, "flags": list(self.flags),
+                "onnx_sha256": self.onnx_sha256, "precision": self.precision, "weight_streaming": self.weight_streaming,
                 "profiles": [p.to_dict() for p in self.profiles]}
 
     @classmethod
@@ -81,16 +94,16 @@ class EngineEntry:
         for key in ("file", "sha256", "onnx_file", "onnx_sha256", "precision"):
             if not isinstance(data.get(key), str):
                 raise ArtifactError(f"{where} lacks a string {key!r}")
-        flags, profiles = data.get("flags"), data.get("profiles")
-        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
-            raise ArtifactError(f"{where}.flags must be a list of strings")
+        streaming, profiles = data.get("weight_streaming"), data.get("profiles")
+        if not isinstance(streaming, bool):
+            raise ArtifactError(f"{where}.weight_streaming must be true or false")
         if not isinstance(profiles, list) or not profiles:
             raise ArtifactError(f"{where}.profiles must be a non-empty list")
         parts = PurePosixPath(data["file"])
         if parts.is_absolute() or len(parts.parts) != 1:
             raise ArtifactError(f"{where}.file must be a plain file name, got {data['file']!r}")
         return cls(data["file"], data["sha256"], data["onnx_file"], data["onnx_sha256"], data["precision"],
-                   tuple(flags), tuple(GraphProfile.from_dict(p, f"{where}.profiles[{i}]")
+                   streaming, tuple(GraphProfile.from_dict(p, f"{where}.profiles[{i}]")
                                        for i, p in enumerate(profiles)))
 
 
@@ -99,10 +112,11 @@ class EnginesManifest:
     format_version: int
     artifact: dict[str, str]  # {"path": relative to the engines folder, "manifest_sha256": ...}
     runtime: RuntimeInfo
-    precision: str  # what was asked for (--precision); each engine records what it got
+    precision: str  # the experts' precision (each engine records its own)
     limits: Limits  # the requests the profiles cover; the loader serves exactly these
     opt: VideoShape
     builder: BuilderOptions
+    memory: MemoryOptions
     engines: dict[str, EngineEntry]  # graph name -> engine
     created_utc: str
     wanrt_version: str
@@ -111,7 +125,8 @@ class EnginesManifest:
         return {"format_version": self.format_version, "artifact": dict(self.artifact),
                 "runtime": self.runtime.to_dict(), "precision": self.precision,
                 "limits": limits_to_dict(self.limits), "opt": dataclasses.asdict(self.opt),
-                "builder": self.builder.to_dict(), "engines": {k: e.to_dict() for k, e in self.engines.items()},
+                "builder": self.builder.to_dict(), "memory": self.memory.to_dict(),
+                "engines": {k: e.to_dict() for k, e in self.engines.items()},
                 "created_utc": self.created_utc, "wanrt_version": self.wanrt_version}
 
     @classmethod
@@ -132,6 +147,7 @@ class EnginesManifest:
             runtime = RuntimeInfo(**{f.name: str(data["runtime"][f.name]) for f in dataclasses.fields(RuntimeInfo)})
             opt = VideoShape(**{f.name: int(data["opt"][f.name]) for f in dataclasses.fields(VideoShape)})
             builder = BuilderOptions(**data["builder"])
+            memory = MemoryOptions(**data["memory"])
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{ENGINES_MANIFEST} is malformed: {err!r}") from None
         if not isinstance(data["engines"], dict) or not data["engines"]:
@@ -139,7 +155,7 @@ class EnginesManifest:
         engines = {str(k): EngineEntry.from_dict(v, f"{ENGINES_MANIFEST} engines.{k}")
                    for k, v in data["engines"].items()}
         return cls(FORMAT_VERSION, artifact, runtime, str(data["precision"]),
-                   limits_from_dict(data["limits"], f"{ENGINES_MANIFEST} limits"), opt, builder, engines,
+                   limits_from_dict(data["limits"], f"{ENGINES_MANIFEST} limits"), opt, builder, memory, engines,
                    str(data["created_utc"]), str(data["wanrt_version"]))
 
 
@@ -151,15 +167,9 @@ def write_engines_manifest(engines_dir: Path, manifest: EnginesManifest) -> Path
 
 def read_engines_manifest(engines_dir: Path) -> EnginesManifest:
     """Reads ``engines_dir/engines.json``; ArtifactError when it is missing or malformed."""
-    engines_dir = Path(engines_dir)
-    path = engines_dir / ENGINES_MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{engines_dir} has no {ENGINES_MANIFEST}: not a folder of wanrt TensorRT engines "
-                            "(make one with `wanrt build-engines`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+    data = read_manifest(Path(engines_dir), ENGINES_MANIFEST, format_version=FORMAT_VERSION,
+                         not_found="not a folder of wanrt TensorRT engines (make one with `wanrt build-engines`)",
+                         outdated=REBUILD)
     return EnginesManifest.from_dict(data)
 
 

@@ -122,7 +122,7 @@ class Timings(_message.Message):
     def __init__(self, queued_s: _Optional[float] = ..., text_s: _Optional[float] = ..., denoise_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id")
+    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest")
     class IdentityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class Result(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    C2PA_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     video_sha256: str
     video_bytes: int
@@ -158,7 +159,8 @@ class Result(_message.Message):
     timings: Timings
     identity: _containers.ScalarMap[str, str]
     client_request_id: str
-    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+    c2pa_manifest: bytes
+    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ()

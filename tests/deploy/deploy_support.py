@@ -42,11 +42,11 @@ def load_yaml(path: Path) -> dict:
         return yaml.safe_load(fh)
 
 
-_DEFAULT = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
+_DEFAULT = re.compile(r"\$\{[A-Z0-9_]+:?-([^}]*)\}")
 
 
 def default_of(value: str) -> str:
-    """Interpolate `${VAR:-default}` with its defaults (what compose does with an empty environment)."""
+    """Interpolate `${VAR:-default}` and `${VAR-default}` with their defaults (compose with no environment)."""
     return _DEFAULT.sub(lambda m: m.group(1), str(value))
 
 

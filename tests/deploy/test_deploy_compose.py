@@ -103,6 +103,13 @@ def test_security_opts(service: dict) -> None:
     assert not any(o in ("label=disable", "label:disable") or "unconfined" in o for o in opts), opts
 
 
+def test_server_checks_it_got_the_label_it_asks_for(service: dict) -> None:
+    """The process refuses to start unless it runs as the type security_opt asks the engine for."""
+    label = [_s(o).split(":", 1)[1] for o in service["security_opt"] if _s(o).startswith("label=type:")]
+    cmd = [_s(c) for c in service["command"]]
+    assert cmd[cmd.index("--require-selinux-type") + 1] == label[0] == "wanrt_container_t"
+
+
 def test_not_privileged_no_host_namespaces(service: dict) -> None:
     assert not service.get("privileged")
     for key in ("network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup"):
@@ -146,8 +153,10 @@ def test_resource_limits(service: dict) -> None:
 def test_healthcheck(service: dict) -> None:
     test = [_s(t) for t in service["healthcheck"]["test"]]
     assert test[:4] == ["CMD", "wanrt", "client", "health"]
-    assert "--insecure" not in test and "--ca" in test
-    assert test[test.index("--server") + 1] == "127.0.0.1:50051"
+    target = test[test.index("--server") + 1]
+    assert target.startswith("unix:/"), "health must not need a TCP connect (SELinux grants no name_connect)"
+    cmd = [_s(c) for c in service["command"]]
+    assert cmd[cmd.index("--health-socket") + 1] == target.removeprefix("unix:")
 
 
 def test_secrets(service: dict, config: dict) -> None:
@@ -156,7 +165,9 @@ def test_secrets(service: dict, config: dict) -> None:
     for name in SECRETS:
         assert "file" in config["secrets"][name]
     cmd = [_s(c) for c in service["command"]]
-    flags = (("--tls-cert", "wanrt_tls_cert"), ("--tls-key", "wanrt_tls_key"), ("--tokens", "wanrt_tokens"))
+    # mutual TLS: clients must present a certificate signed by the CA of secret wanrt_tls_ca
+    flags = (("--tls-cert", "wanrt_tls_cert"), ("--tls-key", "wanrt_tls_key"), ("--tokens", "wanrt_tokens"),
+             ("--client-ca", "wanrt_tls_ca"))
     for flag, secret in flags:
         assert cmd[cmd.index(flag) + 1] == f"/run/secrets/{secret}"
     assert "--insecure" not in cmd
@@ -198,3 +209,28 @@ def test_cpu_service(config: dict) -> None:
     # side by side with the GPU service: different host ports
     gpu_ports = {_s(p["published"]) for p in config["services"][GPU]["ports"]}
     assert not gpu_ports & {_s(p["published"]) for p in cpu["ports"]}
+
+
+def test_container_logs_are_bounded(service: dict) -> None:
+    logging = service["logging"]
+    assert logging["driver"] == "json-file"
+    assert _s(logging["options"]["max-size"]).endswith("m") and int(_s(logging["options"]["max-file"])) >= 1
+
+
+PODMAN_GPU = REPO / "deploy" / "podman" / "compose.gpu-cdi.yml"
+
+
+def test_podman_gpu_override_maps_the_gpu_by_cdi_and_stays_confined(compose_env: dict) -> None:
+    """podman-compose turns a GPU reservation into label=disable; the override maps the CDI device instead."""
+    tool = require_tool("docker-compose")
+    proc = subprocess.run([tool, "-f", str(COMPOSE), "-f", str(PODMAN_GPU), "config", "--format", "json"],
+                          capture_output=True, text=True, env=compose_env, cwd=REPO, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    gpu = json.loads(proc.stdout)["services"][GPU]
+    assert not gpu["deploy"]["resources"].get("reservations", {}).get("devices")
+    assert [d["source"] if isinstance(d, dict) else d for d in gpu["devices"]] == ["nvidia.com/gpu=0"]
+    labels = [_s(o) for o in gpu["security_opt"]]
+    assert "label=type:wanrt_container_t" in labels and not any("disable" in o for o in labels)
+    # the rest of the hardening is untouched by the override
+    assert gpu["read_only"] is True and gpu["cap_drop"] == ["ALL"]
+    assert gpu["deploy"]["resources"]["limits"]["pids"]

@@ -1,5 +1,6 @@
-"""`wanrt build-engines` decisions made without TensorRT: per-graph precision and flags, quantization checks,
-GPU capability checks, and the CLI's refusals (all before any TensorRT import or GPU work)."""
+"""`wanrt build-engines` decisions made without TensorRT: each graph's precision read from its ONNX, quantization
+checks, GPU capability checks, memory estimates, and the CLI's refusals (all before any TensorRT import or GPU
+work)."""
 
 from __future__ import annotations
 
@@ -14,76 +15,80 @@ from trt_testkit import MAX_FRAMES, MAX_HEIGHT, MAX_WIDTH, tensorrt_unavailable
 from wanrt.cli import build_parser, main
 from wanrt.engine.artifact import sha256_file
 from wanrt.engine.tensorrt.build import (
-    FLAGS,
     check_precision_supported,
-    graph_precision,
     onnx_quantization,
     plan_build,
+    read_graph_facts,
 )
+from wanrt.engine.tensorrt.engine_manifest import MemoryOptions
+from wanrt.engine.tensorrt.memory import GIB
 from wanrt.engine.tensorrt.profiles import VideoShape, compute_profiles
 from wanrt.errors import InvalidRequestError
 
 
-def test_plan_builds_every_graph_with_its_precision(tiny_artifact_dir, artifact, limits):
-    plan = plan_build(tiny_artifact_dir, artifact, "fp16", limits, compute_capability=(9, 0))
+def test_plan_builds_every_graph_in_its_graphs_precision(tiny_artifact_dir, artifact, limits):
+    plan = plan_build(tiny_artifact_dir, artifact, limits, compute_capability=(9, 0))
     by_graph = {b.graph: b for b in plan.graphs}
     assert list(by_graph) == list(artifact.graphs)
-    precisions = {g: b.precision for g, b in by_graph.items()}
-    assert precisions == {"text_encoder": "bf16", "transformer": "fp16", "transformer_2": "fp16",
-                          "vae_decoder_init": "fp32", "vae_decoder_step": "fp32"}
-    assert by_graph["transformer"].flags == ("FP16", "TF32") and by_graph["vae_decoder_step"].flags == ("TF32",)
+    # The tiny export is fp32: every engine is fp32 (TF32), whatever the GPU could do.
+    assert {g: b.precision for g, b in by_graph.items()} == dict.fromkeys(artifact.graphs, "fp32")
+    assert plan.precision == "fp32" and not any(b.weight_streaming for b in plan.graphs)
     profiles = compute_profiles(artifact, limits)
     for graph, build in by_graph.items():
         assert build.profiles == (profiles[graph],)
         assert build.onnx_file == artifact.graphs[graph]["file"]
         assert build.onnx_sha256 == artifact.files[build.onnx_file]
         assert build.engine_file == f"{graph}.plan"
+        # Weights are counted exactly: the fp32 initializers' bytes (kept in external data by this export).
+        data = tiny_artifact_dir / (build.onnx_file + ".data")
+        assert build.memory.weights == pytest.approx(data.stat().st_size, rel=0.05)
+        assert build.memory.scratch > 0
     assert plan.opt == VideoShape(MAX_FRAMES, MAX_HEIGHT, MAX_WIDTH)
+    assert plan.memory is None  # no GPU given: no memory plan yet
 
 
-def test_precision_policy():
-    experts = ("transformer", "transformer_2")
-    for precision in ("fp16", "bf16", "int8", "fp8"):
-        assert graph_precision("transformer_2", precision, experts, (9, 0)) == precision
-        assert graph_precision("vae_decoder_init", precision, experts, (9, 0)) == "fp32"
-    assert graph_precision("text_encoder", "fp16", experts, (8, 6)) == "bf16"
-    assert graph_precision("text_encoder", "fp16", experts, (7, 5)) == "fp32"  # Turing has no bf16
-    # Quantized experts keep bf16 for their unquantized layers.
-    assert FLAGS["int8"] == ("INT8", "BF16", "TF32") and FLAGS["fp8"] == ("FP8", "BF16", "TF32")
+def test_plan_with_a_gpu_plans_memory(tiny_artifact_dir, artifact, limits):
+    plan = plan_build(tiny_artifact_dir, artifact, limits, compute_capability=(9, 0), gpu_bytes=80 * GIB)
+    assert plan.memory is not None and plan.memory.residency == "resident" and plan.memory.fits
+    streaming = plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=80 * GIB,
+                           memory=MemoryOptions(weight_streaming_budget=1024))
+    assert streaming.memory.residency == "streaming"
+    assert {b.graph for b in streaming.graphs if b.weight_streaming} == {"transformer", "transformer_2"}
+    with pytest.raises(InvalidRequestError, match="more than the GPU's") as err:
+        plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=4 * GIB)  # the 4 GiB reserve alone fills it
+    assert "lower --max-frames" in str(err.value)
+
+
+def _typed_graph(path, dtype):
+    itemsize = 4 if dtype == TensorProto.FLOAT else 2
+    w = helper.make_tensor("w", dtype, [64, 64], bytes(64 * 64 * itemsize), raw=True)
+    x = helper.make_tensor_value_info("x", dtype, [1, 64])
+    y = helper.make_tensor_value_info("y", dtype, [1, 64])
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [1], [0.0])  # a small fp32 constant does not decide
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[w, bias])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
+    return path
+
+
+@pytest.mark.parametrize(("dtype", "name"), [(TensorProto.FLOAT, "fp32"), (TensorProto.BFLOAT16, "bf16"),
+                                             (TensorProto.FLOAT16, "fp16")])
+def test_precision_is_read_from_the_graph(tmp_path, dtype, name):
+    facts = read_graph_facts(_typed_graph(tmp_path / "g.onnx", dtype))
+    assert facts.precision == name and facts.float_type == name
+    assert facts.weight_bytes == 64 * 64 * (4 if name == "fp32" else 2) + 4
 
 
 @pytest.mark.parametrize(("precision", "capability", "message"), [
-    ("bf16", (7, 5), "bf16 needs compute capability 8.0 or newer; Tesla T4 is 7.5"),
-    ("fp8", (8, 6), "fp8 needs compute capability 8.9 or newer; Tesla T4 is 8.6"),
+    ("bf16", (7, 5), "the artifact's graphs are bf16, which needs compute capability 8.0 or newer; Tesla T4 is 7.5"),
+    ("fp8", (8, 6), "the artifact's graphs are fp8, which needs compute capability 8.9 or newer; Tesla T4 is 8.6"),
 ])
 def test_gpu_without_the_precision_is_refused(precision, capability, message):
     with pytest.raises(InvalidRequestError, match=message) as err:
         check_precision_supported(precision, capability, "Tesla T4")
-    assert err.value.field == "precision"
+    assert err.value.field == "model"
     check_precision_supported(precision, (9, 0))
     check_precision_supported("fp16", (7, 5))
-
-
-def test_plan_checks_the_gpu_when_it_has_one(tiny_artifact_dir, artifact, limits):
-    with pytest.raises(InvalidRequestError, match="bf16 needs compute capability 8.0 or newer; NVIDIA T4 is 7.5"):
-        plan_build(tiny_artifact_dir, artifact, "bf16", limits, compute_capability=(7, 5), device_name="NVIDIA T4")
-    plan = plan_build(tiny_artifact_dir, artifact, "fp16", limits, compute_capability=(7, 5))
-    assert {b.graph: b.precision for b in plan.graphs}["text_encoder"] == "fp32"
-
-
-@pytest.mark.parametrize("precision", ["int8", "fp8"])
-def test_quantized_precision_needs_a_quantized_export(tiny_artifact_dir, artifact, limits, precision):
-    with pytest.raises(InvalidRequestError) as err:
-        plan_build(tiny_artifact_dir, artifact, precision, limits)
-    assert err.value.field == "precision"
-    assert (f"{precision} is explicit quantization: transformer.onnx needs QuantizeLinear/DequantizeLinear nodes "
-            f"of {precision}") in str(err.value)
-    assert "it has none" in str(err.value)
-
-
-def test_unknown_precision(tiny_artifact_dir, artifact, limits):
-    with pytest.raises(InvalidRequestError, match="must be one of fp16, bf16, int8, fp8, got 'fp4'"):
-        plan_build(tiny_artifact_dir, artifact, "fp4", limits)
+    check_precision_supported("fp32", (7, 5))
 
 
 def _qdq_model(path, zero_point_type, *, op="QuantizeLinear", with_zero_point=True, as_constant=False):
@@ -140,8 +145,10 @@ def _build(tiny_artifact_dir, out, *extra):
     (["--max-frames", "8"], "--max-frames: must be 4k+1, got 8"),
     (["--opt-height", "40"], "--opt-height: must be a valid request size between 16 and 64, got 40"),
     (["--opt-frames", "13"], "--opt-frames: must be a valid request size between 1 and 9, got 13"),
-    (["--precision", "int8"], "--precision: int8 is explicit quantization"),
     (["--workspace-gib", "0"], "--workspace-gib: must be positive"),
+    (["--weight-streaming-budget", "0"], "--weight-streaming-budget: must be positive"),
+    (["--residency", "per-stage", "--weight-streaming-budget", "1"],
+     "--weight-streaming-budget: weight streaming is its own residency, not per-stage"),
 ])
 def test_cli_refuses_bad_arguments_before_tensorrt(tiny_artifact_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "engines"
@@ -159,11 +166,12 @@ def test_cli_refuses_a_non_empty_out_and_a_non_artifact(tiny_artifact_dir, tmp_p
     assert "has no manifest.json: not a wanrt artifact" in capsys.readouterr().err
 
 
-def test_cli_help_lists_the_command():
+def test_cli_has_no_precision_option():
     parser = build_parser()
-    assert parser.parse_args(["build-engines", "--model", "a", "--out", "b"]).precision == "bf16"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["build-engines", "--model", "a", "--out", "b", "--precision", "fp4"])
+    args = parser.parse_args(["build-engines", "--model", "a", "--out", "b", "--residency", "per-stage"])
+    assert args.residency == "per-stage" and args.weight_streaming_budget is None
+    with pytest.raises(SystemExit):  # precision comes from the graphs (wanrt export --dtype, wanrt quantize)
+        parser.parse_args(["build-engines", "--model", "a", "--out", "b", "--precision", "bf16"])
 
 
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="tensorrt is usable here: the GPU tests build engines")
@@ -173,7 +181,7 @@ def test_cli_without_tensorrt_fails_cleanly(tiny_artifact_dir, tmp_path, capsys)
     assert not list(tmp_path.iterdir())
 
 
-def _quantized_copy(tiny_artifact_dir, artifact, dest, graphs, kind):
+def _quantized_copy(tiny_artifact_dir, artifact, dest, graphs, kind, suffix=""):
     """A copy of the artifact whose ``graphs`` carry one extra Q/DQ pair of ``kind``: only the graph structure
     matters to the build plan (the copy is never run)."""
     shutil.copytree(tiny_artifact_dir, dest)
@@ -183,11 +191,11 @@ def _quantized_copy(tiny_artifact_dir, artifact, dest, graphs, kind):
         path = dest / artifact.graphs[graph]["file"]
         model = onnx.load(str(path), load_external_data=False)
         first = model.graph.input[0].name
-        model.graph.initializer.extend([helper.make_tensor("qdq_scale", TensorProto.FLOAT, [], [0.1]),
-                                        helper.make_tensor("qdq_zero", zero_type, [], [0])])
-        model.graph.node.extend([helper.make_node("QuantizeLinear", [first, "qdq_scale", "qdq_zero"], ["qdq_q"]),
-                                 helper.make_node("DequantizeLinear", ["qdq_q", "qdq_scale", "qdq_zero"],
-                                                  ["qdq_dq"])])
+        q, scale, zero = f"qdq_q{suffix}", f"qdq_scale{suffix}", f"qdq_zero{suffix}"
+        model.graph.initializer.extend([helper.make_tensor(scale, TensorProto.FLOAT, [], [0.1]),
+                                        helper.make_tensor(zero, zero_type, [], [0])])
+        model.graph.node.extend([helper.make_node("QuantizeLinear", [first, scale, zero], [q]),
+                                 helper.make_node("DequantizeLinear", [q, scale, zero], [f"qdq_dq{suffix}"])])
         onnx.save(model, str(path))
         files[path.name] = sha256_file(path)
     return dataclasses.replace(artifact, files=files)
@@ -196,24 +204,19 @@ def _quantized_copy(tiny_artifact_dir, artifact, dest, graphs, kind):
 def test_quantized_artifact_builds_in_its_own_type(tiny_artifact_dir, artifact, limits, tmp_path):
     experts = ["transformer", "transformer_2"]
     quantized = _quantized_copy(tiny_artifact_dir, artifact, tmp_path / "int8", [*experts, "text_encoder"], "int8")
-    plan = plan_build(tmp_path / "int8", quantized, "int8", limits, compute_capability=(9, 0))
+    plan = plan_build(tmp_path / "int8", quantized, limits, compute_capability=(9, 0))
     by_graph = {b.graph: b for b in plan.graphs}
-    # The quantized text encoder follows its Q/DQ nodes; the VAE keeps fp32.
     assert {g: b.precision for g, b in by_graph.items()} == {
         "text_encoder": "int8", "transformer": "int8", "transformer_2": "int8", "vae_decoder_init": "fp32",
         "vae_decoder_step": "fp32"}
-    assert by_graph["transformer"].flags == ("INT8", "BF16", "TF32")
+    assert plan.precision == "int8"
     assert by_graph["transformer"].onnx_sha256 == quantized.files["transformer.onnx"] != artifact.files[
         "transformer.onnx"]
-    for wrong in ("bf16", "fp8"):
-        with pytest.raises(InvalidRequestError, match=rf"text_encoder\.onnx carries int8 Q/DQ nodes \(a quantized "
-                                                      rf"export\): build it with --precision int8, not {wrong}"):
-            plan_build(tmp_path / "int8", quantized, wrong, limits)
 
 
-def test_an_expert_left_unquantized_is_refused(tiny_artifact_dir, artifact, limits, tmp_path):
-    quantized = _quantized_copy(tiny_artifact_dir, artifact, tmp_path / "fp8", ["transformer"], "fp8")
-    with pytest.raises(InvalidRequestError, match=r"transformer_2\.onnx needs QuantizeLinear/DequantizeLinear nodes "
-                                                  r"of fp8 \(make a quantized artifact with `wanrt quantize --mode "
-                                                  r"fp8`\); it has none"):
-        plan_build(tmp_path / "fp8", quantized, "fp8", limits)
+def test_a_graph_mixing_quantized_types_is_refused(tiny_artifact_dir, artifact, limits, tmp_path):
+    _quantized_copy(tiny_artifact_dir, artifact, tmp_path / "mixed", ["transformer"], "int8")
+    quantized = _quantized_copy(tmp_path / "mixed", artifact, tmp_path / "mixed2", ["transformer"], "fp8",
+                                suffix="_b")
+    with pytest.raises(InvalidRequestError, match=r"transformer\.onnx has Q/DQ nodes of \['fp8', 'int8'\]"):
+        plan_build(tmp_path / "mixed2", quantized, limits)

@@ -76,8 +76,8 @@ def test_inconsistent_engines_are_refused(engines_dir, artifact, change, message
 
 
 @pytest.mark.parametrize(("runtime", "words"), [
-    (dataclasses.replace(RUNTIME, tensorrt_version="10.14.1.48"),
-     ["built with TensorRT 10.13.0.35, this is TensorRT 10.14.1.48"]),
+    (dataclasses.replace(RUNTIME, tensorrt_version="11.4.0.106"),
+     ["built with TensorRT 10.16.1.11, this is TensorRT 11.4.0.106"]),
     (dataclasses.replace(RUNTIME, device_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0"),
      ["built for compute capability 9.0 (NVIDIA H100 80GB HBM3)", "NVIDIA A100-SXM4-80GB, is 8.0"]),
     (dataclasses.replace(RUNTIME, device_name="NVIDIA H100 PCIe"),
@@ -101,13 +101,14 @@ def test_changed_engine_bytes_are_refused(engines_dir):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(format_version=2), "format_version 2; this wanrt reads format 1"),
+    (lambda d: d.update(format_version=1), "format_version 1; this wanrt reads format 2"),
     (lambda d: d.pop("runtime"), "lacks runtime"),
     (lambda d: d["runtime"].pop("compute_capability"), "is malformed"),
     (lambda d: d["engines"]["transformer"].update(file="../transformer.plan"), "must be a plain file name"),
     (lambda d: d["engines"]["transformer"].pop("sha256"), r"engines\.transformer lacks a string 'sha256'"),
     (lambda d: d["engines"]["transformer"].update(profiles=[]), "profiles must be a non-empty list"),
-    (lambda d: d["engines"]["transformer"].update(flags="FP16"), "flags must be a list of strings"),
+    (lambda d: d["engines"]["transformer"].update(weight_streaming="no"), "weight_streaming must be true or false"),
+    (lambda d: d.pop("memory"), "engines.json lacks memory"),
     (lambda d: d.update(engines={}), "engines must be a non-empty object"),
     (lambda d: d["limits"].pop("max_width"), "limits is malformed"),
 ])
@@ -171,3 +172,19 @@ def test_limits_recorded_are_the_pipeline_limits(engines_dir, artifact):
     assert manifest.limits == serving_limits(artifact.spec, max_frames=manifest.limits.max_frames,
                                              max_height=manifest.limits.max_height,
                                              max_width=manifest.limits.max_width)
+
+
+def test_artifact_and_engines_folders_share_one_reader(tmp_path):
+    from wanrt.engine.artifact import load_artifact
+
+    for read, name in ((load_artifact, "manifest.json"), (read_engines_manifest, ENGINES_MANIFEST)):
+        with pytest.raises(ArtifactError, match="is not a directory"):
+            read(tmp_path / "absent")
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text("[]")
+        with pytest.raises(ArtifactError, match=rf"{name} is not a JSON object"):
+            read(folder)
+        (folder / name).write_text('{"format_version": 99}')
+        with pytest.raises(ArtifactError, match=rf"{name} has format_version 99; this wanrt reads format \d"):
+            read(folder)

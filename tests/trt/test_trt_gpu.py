@@ -1,6 +1,8 @@
 """Real TensorRT engines built from the tiny artifact and compared with onnxruntime (the fp32 reference).
 
-Skipped, with the reason, where TensorRT 10, pycuda or a CUDA device is missing. On a GPU machine:
+Skipped, with the reason, where TensorRT (10.14+ or 11), pycuda or a CUDA device is missing (always on CI machines:
+TensorRT's libraries do not install there; tests/trt/test_trt_contract.py checks the same code against the real
+bindings with simulated execution). On a GPU machine:
 
     pip install -e '.[export,test,tensorrt]'
     pytest tests/trt/test_trt_gpu.py -v -rs
@@ -26,10 +28,9 @@ from wanrt.engine.text import PromptTokenizer
 from wanrt.errors import ArtifactError, InvalidRequestError
 
 REASON = gpu_unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT 10 and a CUDA GPU: {REASON}")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT 10.14+/11 and a CUDA GPU: {REASON}")
 
-# bf16 experts and text encoder (8 mantissa bits); the VAE runs fp32 with TF32 matmuls/convs (10 bits).
-BF16_TOLERANCE = 5e-2
+# The tiny export is fp32: strongly typed engines run it in fp32 with TF32 matmuls/convs (10 mantissa bits).
 TF32_TOLERANCE = 1e-2
 
 
@@ -42,7 +43,7 @@ def _rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def engines_dir(tiny_artifact_dir, tmp_path_factory):
     """Built once through the CLI, exactly as a user would."""
     out = tmp_path_factory.mktemp("trt") / "engines"
-    assert main(["build-engines", "--model", str(tiny_artifact_dir), "--out", str(out), "--precision", "bf16",
+    assert main(["build-engines", "--model", str(tiny_artifact_dir), "--out", str(out),
                  "--max-frames", str(MAX_FRAMES), "--max-height", str(MAX_HEIGHT), "--max-width", str(MAX_WIDTH),
                  "--opt-frames", "5", "--opt-height", "32"]) == 0
     return out
@@ -65,9 +66,8 @@ def test_engines_json_records_the_build(engines_dir, artifact):
     check_artifact(manifest, artifact)
     for graph, entry in manifest.engines.items():
         assert hashlib.sha256((engines_dir / entry.file).read_bytes()).hexdigest() == entry.sha256, graph
-    assert {g: e.precision for g, e in manifest.engines.items()} == {
-        "text_encoder": "bf16", "transformer": "bf16", "transformer_2": "bf16", "vae_decoder_init": "fp32",
-        "vae_decoder_step": "fp32"}
+    assert {g: e.precision for g, e in manifest.engines.items()} == dict.fromkeys(manifest.engines, "fp32")
+    assert manifest.memory.residency == "resident"
     assert manifest.opt.frames == 5 and manifest.opt.height == 32 and manifest.opt.width == MAX_WIDTH
     assert not list(engines_dir.parent.glob(".engines.partial-*"))
 
@@ -77,8 +77,8 @@ def test_every_network_matches_onnxruntime(backends, tiny_artifact_dir, artifact
     spec = artifact.spec
     ids, mask = PromptTokenizer(tiny_artifact_dir / "tokenizer.json", spec.text_length)(["a glowing jellyfish", ""])
     text = ort.encode_text(ids, mask)
-    assert _rel_error(trt.encode_text(ids, mask), text) < BF16_TOLERANCE
-    assert _rel_error(trt.encode_text(ids[:1], mask[:1]), text[:1]) < BF16_TOLERANCE
+    assert _rel_error(trt.encode_text(ids, mask), text) < TF32_TOLERANCE
+    assert _rel_error(trt.encode_text(ids[:1], mask[:1]), text[:1]) < TF32_TOLERANCE
     rng = np.random.default_rng(0)
     # Both corners of the profile and a point inside, batch 1 and 2, both experts.
     for expert, shape in [("transformer", (1, 16, 1, 2, 2)), ("transformer", (2, 16, 3, 8, 6)),
@@ -86,7 +86,7 @@ def test_every_network_matches_onnxruntime(backends, tiny_artifact_dir, artifact
         latents = rng.standard_normal(shape, dtype=np.float32)
         timestep = rng.uniform(0, 1000, shape[0]).astype(np.float32)
         expected = ort.predict_noise(expert, latents, timestep, text[: shape[0]])
-        assert _rel_error(trt.predict_noise(expert, latents, timestep, text[: shape[0]]), expected) < BF16_TOLERANCE
+        assert _rel_error(trt.predict_noise(expert, latents, timestep, text[: shape[0]]), expected) < TF32_TOLERANCE
     z = rng.standard_normal((1, 16, 3, 8, 6), dtype=np.float32)
     got, state = trt.decode_first(z[:, :, :1])
     want, ort_state = ort.decode_first(z[:, :, :1])
@@ -130,7 +130,7 @@ def test_pipeline_matches_onnxruntime(engines_dir, tiny_artifact_dir):
     got = np.concatenate(list(trt_pipeline.generate(request)))
     want = np.concatenate(list(ort_pipeline.generate(request)))
     assert got.shape == want.shape == (5, 32, 48, 3)
-    assert np.abs(got.astype(int) - want.astype(int)).mean() < 6  # bf16 vs fp32 over 3 steps, in 0..255
+    assert np.abs(got.astype(int) - want.astype(int)).mean() < 6  # TF32 vs fp32 over 3 steps, in 0..255
     assert trt_pipeline.identity["backend"] == "tensorrt"
     for graph in ("transformer", "transformer_2", "text_encoder"):
         assert trt_pipeline.identity[f"{graph}_sha256"] == ort_pipeline.identity[f"{graph}_sha256"]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from wanrt.engine.artifact import MANIFEST_NAME, Manifest, sha256_file
 from wanrt.engine.request import Limits
-from wanrt.engine.tensorrt.build import FLAGS
 from wanrt.engine.tensorrt.engine_manifest import (
     FORMAT_VERSION,
     BuilderOptions,
     EngineEntry,
     EnginesManifest,
+    MemoryOptions,
     RuntimeInfo,
     write_engines_manifest,
 )
@@ -26,7 +26,7 @@ from wanrt.engine.tensorrt.profiles import VideoShape, compute_profiles
 # Small enough that onnxruntime runs whole pipelines on CPU in seconds, large enough for 3 latent frames and
 # distinct latent height/width (a swapped h/w cannot pass).
 MAX_FRAMES, MAX_HEIGHT, MAX_WIDTH = 9, 64, 48
-RUNTIME = RuntimeInfo(tensorrt_version="10.13.0.35", device_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+RUNTIME = RuntimeInfo(tensorrt_version="10.16.1.11", device_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 
 
 def write_standin_engines(engines_dir: Path, art_dir: Path, artifact: Manifest, limits: Limits,
@@ -39,13 +39,13 @@ def write_standin_engines(engines_dir: Path, art_dir: Path, artifact: Manifest, 
         data = f"stand-in engine bytes for {graph}".encode()
         (engines_dir / f"{graph}.plan").write_bytes(data)
         entries[graph] = EngineEntry(f"{graph}.plan", hashlib.sha256(data).hexdigest(), entry["file"],
-                                     artifact.files[entry["file"]], "bf16", FLAGS["bf16"], (profiles[graph],))
+                                     artifact.files[entry["file"]], "bf16", False, (profiles[graph],))
     manifest = EnginesManifest(
         FORMAT_VERSION,
         {"path": os.path.relpath(art_dir.resolve(), engines_dir.resolve()),
          "manifest_sha256": sha256_file(art_dir / MANIFEST_NAME)},
         runtime, "bf16", limits, VideoShape(limits.max_frames, limits.max_height, limits.max_width),
-        BuilderOptions(), entries, "2026-01-01T00:00:00Z", "0.1.0",
+        BuilderOptions(), MemoryOptions("resident"), entries, "2026-01-01T00:00:00Z", "0.1.0",
     )
     write_engines_manifest(engines_dir, manifest)
     return manifest

@@ -1,0 +1,177 @@
+"""`wanrt verify --engines DIR`: the acceptance test a user runs on their GPU after `wanrt build-engines`.
+
+The same inputs go through the TensorRT engines and through onnxruntime on the artifact they were built from
+(the fp32 reference when the export is fp32; the same graphs otherwise), network by network (max and mean
+relative error, cosine) and end to end over N prompts (PSNR, SSIM of the clips), with each component's latency.
+Writes a JSON report; fails (exit 1) when a number is past its threshold. Thresholds follow each engine's
+precision and can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wanrt.engine.request import GenerationRequest
+from wanrt.errors import WanrtError
+from wanrt.quant.metrics import cosine, psnr, ssim
+
+# Per engine precision: (largest max relative error, smallest cosine). The max relative error is the largest
+# element error over the reference's largest magnitude; bf16 keeps 8 mantissa bits (relative step 2^-8).
+NETWORK_THRESHOLDS = {"fp32": (1e-2, 0.9999), "fp16": (5e-2, 0.999), "bf16": (1e-1, 0.998),
+                      "int8": (2.5e-1, 0.99), "fp8": (2.5e-1, 0.99)}
+# End to end (dB, SSIM) per the experts' precision: the denoising loop amplifies per-step differences.
+CLIP_THRESHOLDS = {"fp32": (35.0, 0.97), "fp16": (22.0, 0.8), "bf16": (20.0, 0.75), "int8": (16.0, 0.6),
+                   "fp8": (16.0, 0.6)}
+PROMPTS = ("a school of glowing jellyfish drifts past a hydrothermal vent, bubbles rising",
+           "a sea turtle glides over a coral reef in clear blue water",
+           "a manta ray banks slowly through murky green water",
+           "a diver's torch sweeps across a sunken ship at night", "kelp sways in a strong current under grey light")
+
+
+class VerificationFailed(WanrtError):
+    """TensorRT's outputs differ from onnxruntime's by more than the thresholds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    max_rel: float | None = None  # None: by precision
+    min_cosine: float | None = None
+    min_psnr: float | None = None
+    min_ssim: float | None = None
+
+    def network(self, precision: str) -> tuple[float, float]:
+        rel, cos = NETWORK_THRESHOLDS.get(precision, NETWORK_THRESHOLDS["int8"])
+        return (self.max_rel if self.max_rel is not None else rel, self.min_cosine if self.min_cosine is not None
+                else cos)
+
+    def clip(self, precision: str) -> tuple[float, float]:
+        db, s = CLIP_THRESHOLDS.get(precision, CLIP_THRESHOLDS["int8"])
+        return (self.min_psnr if self.min_psnr is not None else db, self.min_ssim if self.min_ssim is not None else s)
+
+
+def compare(actual: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    a, r = actual.astype(np.float64), reference.astype(np.float64)
+    if a.shape != r.shape:
+        raise VerificationFailed(f"output shape {a.shape} differs from onnxruntime's {r.shape}")
+    diff = np.abs(a - r)
+    return {"max_rel": float(diff.max() / max(np.abs(r).max(), 1e-30)),
+            "mean_rel": float(diff.mean() / max(np.abs(r).mean(), 1e-30)), "cosine": cosine(a, r),
+            "finite": bool(np.isfinite(a).all())}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thresholds: Thresholds | None = None,
+                   device: str = "cuda", seed: int = 0, reference: Path | None = None) -> dict[str, Any]:
+    """Runs both backends and returns the report (``passed`` says whether every number is within bounds).
+
+    ``reference``: the artifact onnxruntime runs (default: the one the engines were built from). Point it at an
+    fp32 export of the same model to measure bf16/fp16/quantized engines against fp32 (onnxruntime's CPU
+    provider lacks many bf16 kernels, so a bf16 artifact is a poor reference anyway).
+    """
+    from wanrt.engine.artifact import load_artifact
+    from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
+    from wanrt.engine.backends.tensorrt import load_tensorrt_pipeline, open_engines
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.tensorrt.profiles import TEXT_ENCODER, VAE_INIT, VAE_STEP
+    from wanrt.engine.text import PromptTokenizer
+
+    thresholds = thresholds or Thresholds()
+    art_dir, artifact, engines = open_engines(Path(engines_dir))
+    trt_pipeline = load_tensorrt_pipeline(Path(engines_dir), device)
+    trt = trt_pipeline.backend
+    ref_dir = Path(reference) if reference is not None else art_dir
+    ref = load_artifact(ref_dir) if reference is not None else artifact
+    if set(ref.graphs) != set(artifact.graphs):
+        raise VerificationFailed(f"the reference {ref_dir} has graphs {sorted(ref.graphs)}, the engines "
+                                 f"{sorted(artifact.graphs)}: not the same model")
+    ort = OnnxRuntimeBackend(ref_dir, {n: g["file"] for n, g in ref.graphs.items()})
+    spec = artifact.spec
+    opt = engines.opt
+    rng = np.random.default_rng(seed)
+    networks: dict[str, dict[str, Any]] = {}
+
+    def record(graph: str, ours: Callable[[], Any], ref: Callable[[], Any]) -> Any:
+        got, t_trt = _timed(ours)
+        want, t_ort = _timed(ref)
+        got_main, want_main = (got[0], want[0]) if isinstance(got, tuple) else (got, want)
+        result = compare(got_main, want_main)
+        precision = engines.engines[graph].precision
+        max_rel, min_cos = thresholds.network(precision)
+        result.update(precision=precision, tensorrt_s=t_trt, onnxruntime_s=t_ort, max_rel_limit=max_rel,
+                      cosine_limit=min_cos,
+                      passed=result["finite"] and result["max_rel"] <= max_rel and result["cosine"] >= min_cos)
+        previous = networks.get(graph)
+        if previous is None or previous["max_rel"] < result["max_rel"]:
+            networks[graph] = result
+        return got, want
+
+    tokenizer = PromptTokenizer(art_dir / "tokenizer.json", spec.text_length)
+    ids, mask = tokenizer([PROMPTS[0], ""])
+    _, text = record(TEXT_ENCODER, lambda: trt.encode_text(ids, mask), lambda: ort.encode_text(ids, mask))
+    latent_frames = (opt.frames - 1) // spec.vae_scale_temporal + 1
+    shape = (2, spec.latent_channels, latent_frames, opt.height // spec.vae_scale_spatial,
+             opt.width // spec.vae_scale_spatial)
+    latents = rng.standard_normal(shape, dtype=np.float32)
+    timestep = np.full(2, 500.0, np.float32)
+    for expert in spec.experts:
+        record(expert, lambda e=expert: trt.predict_noise(e, latents, timestep, text),
+               lambda e=expert: ort.predict_noise(e, latents, timestep, text))
+    z = latents[:1]
+    (_, trt_state), (_, ort_state) = record(VAE_INIT, lambda: trt.decode_first(z[:, :, :1]),
+                                            lambda: ort.decode_first(z[:, :, :1]))
+    for k in range(1, min(latent_frames, 3)):
+        (_, trt_state), (_, ort_state) = record(
+            VAE_STEP, lambda k=k, s=trt_state: trt.decode_next(z[:, :, k:k + 1], s),
+            lambda k=k, s=ort_state: ort.decode_next(z[:, :, k:k + 1], s))
+
+    ort_pipeline = load_pipeline(ref_dir, "onnxruntime")
+    min_db, min_ssim = thresholds.clip(engines.precision)
+    clips = []
+    for i in range(prompts):
+        request = GenerationRequest(prompt=PROMPTS[i % len(PROMPTS)], frames=opt.frames, height=opt.height,
+                                    width=opt.width, steps=steps, seed=seed + i)
+        got, t_trt = _timed(lambda r=request: np.concatenate(list(trt_pipeline.generate(r))))
+        want, t_ort = _timed(lambda r=request: np.concatenate(list(ort_pipeline.generate(r))))
+        db, s = psnr(got, want), ssim(got, want)
+        clips.append({"prompt": request.prompt, "seed": request.seed, "psnr_db": db, "ssim": s, "tensorrt_s": t_trt,
+                      "onnxruntime_s": t_ort, "passed": db >= min_db and s >= min_ssim})
+    report = {
+        "engines": str(Path(engines_dir).resolve()), "artifact": str(art_dir.resolve()),
+        "reference": str(ref_dir.resolve()),
+        "tensorrt_version": engines.runtime.tensorrt_version, "gpu": engines.runtime.device_name,
+        "precision": engines.precision, "shape": dataclasses.asdict(opt), "steps": steps,
+        "networks": networks, "clips": clips, "psnr_limit_db": min_db, "ssim_limit": min_ssim,
+        "memory_plan": trt.memory_plan.render(),
+    }
+    report["passed"] = all(n["passed"] for n in networks.values()) and all(c["passed"] for c in clips)
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [f"{'network':<18} {'precision':>9} {'max rel':>9} {'mean rel':>9} {'cosine':>9} {'TRT ms':>8} "
+             f"{'ORT ms':>8}"]
+    for graph, n in report["networks"].items():
+        lines.append(f"{graph:<18} {n['precision']:>9} {n['max_rel']:>9.2e} {n['mean_rel']:>9.2e} "
+                     f"{n['cosine']:>9.6f} {1e3 * n['tensorrt_s']:>8.1f} {1e3 * n['onnxruntime_s']:>8.1f}"
+                     f"{'' if n['passed'] else '  FAIL'}")
+    for c in report["clips"]:
+        lines.append(f"clip seed {c['seed']}: PSNR {c['psnr_db']:.1f} dB, SSIM {c['ssim']:.4f} "
+                     f"(TRT {c['tensorrt_s']:.2f} s, ORT {c['onnxruntime_s']:.2f} s){'' if c['passed'] else '  FAIL'}")
+    lines.append("PASSED" if report["passed"] else "FAILED")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

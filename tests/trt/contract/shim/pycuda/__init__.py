@@ -1,0 +1,1 @@
+"""``import pycuda`` for the contract test (pycuda.driver is simulated: cudasim)."""

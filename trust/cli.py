@@ -1,0 +1,218 @@
+"""`wanrt keygen`, `wanrt sign`, `wanrt verify`, and the ``--trust`` option `generate` and `serve` share."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust KEY.pub`` (repeatable; default ``$WANRT_TRUST``): only a folder signed by one of them loads."""
+    parser.add_argument("--trust", type=Path, action="append", default=None, metavar="KEY.pub",
+                        help="public key whose signature the model folder must carry (repeatable; default: "
+                             "$WANRT_TRUST, os.pathsep-separated); unsigned or changed folders are refused")
+
+
+def check_trusted(model: Path, trust: list[Path] | None) -> None:
+    """Before anything loads: with trusted keys configured, refuses a model folder they did not sign (exit 2).
+
+    The loader then hashes every file against the (now authenticated) manifest before any network loads."""
+    from wanrt.trust.folders import verify_folder
+    from wanrt.trust.keys import trusted_keys
+
+    keys = trusted_keys(trust)
+    if keys:
+        verify_folder(Path(model), keys, deep=False)
+
+
+def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--c2pa-cert", type=Path, default=None,
+                        help="C2PA signing certificate chain (PEM, leaf first; default $WANRT_C2PA_CERT): every "
+                             "video gets a signed manifest marking it AI-generated")
+    parser.add_argument("--c2pa-key", type=Path, default=None, help="its private key (PEM; default $WANRT_C2PA_KEY)")
+
+
+def provenance_key(args: argparse.Namespace) -> object | None:
+    """The configured C2PA key (checked now: a bad one fails before the model loads), or None."""
+    from wanrt.errors import InvalidRequestError
+    from wanrt.trust.provenance import key_from_options
+
+    key = key_from_options(args.c2pa_cert, args.c2pa_key)
+    if key is not None and args.out.suffix.lower() == ".npy":
+        raise InvalidRequestError("out", "raw .npy frames cannot carry a C2PA manifest: with provenance configured "
+                                         "write .mp4")
+    return key
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    keygen = subparsers.add_parser("keygen", help="make an ed25519 signing key (KEY, 0600) and KEY.pub")
+    keygen.add_argument("key", type=Path, help="private key file to create")
+    keygen.set_defaults(handler=_keygen)
+
+    sign = subparsers.add_parser("sign", help="sign an artifact or engines folder (writes signature.dsse.json)",
+                                 description="Checks every file against the folder's manifest, then writes a DSSE "
+                                             "envelope holding an in-toto statement over the manifest and the "
+                                             "files it lists (engines: bound to their source artifact).")
+    sign.add_argument("folder", type=Path, help="artifact (manifest.json) or engines (engines.json) folder")
+    sign.add_argument("--key", type=Path, required=True, help="private key made by `wanrt keygen`")
+    sign.set_defaults(handler=_sign)
+
+    # `wanrt verify FOLDER --trust KEY.pub`. The TensorRT stage may own `wanrt verify --engines DIR` (its accuracy
+    # check on the GPU): then that command gains --trust, checked before it loads anything, and the folder check
+    # stays reachable as `wanrt verify-signature`.
+    existing = subparsers.choices.get("verify")
+    verify = subparsers.add_parser("verify-signature", aliases=[] if existing else ["verify"],
+                                   help="check a folder's signature and every file's hash")
+    verify.add_argument("folder", type=Path)
+    add_trust_argument(verify)
+    verify.set_defaults(handler=_verify)
+    if existing is not None:
+        _guard_with_trust(existing)
+
+    audit = subparsers.add_parser("audit", help="check the audit log's hash chain")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    chain = audit_commands.add_parser("verify", help="follow the hash chain through audit files (oldest first); "
+                                                     "exit 1 naming the first broken link")
+    chain.add_argument("files", type=Path, nargs="+", help="audit.jsonl files, oldest first (rotated ones too)")
+    add_trust_argument(chain)
+    chain.add_argument("--expect-head", metavar="SEQ:SHA256",
+                       help="a head the server logged (\"audit checkpoint\" / \"audit log closed\"): the chain "
+                            "must contain it, so records removed from the end are detected")
+    chain.set_defaults(handler=_audit_verify)
+    _register_qualify(subparsers)
+
+
+def _guard_with_trust(parser: argparse.ArgumentParser) -> None:
+    """Adds --trust to another stage's command that takes ``--engines`` or ``--model``: the folder's signature is
+    checked before that command's own handler runs."""
+    add_trust_argument(parser)
+    handler = parser.get_default("handler")
+
+    def guarded(args: argparse.Namespace) -> int:
+        folder = getattr(args, "engines", None) or getattr(args, "model", None)
+        if folder is not None:
+            check_trusted(folder, args.trust)
+        return handler(args)
+
+    parser.set_defaults(handler=guarded)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from wanrt.trust.keys import generate_keypair
+
+    private, public = generate_keypair(args.key)
+    print(f"{private}\n{public}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from wanrt import __version__
+    from wanrt.trust.folders import sign_folder
+    from wanrt.trust.keys import load_signer
+
+    print(sign_folder(args.folder, load_signer(args.key), wanrt_version=__version__))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from wanrt.errors import SignatureError
+    from wanrt.trust.folders import verify_folder
+    from wanrt.trust.keys import trusted_keys
+
+    keys = trusted_keys(args.trust)
+    if not keys:
+        raise SignatureError("no trusted key: pass --trust KEY.pub or set WANRT_TRUST")
+    statement = verify_folder(args.folder, keys, deep=True)
+    predicate = statement["predicate"]
+    print(f"{args.folder}: signed {predicate['kind']} folder, {len(statement['subject'])} files verified "
+          f"(signed {predicate.get('signed_utc')})")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from wanrt.errors import InvalidRequestError
+    from wanrt.server.audit_chain import ChainHead, verify_chain
+    from wanrt.trust.keys import trusted_keys
+
+    expect = None
+    if args.expect_head:
+        seq, _, digest = args.expect_head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise InvalidRequestError("expect_head", f"must be SEQ:SHA256, got {args.expect_head!r}")
+        expect = ChainHead(int(seq), digest)
+    keys = trusted_keys(args.trust)
+    report = verify_chain(args.files, keys, expect_head=expect)
+    print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
+          f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
+    return 0
+
+
+def _register_qualify(subparsers: argparse._SubParsersAction) -> None:
+    from wanrt.engine.loader import BACKENDS
+
+    parser = subparsers.add_parser(
+        "qualify", help="installation/operational/performance qualification, as a signed report",
+        description="IQ: component versions, the model checked against its signature, SELinux type, GPU and "
+                    "driver. OQ: reference prompts and seeds against the outputs recorded for this installation, "
+                    "the bad-request table, the audit chain. PQ: latency of N runs inside --max-latency-s. Writes "
+                    "qualification.json and qualification.md into --out, signed with --key; exit 1 on any failed "
+                    "check.")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", type=Path, help="artifact folder (onnxruntime, or --backend)")
+    model.add_argument("--engines", type=Path, help="TensorRT engines folder (backend tensorrt, device cuda)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None)
+    parser.add_argument("--device", default=None, help="default cpu (cuda with --engines)")
+    add_trust_argument(parser)
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="report folder to write")
+    out.add_argument("--record-reference", type=Path, metavar="DIR",
+                     help="at installation: record the reference outputs into DIR instead of qualifying")
+    parser.add_argument("--key", type=Path, help="signing key for the report (required with --out)")
+    parser.add_argument("--reference", type=Path, help="reference folder recorded by --record-reference")
+    parser.add_argument("--audit-log", type=Path, action="append", default=[],
+                        help="audit files to verify, oldest first (repeatable)")
+    parser.add_argument("--runs", type=int, default=3, help="PQ: timed runs (default %(default)s)")
+    parser.add_argument("--max-latency-s", type=float, default=None,
+                        help="PQ: declared envelope, seconds per run of the reference request (required with --out)")
+    parser.add_argument("--require-selinux-type", metavar="TYPE", default=None,
+                        help="IQ: the SELinux type this process must run as (default: recorded only)")
+    parser.set_defaults(handler=_qualify)
+
+
+def _qualify(args: argparse.Namespace) -> int:
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.errors import InvalidRequestError, SignatureError
+    from wanrt.trust import qualify
+    from wanrt.trust.folders import verify_folder
+    from wanrt.trust.keys import load_signer, trusted_keys
+
+    model = args.model or args.engines
+    backend = args.backend or ("tensorrt" if args.engines else "onnxruntime")
+    device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
+    keys = trusted_keys(args.trust)
+    if not keys:
+        raise SignatureError("qualify checks the model's signature: pass --trust KEY.pub or set WANRT_TRUST")
+
+    def loader(path: Path, backend_: str, device_: str) -> object:
+        return load_pipeline(path, backend_, device=device_)
+
+    if args.record_reference is not None:
+        verify_folder(model, keys, deep=True)
+        print(qualify.record_reference(loader(model, backend, device), args.record_reference, backend, device))
+        return 0
+    if args.key is None:
+        raise InvalidRequestError("key", "is required with --out: the report is signed")
+    if args.max_latency_s is None or not args.max_latency_s > 0:
+        raise InvalidRequestError("max_latency_s", "is required with --out: PQ needs a declared envelope (> 0)")
+    if args.runs < 1:
+        raise InvalidRequestError("runs", f"must be at least 1, got {args.runs}")
+    signer = load_signer(args.key)  # before the runs: a bad key fails at once
+    options = qualify.QualifyOptions(model, backend, device, keys, args.reference, args.audit_log, args.runs,
+                                     args.max_latency_s, args.require_selinux_type)
+    checks = qualify.qualify(options, loader)
+    qualify.write_report(args.out, checks, options, signer)
+    for check in checks:
+        print(f"{check.stage} {check.status.upper():4} {check.name}: {check.detail}")
+    failed = [c for c in checks if c.status == "fail"]
+    print(f"{args.out}: {'FAILED' if failed else 'PASSED'} ({len(checks)} checks, {len(failed)} failed), signed")
+    return 1 if failed else 0
