@@ -1,11 +1,10 @@
 """The onnxruntime form of a graph: each ONNX ``Attention`` node becomes ``com.microsoft.MultiHeadAttention``.
 
 Why a second form: onnxruntime 1.31's CPU kernel for the standard ``Attention`` operator still computes the
-full tokens x tokens score matrix per head (one attention of 4 heads x 4,096 tokens x 32 dims: 3.1 s and 349 MB
-peak), while its contrib ``MultiHeadAttention`` with (batch, tokens, heads x dim) inputs runs a tiled
-(flash-style) kernel whose memory is linear in tokens (0.5 s and 92 MB on the same case; its 4D key/value
-layout falls back to materialising, 361 MB). TensorRT keeps the standard form, which its parser maps to its
-fused attention layer.
+full tokens x tokens score matrix per head, while its contrib ``MultiHeadAttention`` on (batch, tokens,
+heads x dim) inputs runs a tiled (flash-style) kernel whose memory is linear in tokens (its 4D key/value layout
+falls back to materialising). Measured side by side by scripts/attention_benchmark.py (README, "Attention").
+TensorRT keeps the standard form, which its parser maps to its fused attention layer.
 
 Only the attention nodes change: each gets a Transpose + Reshape per input and the reverse after it, which
 onnxruntime's transpose optimiser cancels against the exporter's own transposes. Weights are not touched, so a

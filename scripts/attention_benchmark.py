@@ -349,13 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         (step_rows if isinstance(case, StepCase) else clip_rows).append(row)
         shutil.rmtree(work, ignore_errors=True)
     if step_rows:
-        print("\nOne expert step (peak RSS of the process, time of the call):\n")
+        print("\nOne expert step (peak resident memory during the call, time of the call):\n")
         print("| case | torch (SDPA) | onnxruntime, before (MatMul/Softmax) | onnxruntime, Attention op | "
               "onnxruntime, MultiHeadAttention (served) | before -> served |")
         print("|---|---|---|---|---|---|")
         print("\n".join(step_rows))
     if clip_rows:
-        print("\nWhole clip, `generate` (peak RSS of the process, time of the clip):\n")
+        print("\nWhole clip, `generate` (peak resident memory during the clip, time of the clip):\n")
         print("| case | torch backend | onnxruntime, before | onnxruntime, now (MultiHeadAttention) | "
               "before -> now |")
         print("|---|---|---|---|---|")
