@@ -201,12 +201,14 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
     files = [dest.name] + ([dest.name + ".data"] if (art_dir / (dest.name + ".data")).exists() else [])
     opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
     new_entry = {**entry, "files": files, "opset": opset}
+    form_error: list[float] = []
     if "attention" in entry:  # the Q/DQ graph's own onnxruntime form, checked against it on a calibration call
-        new_entry["attention"], _ = attention.record(dest, lambda variant: [
+        new_entry["attention"], form_error = attention.record(dest, lambda variant: [
             _check_same_outputs(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"])
     detail = {"quantized": [{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
               "excluded": excluded, "calibration_calls": len(samples),
-              "smoothquant": {"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None}
+              "smoothquant": {"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None,
+              "onnxruntime_form_max_rel_error": form_error[0] if form_error else None}
     return quantized, new_entry, detail
 
 

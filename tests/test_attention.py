@@ -172,3 +172,17 @@ def test_export_refuses_an_expert_with_softmax(tmp_path):
         attention.record(path, lambda _variant: [], required=True)
     entry, parity = attention.record(path, lambda _variant: [])  # the text encoder/VAE are only recorded
     assert entry["nodes"] == 0 and entry["softmax_nodes"] == 1 and parity == []
+
+
+def test_head_counts_come_from_the_source_graph_when_lost(tmp_path):
+    """ModelOpt's quantized graphs keep tensor names but not the exporter's shapes: the FP32 graph supplies them."""
+    source = _attention_graph(tmp_path / "source.onnx")
+    model = onnx.load(source)
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            dim.dim_param = "unknown"  # as symbolic re-inference leaves them
+    derived = tmp_path / "derived.onnx"
+    onnx.save(model, derived)
+    assert write_onnxruntime_variant(derived) is None
+    variant = write_onnxruntime_variant(derived, shapes_from=source)
+    assert variant is not None and variant.rewritten == 1

@@ -143,6 +143,8 @@ def test_artifact_manifest_and_untouched_parts(int8_dir, tiny_artifact_dir):
         # The onnxruntime attention form is remade from the quantized graph, not copied from the FP32 one.
         assert manifest.graphs[name]["attention"]["onnxruntime"]["file"] == f"{name}.ort.onnx"
         assert manifest.files[f"{name}.ort.onnx"] != src.files[f"{name}.ort.onnx"]
+        assert 0.0 <= json.loads((int8_dir / "manifest.json").read_text())["quantization"]["graphs"][name][
+            "onnxruntime_form_max_rel_error"] <= 1e-4
     block = json.loads((int8_dir / "manifest.json").read_text())["quantization"]
     assert block["mode"] == "int8" and block["tools"]["nvidia-modelopt"]
     assert block["unquantized"]["text_encoder"] == "fp32" and block["unquantized"]["vae_decoder"] == "fp32"
