@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {form}: {results[form]}", flush=True)
         label = (f"{case.label} ({case.tokens()} tokens)" if isinstance(case, StepCase) else case.label)
         row = _row(label, results, work, forms, clip=isinstance(case, ClipCase))
+        print(row, flush=True)  # as soon as the case is done: the tables below repeat it
         (step_rows if isinstance(case, StepCase) else clip_rows).append(row)
         shutil.rmtree(work, ignore_errors=True)
     if step_rows:
