@@ -24,8 +24,75 @@ _MODEL_SUFFIXES = (".onnx", ".onnx.data")
 
 
 @dataclasses.dataclass(frozen=True)
+class GraphQuantization:
+    """What `wanrt quantize` did to one graph: which nodes carry Q/DQ and which were left out, and why."""
+
+    quantized: list[dict[str, str]]  # {"name": ONNX node, "module": torch module it came from}
+    excluded: list[dict[str, str]]  # {"name", "op", "module", "reason"}
+    calibration_calls: int
+    smoothquant: dict[str, Any] | None = None  # {"alpha", "activations"} when SmoothQuant ran
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GraphQuantization:
+        values = _fields_of(cls, data, "quantization.graphs")
+        for name in ("quantized", "excluded"):
+            if not isinstance(values[name], list) or not all(isinstance(n, dict) for n in values[name]):
+                raise ArtifactError(f"{MANIFEST_NAME}: quantization {name} must be a list of objects")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantization:
+    """The ``quantization`` block of a quantized artifact (absent from FP32 ones).
+
+    ``onnxruntime_session_config`` is what every onnxruntime session of these graphs must set (the report's
+    sessions and the serving backend alike): the graphs were measured with it, and FP8 ones load only with it.
+    The other provenance fields are records for people and audits; nothing branches on them.
+    """
+
+    mode: str  # "int8" or "fp8"
+    graphs: dict[str, GraphQuantization]  # the quantized graphs by name
+    onnxruntime_session_config: dict[str, str] = dataclasses.field(default_factory=dict)
+    weights: str = ""
+    activations: str = ""
+    tools: dict[str, str] = dataclasses.field(default_factory=dict)  # package -> version
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)  # the FP32 artifact and its manifest hash
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unquantized: dict[str, Any] = dataclasses.field(default_factory=dict)
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)  # the accuracy report's summary
+    gate: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["graphs"] = {name: g.to_dict() for name, g in self.graphs.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Quantization:
+        values = _fields_of(cls, data, "quantization")
+        if values["mode"] not in QUANTIZATION_MODES:
+            raise ArtifactError(f"{MANIFEST_NAME}: quantization mode {values['mode']!r} is not one of "
+                                f"{', '.join(QUANTIZATION_MODES)}")
+        if not isinstance(values["graphs"], dict):
+            raise ArtifactError(f"{MANIFEST_NAME}: quantization graphs is not an object")
+        values["graphs"] = {name: GraphQuantization.from_dict(g) for name, g in values["graphs"].items()}
+        config = values.get("onnxruntime_session_config", {})
+        if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
+            raise ArtifactError(f"{MANIFEST_NAME}: quantization onnxruntime_session_config must map keys to strings")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
-    """Everything ``manifest.json`` records; ``files`` maps each relative path (POSIX) to its sha256."""
+    """Everything ``manifest.json`` records; ``files`` maps each relative path (POSIX) to its sha256.
+
+    Fields without a default are required. A field added later gets a default (what older manifests mean by
+    leaving it out), so they keep loading; a typed section is a class with ``to_dict``/``from_dict``, listed
+    in ``_SECTIONS``. Optional sections left at None are not written.
+    """
 
     format_version: int
     source_model: dict[str, Any]  # {"path": ..., "config_sha256": {relative config path: sha256}}
@@ -37,19 +104,26 @@ class Manifest:
     versions: dict[str, str]
     parity: list[dict[str, Any]]
     created_utc: str
+    quantization: Quantization | None = None  # set by `wanrt quantize`
+
+    @property
+    def onnxruntime_session_config(self) -> dict[str, str]:
+        """The session config entries onnxruntime needs for these graphs (none for an FP32 artifact)."""
+        return dict(self.quantization.onnxruntime_session_config) if self.quantization else {}
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        data["spec"] = self.spec.to_dict()
+        data = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            data[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Builds a manifest from parsed JSON; raises ArtifactError when a field is missing or malformed."""
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
-        if missing:
-            raise ArtifactError(f"{MANIFEST_NAME} lacks {', '.join(missing)}")
-        values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        values = _fields_of(cls, data, None)
         for name in ("source_model", "spec", "graphs", "vae_decoder", "files", "versions"):
             if not isinstance(values[name], dict):
                 raise ArtifactError(f"{MANIFEST_NAME}: {name} is not an object")
@@ -61,7 +135,29 @@ class Manifest:
             values["spec"] = ModelSpec.from_dict(values["spec"])
         except (ModelFormatError, TypeError) as err:
             raise ArtifactError(f"{MANIFEST_NAME} has an invalid spec: {err}") from None
+        for name, section in _SECTIONS.items():
+            if values.get(name) is not None:
+                values[name] = section.from_dict(values[name])
         return cls(**values)
+
+
+QUANTIZATION_MODES = ("int8", "fp8")
+# Optional manifest sections parsed into their own types (the spec, required, is parsed above).
+_SECTIONS: dict[str, Any] = {"quantization": Quantization}
+
+
+def _fields_of(cls: Any, data: Any, where: str | None) -> dict[str, Any]:
+    """The values of ``cls``'s dataclass fields found in ``data``; ArtifactError when a required one is missing.
+    Keys it does not know are ignored, so a manifest from a newer wanrt that only adds fields still loads."""
+    label = f"{MANIFEST_NAME} {where}" if where else MANIFEST_NAME
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{label} is not an object")
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ArtifactError(f"{label} lacks {', '.join(missing)}")
+    return {f.name: data[f.name] for f in fields if f.name in data}
 
 
 def sha256_file(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     """The request's options, shared by `wanrt generate` and `wanrt client generate`."""
-    defaults = GenerationRequest(prompt="-")
+    defaults = GenerationRequest.defaults()
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
     parser.add_argument("--frames", type=int, default=defaults.frames, help="4k+1 frames (default %(default)s)")
@@ -42,6 +43,11 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
             raise InvalidRequestError("latents", f"cannot read {args.latents}: {err}") from None
     if args.out.suffix.lower() not in (".mp4", ".npy"):
         raise InvalidRequestError("out", f"must end in .mp4 or .npy, got {args.out.name!r}")
+    # Before the model loads and the clip is generated, not after (other write errors: wanrt/cli.py).
+    if not args.out.parent.is_dir():
+        raise InvalidRequestError("out", f"{args.out.parent} is not a directory")
+    if args.out.is_dir():
+        raise InvalidRequestError("out", f"{args.out} is a directory")
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames, height=args.height,
         width=args.width, steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, seed=args.seed,
@@ -51,9 +57,9 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="generate a clip in this process")
-    parser.add_argument("--model", type=Path, default=None,
+    parser.add_argument("--model", type=Path, default=os.environ.get("WANRT_MODEL") or None,
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
-                             "(torch); default: the embedded reef demo model (onnxruntime)")
+                             "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")

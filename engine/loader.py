@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wanrt.engine.device import parse_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
@@ -14,6 +15,7 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
     """Checks the model (hashes, configs) and loads every network before returning: failures come at start."""
+    parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
     model = Path(model)
     if backend == "onnxruntime":
         return _load_artifact(model, device)
@@ -61,7 +63,9 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
         **{f"{name}_sha256": manifest.files[file] for name, file in graphs.items()},
     }
     return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
-                         OnnxRuntimeBackend(art_dir, graphs, device=device), identity=identity)
+                         OnnxRuntimeBackend(art_dir, graphs, device=device,
+                                            session_config=manifest.onnxruntime_session_config),
+                         identity=identity)
 
 
 def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:

@@ -43,6 +43,12 @@ class GenerationRequest:
     fps: int = 16
     latents: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def defaults(cls) -> GenerationRequest:
+        """Every field at its default and an empty prompt (which ``validate`` refuses): what front ends fill
+        unset options from, never a request to run as it is."""
+        return cls(prompt="")
+
     @property
     def effective_guidance_2(self) -> float:
         return self.guidance if self.guidance_2 is None else self.guidance_2

@@ -45,7 +45,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise InvalidRequestError("prompts", f"must be at least 1, got {args.prompts}")
     model = args.model if args.model is not None else default_model_dir()
     pipeline = load_pipeline(model, args.backend, device=args.device)
-    base = GenerationRequest(prompt="-", frames=args.frames, height=args.height, width=args.width)
+    base = dataclasses.replace(GenerationRequest.defaults(), frames=args.frames, height=args.height,
+                               width=args.width)
     if args.steps is not None:
         base = dataclasses.replace(base, steps=args.steps)
     if args.guidance is not None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +19,9 @@ from wanrt.engine.artifact import (
     write_manifest,
 )
 from wanrt.engine.spec import ModelSpec, spec_from_diffusers
-from wanrt.errors import InvalidRequestError, ModelFormatError
+from wanrt.errors import ModelFormatError
 from wanrt.export import onnx_io
+from wanrt.publish import destination, publishing
 
 Progress = Callable[[str], None]
 
@@ -38,31 +37,13 @@ def export_pipeline(
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
     """
     say = progress or (lambda _message: None)
-    # Absolute and normalised, so "." or "art/.." still has a real name and parent for the partial folder.
-    model_dir, out_dir = Path(model_dir), Path(os.path.abspath(out_dir))
+    model_dir = Path(model_dir)
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
-    _refuse_existing(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling of out_dir, so the final rename stays on one filesystem and is atomic.
-    partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
-    try:
+    out_dir = destination(out_dir)
+    with publishing(out_dir) as partial:  # a half-written artifact is never left behind
         manifest = _export_into(model_dir, partial, spec, external_data_threshold, say)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); raises if something appeared there meanwhile
-        partial.rename(out_dir)
-    except BaseException:  # KeyboardInterrupt included: a half-written artifact must never be left behind
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     say(f"wrote {out_dir}")
     return manifest
-
-
-def _refuse_existing(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidRequestError("out", f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise InvalidRequestError("out", f"{out_dir} already exists and is not empty; refusing to overwrite it")
 
 
 def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress) -> Manifest:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from wanrt.quant import metrics
-from wanrt.quant.calibration import Feeds, calibration_requests, capture
+from wanrt.quant.backend_wrappers import Feeds
+from wanrt.quant.calibration import calibration_requests, capture
 
 
 def _torch_route(source: Path, expert: str, calib: list[Feeds], smoothquant: bool, out: Path) -> Path:

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 
+from wanrt.engine.artifact import QUANTIZATION_MODES
 from wanrt.quant import QuantizationError
-from wanrt.quant.calibration import Feeds
+from wanrt.quant.backend_wrappers import Feeds
 
-MODES = ("int8", "fp8")
+MODES = QUANTIZATION_MODES
 CALIBRATION_METHODS = ("max", "entropy")
 # Weights stay inline below this size (scales, zero points); everything larger goes to the .onnx.data file.
 _INLINE_BYTES = 1024
@@ -191,7 +191,8 @@ def _quiet_modelopt() -> None:
     G_LOGGER.severity = G_LOGGER.ERROR
 
 
-# onnxruntime session settings for quantized graphs (recorded in the manifest for the serving backend).
+# onnxruntime session settings for quantized graphs, recorded in the manifest (Quantization.onnxruntime_session_config)
+# for the serving backend, which reads them from there.
 # onnxruntime's QDQ fusions rewrite DequantizeLinear -> MatMul into its own integer kernels: for FP8 into a
 # MatMulIntegerToFloat that takes no float8 input (the session fails to load, onnxruntime 1.31), and for INT8
 # into an AVX2 kernel whose result differs from the Q/DQ arithmetic by ~0.4% relative on the reef model.
@@ -204,15 +205,10 @@ def session(model_or_path: onnx.ModelProto | Path, device: str = "cpu") -> objec
     """An onnxruntime session for a quantized graph: the reference for what TensorRT computes."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    for key, value in ORT_SESSION_CONFIG.items():
-        options.add_session_config_entry(key, value)
+    from wanrt.engine.backends.onnxruntime import session_options
+
+    options = session_options(ORT_SESSION_CONFIG)
     source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) \
         else os.fspath(model_or_path)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(source, options, providers=providers)
-
-
-def as_float32(feeds: Feeds) -> Feeds:
-    return {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in feeds.items()}

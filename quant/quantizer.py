@@ -8,17 +8,24 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wanrt.engine.artifact import MANIFEST_NAME, Manifest, hash_folder, load_artifact, write_manifest
+from wanrt.engine.artifact import (
+    MANIFEST_NAME,
+    GraphQuantization,
+    Manifest,
+    Quantization,
+    hash_folder,
+    load_artifact,
+    write_manifest,
+)
 from wanrt.engine.graph_forms import referenced_files
 from wanrt.errors import InvalidRequestError
 from wanrt.export import attention
+from wanrt.publish import destination, publishing
 from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts
 from wanrt.quant.ptq import CALIBRATION_METHODS, MODES, ORT_SESSION_CONFIG
 
@@ -85,33 +92,18 @@ def quantize_artifact(source: Path, out_dir: Path, config: QuantizeConfig, *, sa
     """
     say = say or (lambda _message: None)
     config.validate()
-    source, out_dir = Path(source), Path(os.path.abspath(out_dir))
+    source = Path(source)
     manifest = load_artifact(source)  # hashes checked: calibrate only what the manifest vouches for
-    if _quantization_of(source) is not None:
+    if manifest.quantization is not None:
         raise InvalidRequestError("model", f"{source} is already quantized; quantize the FP32 artifact")
     from wanrt.quant.ptq import require_modelopt
 
     require_modelopt()  # before minutes of calibration runs
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InvalidRequestError("out", f"{out_dir} already exists and is not empty; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
-    try:
+    out_dir = destination(out_dir)
+    with publishing(out_dir) as partial:  # the gate's refusal included: nothing half-made or refused is left
         report = _quantize_into(source, manifest, partial, config, say)
-        if out_dir.exists():
-            out_dir.rmdir()
-        partial.rename(out_dir)
-    except BaseException:  # the gate's refusal included: nothing half-made or refused is left behind
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     say(f"wrote {out_dir}")
     return report
-
-
-def _quantization_of(art_dir: Path) -> dict | None:
-    data = json.loads((art_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    return data.get("quantization")
 
 
 def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: QuantizeConfig, say: Say) -> dict:
@@ -157,7 +149,7 @@ def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: Quan
     report_requests = calibration.calibration_requests(config.report_prompts, steps=config.calib_steps,
                                                        frames=config.frames, height=config.height,
                                                        width=config.width, first_seed=REPORT_SEED)
-    result = _report(pipeline, networks, report_requests, config, source, details, say)
+    result = _report(pipeline, networks, report_requests, config, source, say)
     (art_dir / REPORT_NAME).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     say(report.format_table(result))
     if not result["gate"]["passed"] and not config.force:
@@ -165,21 +157,18 @@ def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: Quan
             f"worst held-out clip PSNR {result['gate']['value_db']:.2f} dB is under the gate's "
             f"{config.min_psnr_db:.1f} dB: nothing written (better calibration data, or --force to keep it)")
 
-    quant_block = _quantization_block(source, config, record, details, result)
+    quantization = _quantization(source, config, record, details, result)
     new = dataclasses.replace(
         manifest, graphs=graphs, files=hash_folder(art_dir),
-        versions={**manifest.versions, **quant_block["tools"]},
+        versions={**manifest.versions, **quantization.tools}, quantization=quantization,
         created_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    path = write_manifest(art_dir, new)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["quantization"] = quant_block
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_manifest(art_dir, new)
     load_artifact(art_dir)  # what we publish must read back, hashes included
     return result
 
 
 def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str, rules: tuple[placement.Rule, ...],
-                  samples: list, config: QuantizeConfig) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                  samples: list, config: QuantizeConfig) -> tuple[Any, dict[str, Any], GraphQuantization]:
     from wanrt.quant import ptq, smooth
 
     model = ptq.load_graph(source / entry["file"])
@@ -201,14 +190,13 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
     files = [dest.name] + ([dest.name + ".data"] if (art_dir / (dest.name + ".data")).exists() else [])
     opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
     new_entry = {**entry, "files": files, "opset": opset}
-    form_error: list[float] = []
     if "attention" in entry:  # the Q/DQ graph's own onnxruntime form, checked against it on a calibration call
-        new_entry["attention"], form_error = attention.record(dest, lambda variant: [
+        new_entry["attention"], _ = attention.record(dest, lambda variant: [
             _check_same_outputs(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"])
-    detail = {"quantized": [{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
-              "excluded": excluded, "calibration_calls": len(samples),
-              "smoothquant": {"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None,
-              "onnxruntime_form_max_rel_error": form_error[0] if form_error else None}
+    detail = GraphQuantization(
+        quantized=[{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
+        excluded=excluded, calibration_calls=len(samples),
+        smoothquant={"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None)
     return quantized, new_entry, detail
 
 
@@ -227,7 +215,7 @@ def _check_same_outputs(graph: Path, variant: Path, feeds: dict[str, Any], devic
 
 
 def _report(pipeline: Any, networks: Any, requests: list, config: QuantizeConfig, source: Path,
-            details: dict[str, Any], say: Say) -> dict[str, Any]:
+            say: Say) -> dict[str, Any]:
     from wanrt.quant import report
 
     req = requests[0]
@@ -253,8 +241,8 @@ def _report(pipeline: Any, networks: Any, requests: list, config: QuantizeConfig
     return result
 
 
-def _quantization_block(source: Path, config: QuantizeConfig, record: Any, details: dict[str, Any],
-                        result: dict[str, Any]) -> dict[str, Any]:
+def _quantization(source: Path, config: QuantizeConfig, record: Any, details: dict[str, GraphQuantization],
+                  result: dict[str, Any]) -> Quantization:
     import onnx
     import onnxruntime
 
@@ -262,35 +250,35 @@ def _quantization_block(source: Path, config: QuantizeConfig, record: Any, detai
     from wanrt.quant.ptq import modelopt_version
 
     experts = {n: d for n, d in details.items() if n != "text_encoder"}
-    return {
-        "mode": config.mode,
-        "weights": f"{config.mode} symmetric, per output channel (constant, behind DequantizeLinear)",
-        "activations": f"{config.mode} per tensor (QuantizeLinear/DequantizeLinear), calibration "
-                       f"'{config.calib_method}'",
-        "tools": {"nvidia-modelopt": modelopt_version(), "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__, "wanrt": wanrt.__version__},
-        "source": {"artifact": str(source.resolve()),
-                   "manifest_sha256": hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()},
-        "calibration": {
+    return Quantization(
+        mode=config.mode,
+        graphs=details,
+        # What the report's sessions used, and what the serving backend reads back (see ptq.ORT_SESSION_CONFIG).
+        onnxruntime_session_config=dict(ORT_SESSION_CONFIG),
+        weights=f"{config.mode} symmetric, per output channel (constant, behind DequantizeLinear)",
+        activations=f"{config.mode} per tensor (QuantizeLinear/DequantizeLinear), calibration "
+                    f"'{config.calib_method}'",
+        tools={"nvidia-modelopt": modelopt_version(), "onnx": onnx.__version__,
+               "onnxruntime": onnxruntime.__version__, "wanrt": wanrt.__version__},
+        source={"artifact": str(source.resolve()),
+                "manifest_sha256": hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()},
+        calibration={
             "prompts_sha256": prompts.prompts_sha256(config.calib_prompts),
             "prompts": len(config.calib_prompts),
             "steps": config.calib_steps,
             "request": {"frames": config.frames, "height": config.height, "width": config.width},
-            "calls": {n: d["calibration_calls"] for n, d in details.items()},
+            "calls": {n: d.calibration_calls for n, d in details.items()},
             "recorded_calls": {n: len(record.samples(n)) for n in experts},
             "max_samples": config.calib_max_samples,
             "method": config.calib_method,
             "smoothquant_alpha": config.alpha,
         },
-        "graphs": details,
-        "unquantized": {"vae_decoder": "fp32", "text_encoder": "quantized" if "text_encoder" in details else "fp32",
-                        "never_quantized_ops": list(placement.NEVER_QUANTIZED)},
-        # What the report's sessions used; a backend must set it to load FP8 graphs (see ptq.ORT_SESSION_CONFIG).
-        "onnxruntime_session_config": dict(ORT_SESSION_CONFIG),
-        "report": {"file": REPORT_NAME, "psnr_db_mean": result["end_to_end"]["psnr_db_mean"],
-                   "psnr_db_min": result["end_to_end"]["psnr_db_min"], "ssim_mean": result["end_to_end"]["ssim_mean"],
-                   "experts": {n: {"rel_error_mean": e["rel_error_mean"], "cosine_min": e["cosine_min"]}
-                               for n, e in result["experts"].items()},
-                   **({"eval_change_points": result["eval"]["change_points"]} if "eval" in result else {})},
-        "gate": result["gate"],
-    }
+        unquantized={"vae_decoder": "fp32", "text_encoder": "quantized" if "text_encoder" in details else "fp32",
+                     "never_quantized_ops": list(placement.NEVER_QUANTIZED)},
+        report={"file": REPORT_NAME, "psnr_db_mean": result["end_to_end"]["psnr_db_mean"],
+                "psnr_db_min": result["end_to_end"]["psnr_db_min"], "ssim_mean": result["end_to_end"]["ssim_mean"],
+                "experts": {n: {"rel_error_mean": e["rel_error_mean"], "cosine_min": e["cosine_min"]}
+                            for n, e in result["experts"].items()},
+                **({"eval_change_points": result["eval"]["change_points"]} if "eval" in result else {})},
+        gate=result["gate"],
+    )

@@ -19,7 +19,7 @@ from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import GenerationRequest
 from wanrt.engine.text import zero_padding_positions
 from wanrt.quant import metrics
-from wanrt.quant.calibration import patched, recording
+from wanrt.quant.backend_wrappers import RecordingBackend, SubstitutingBackend, with_backend
 
 Say = Callable[[str], None]
 
@@ -38,12 +38,12 @@ class QuantizedNetworks:
     def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.text_encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
-    def serving(self, pipeline: VideoPipeline) -> Any:
-        """Context in which ``pipeline`` (the FP32 artifact's) runs the quantized networks instead."""
+    def serving(self, pipeline: VideoPipeline) -> VideoPipeline:
+        """A pipeline like ``pipeline`` (the FP32 artifact's) that runs these quantized networks instead."""
         swaps: dict[str, Any] = {"predict_noise": self.predict_noise}
         if self.text_encoder is not None:
             swaps["encode_text"] = self.encode_text
-        return patched(pipeline.backend, **swaps)
+        return with_backend(pipeline, SubstitutingBackend(pipeline.backend, **swaps))
 
 
 def _clip(pipeline: VideoPipeline, request: GenerationRequest) -> np.ndarray:
@@ -57,9 +57,11 @@ def measure(pipeline: VideoPipeline, quantized: QuantizedNetworks, requests: Seq
     seconds: dict[str, dict[str, list[float]]] = {}
     text_rows: list[dict[str, float]] = []
     clips = []
+    served = quantized.serving(pipeline)
     for i, request in enumerate(requests):
-        with recording(pipeline, keep_outputs=True) as record:
-            reference = _clip(pipeline, request)
+        recorder = RecordingBackend(pipeline.backend, keep_outputs=True)
+        reference = _clip(with_backend(pipeline, recorder), request)
+        record = recorder.record
         for call in record.expert_calls:
             started = time.perf_counter()
             out = quantized.predict_noise(call.expert, **_positional(call.feeds))
@@ -71,8 +73,7 @@ def measure(pipeline: VideoPipeline, quantized: QuantizedNetworks, requests: Seq
             timing["quantized"].append(elapsed)
         if quantized.text_encoder is not None:
             text_rows += [_text_error(pipeline, quantized, feeds) for feeds in record.text_calls]
-        with quantized.serving(pipeline):
-            clip = _clip(pipeline, request)
+        clip = _clip(served, request)
         row = {"prompt": request.prompt, "seed": request.seed, "psnr_db": round(metrics.psnr(clip, reference), 3),
                "ssim": round(metrics.ssim(clip, reference), 5)}
         clips.append(row)
@@ -121,16 +122,17 @@ def eval_change(pipeline: VideoPipeline, quantized: QuantizedNetworks, prompts: 
 
     cases, probes = heldout_cases(prompts, 0), Probes.load()
 
-    def generate(case: Any) -> np.ndarray:
-        return _clip(pipeline, dataclasses.replace(request, prompt=case.prompt, seed=case.seed))
+    def accuracy(on: VideoPipeline) -> dict[str, float]:
+        def generate(case: Any) -> np.ndarray:
+            return _clip(on, dataclasses.replace(request, prompt=case.prompt, seed=case.seed))
+
+        return evaluate(generate, cases, probes, reference=False, frames=request.frames, height=request.height,
+                        width=request.width)["summary"]["accuracy"]
 
     say(f"eval: {prompts} held-out prompts, FP32")
-    fp32 = evaluate(generate, cases, probes, reference=False, frames=request.frames, height=request.height,
-                    width=request.width)["summary"]["accuracy"]
+    fp32 = accuracy(pipeline)
     say(f"eval: {prompts} held-out prompts, quantized")
-    with quantized.serving(pipeline):
-        quant = evaluate(generate, cases, probes, reference=False, frames=request.frames, height=request.height,
-                         width=request.width)["summary"]["accuracy"]
+    quant = accuracy(quantized.serving(pipeline))
     return {"prompts": prompts, "request": {"frames": request.frames, "height": request.height,
                                             "width": request.width, "steps": request.steps,
                                             "guidance": request.guidance},

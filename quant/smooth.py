@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wanrt.quant.calibration import Feeds
+from wanrt.quant.backend_wrappers import Feeds
 
 MAX_STAT_SAMPLES = 16  # channel maxima settle fast; bounds the extra FP32 passes
 

@@ -23,8 +23,9 @@ import torch
 from wanrt.engine.pipeline import to_uint8_frames
 from wanrt.evaluate.eval import EvalCase, heldout_cases, score_clip
 from wanrt.evaluate.probes import Probes
+from wanrt.reef.flow import BOUNDARY_RATIO, shifted_sigmas
+from wanrt.reef.latent_basis import BlockPCA
 from wanrt.reef.renderer import render_clip
-from wanrt.reef.train import BOUNDARY_RATIO, BlockPCA, shifted_sigmas
 
 STEPS = 8
 GUIDANCE = 4.0
@@ -59,7 +60,7 @@ class TrueStartSampler:
         cond, uncond = self.pipe.encode_prompt(case.prompt, negative_prompt="", do_classifier_free_guidance=True,
                                                max_sequence_length=512)[:2]
         truth = render_clip(case.attrs, frames=frames, height=size, width=size, seed=case.seed)
-        x0 = (self.pca.encode(truth[None]) - self.mean) / self.std
+        x0 = (torch.from_numpy(self.pca.encode(truth[None])) - self.mean) / self.std
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(case.seed))
         first = self.grid_index(start)
         sigma = self.sigmas[first]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wanrt.reef.latent_basis import BlockPCA
 from wanrt.reef.renderer import MOTIONS, PALETTES, SUBJECTS, SceneAttributes, allowed_motions, render_clip
-from wanrt.reef.train import BlockPCA
 
 
 def detail_kept(pca: BlockPCA, attrs: SceneAttributes, seed: int, frames: int = 17, size: int = 96) -> float:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: makes .venv, installs wanrt with its export and test extras, lints, runs the suite.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k parity`).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k parity`). Without any it runs every tier; the quick
+# loop leaves out exports, quantization, training, parity, soak and fuzzing: `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -23,7 +23,8 @@ from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
 from wanrt.server.jobs import JobManager
 from wanrt.server.metrics import Metrics
-from wanrt.server.service import CHUNK_BYTES, ModelFacts, VideoGenerationService
+from wanrt.server.protocol import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MIN_PING_INTERVAL_MS, SERVER_SEND_BYTES
+from wanrt.server.service import ModelFacts, VideoGenerationService
 
 log = logging.getLogger("wanrt.server")
 
@@ -38,14 +39,14 @@ def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
     return [
         # Requests: bounded by what the largest allowed latents need; larger ones get RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", max_request_bytes),
-        # Responses: video goes out in chunks of at most CHUNK_BYTES.
-        ("grpc.max_send_message_length", CHUNK_BYTES + 64 * 1024),
+        # Responses: video goes out in chunks of at most protocol.CHUNK_BYTES.
+        ("grpc.max_send_message_length", SERVER_SEND_BYTES),
         # Ping idle connections so a vanished client (no FIN) is noticed and its job cancelled.
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
-        # Clients may ping at most every 10 s; a client pinging faster is disconnected after 2 strikes.
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Clients may ping at most this often; a client pinging faster is disconnected after 2 strikes.
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
         # Connections idle for 30 min are closed (they hold memory and a file descriptor).
         ("grpc.max_connection_idle_ms", 30 * 60_000),
@@ -56,12 +57,9 @@ def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
 
 
 def effective_limits(model: Limits, config: ServerConfig) -> Limits:
-    """The model's limits, tightened (never widened) by the operator's --max-* options."""
-    changes = {}
-    for name in ("max_frames", "max_height", "max_width", "max_steps"):
-        value = getattr(config, name)
-        if value is not None:
-            changes[name] = min(value, getattr(model, name))
+    """The model's limits, tightened (never widened) by the operator's --max-* options or, on a CPU-only
+    server, the CPU defaults (ServerConfig.maxima)."""
+    changes = {name: min(value, getattr(model, name)) for name, value in config.maxima.items()}
     return dataclasses.replace(model, **changes)
 
 
@@ -90,7 +88,7 @@ class WanrtServer:
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
-            self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
+            self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS

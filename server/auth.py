@@ -146,7 +146,9 @@ DeniedHook = Callable[[str, grpc.ServicerContext, grpc.StatusCode, str, str | No
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses wanrt.v1 calls without a listed token before they reach the servicer (or parse a byte)."""
+    """Checks a wanrt.v1 call's bearer token, once: a refused call never reaches the servicer (nor parses a byte);
+    an allowed one reaches it with the token's id as the keyword argument ``token_id``, which the servicer's
+    handlers take so that they never check the token again."""
 
     def __init__(self, tokens: TokenStore, on_denied: DeniedHook | None = None) -> None:
         self._tokens = tokens
@@ -158,9 +160,24 @@ class TokenInterceptor(grpc.ServerInterceptor):
             return continuation(handler_call_details)
         result = self._tokens.check(handler_call_details.invocation_metadata, method)
         handler = continuation(handler_call_details)
-        if result.code is None or handler is None:
-            return handler
+        if handler is None:
+            return None
+        if result.code is None:
+            return _handler_with_token_id(handler, result.token_id)
         return _refusing_handler(handler, method, result, self._on_denied)
+
+
+def _handler_with_token_id(handler: grpc.RpcMethodHandler, token_id: str | None) -> grpc.RpcMethodHandler:
+    """The same handler, its behaviour called with ``token_id=`` (wanrt.v1 has unary and server-streaming calls)."""
+    if handler.response_streaming:
+        behaviour = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            lambda request, context: behaviour(request, context, token_id=token_id),
+            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    behaviour = handler.unary_unary
+    return grpc.unary_unary_rpc_method_handler(
+        lambda request, context: behaviour(request, context, token_id=token_id),
+        request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, method: str, result: AuthResult,

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from wanrt.engine.loader import BACKENDS
-from wanrt.server.config import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
+from wanrt.server.config import CPU_MAXIMA, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
@@ -63,7 +63,8 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long jobs may take to finish before they are cancelled")
     for name, what in (("frames", "frames"), ("height", "height"), ("width", "width"), ("steps", "steps")):
-        parser.add_argument(f"--max-{name}", type=int, help=f"lower the model's largest {what}")
+        parser.add_argument(f"--max-{name}", type=int,
+                            help=f"lower the model's largest {what} (CPU-only default {CPU_MAXIMA[f'max_{name}']})")
     parser.add_argument("--max-request-bytes", type=int, help="largest request message (default: sized for "
                                                                "latents at the largest allowed size)")
     parser.set_defaults(handler=_serve)

@@ -30,18 +30,16 @@ from wanrt.errors import InvalidRequestError, WanrtError
 from wanrt.server.config import DEFAULT_LISTEN, ClientConfig
 from wanrt.server.convert import request_to_proto
 from wanrt.server.errors import IntegrityError, RemoteError
-from wanrt.server.jobs import MP4, RAW_RGB24
-from wanrt.server.service import CHUNK_BYTES
+from wanrt.server.protocol import CLIENT_RECEIVE_BYTES, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MP4, RAW_RGB24
 from wanrt.server.v1 import wanrt_pb2 as pb
 from wanrt.server.v1 import wanrt_pb2_grpc as pb_grpc
 
 _STAGE_NAMES = {pb.STAGE_TEXT: "text", pb.STAGE_DENOISE: "denoise", pb.STAGE_DECODE: "decode"}
 
 CLIENT_OPTIONS = [
-    ("grpc.max_receive_message_length", CHUNK_BYTES + (1 << 20)),
-    # Above the server's 10 s minimum ping interval, so the server never drops us for pinging too often.
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.max_receive_message_length", CLIENT_RECEIVE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 0),
 ]
 

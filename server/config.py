@@ -8,11 +8,12 @@ import dataclasses
 import ipaddress
 import math
 import os
-import re
 import ssl
 from pathlib import Path
 
+from wanrt.engine.device import parse_device
 from wanrt.engine.loader import BACKENDS
+from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import ConfigError
 
 DEFAULT_GRPC_PORT = 50051
@@ -87,6 +88,14 @@ def check_ca(field: str, ca: Path) -> None:
         raise ConfigError(field, f"{ca} holds no PEM CA certificate: {err.reason or err}") from None
 
 
+LIMIT_OPTIONS = ("max_frames", "max_height", "max_width", "max_steps")
+# A server whose workers are all CPUs serves at most this where the operator set no --max-* option: a Wan
+# model's own limits (129 frames at 1280x1280, 100 steps) would hold a CPU worker for hours and its memory for
+# as long. 33 frames (2 s at 16 fps) at 256x256 is 13x the latent tokens of the reef defaults (17 frames at
+# 96x96); at 50 steps the reef model finishes that in about a minute on two idle cores (server/README.md).
+CPU_MAXIMA = {"max_frames": 33, "max_height": 256, "max_width": 256, "max_steps": 50}
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything `wanrt serve` takes. ``validated()`` checks it all; the app only runs validated configs."""
@@ -110,7 +119,8 @@ class ServerConfig:
     c2pa_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
-    # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold.
+    # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold. Unset on a
+    # CPU-only server: CPU_MAXIMA.
     max_frames: int | None = None
     max_height: int | None = None
     max_width: int | None = None
@@ -121,6 +131,16 @@ class ServerConfig:
     # SELinux name_connect. Neither carries requests or tokens.
     health_listen: str | None = None
     health_socket: Path | None = None
+
+    @property
+    def maxima(self) -> dict[str, int]:
+        """The limits to tighten the model's to: the --max-* options given, and on CPU-only servers CPU_MAXIMA
+        for those not given."""
+        cpu_only = not any(parse_device(device).is_cuda for device in self.devices)
+        chosen = {name: getattr(self, name) for name in LIMIT_OPTIONS}
+        if cpu_only:
+            chosen = {name: CPU_MAXIMA[name] if value is None else value for name, value in chosen.items()}
+        return {name: value for name, value in chosen.items() if value is not None}
 
     @property
     def listen_address(self) -> HostPort:
@@ -154,8 +174,10 @@ class ServerConfig:
             raise ConfigError("cfg_parallel", f"pairs devices: needs an even number of --device, got "
                                               f"{len(self.devices)}")
         for device in self.devices:
-            if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-                raise ConfigError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
+            try:
+                parse_device(device)
+            except InvalidRequestError as err:
+                raise ConfigError("device", err.message) from None
         listen = self.listen_address
         metrics = self.metrics_address
         if metrics is not None and metrics.port != 0 and (metrics.host, metrics.port) == (listen.host, listen.port):
@@ -174,7 +196,7 @@ class ServerConfig:
         if not isinstance(self.grace_seconds, int | float) or not math.isfinite(self.grace_seconds) \
                 or self.grace_seconds < 0:
             raise ConfigError("grace_seconds", f"must be a finite number >= 0, got {self.grace_seconds!r}")
-        for name in ("max_frames", "max_height", "max_width", "max_steps"):
+        for name in LIMIT_OPTIONS:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1 << 20)
         if self.max_request_bytes is not None:

@@ -13,7 +13,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from wanrt.engine.request import GenerationRequest
 from wanrt.errors import InvalidRequestError
-from wanrt.server.jobs import MP4, RAW_RGB24
+from wanrt.server.protocol import MP4, RAW_RGB24
 from wanrt.server.v1 import wanrt_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -21,7 +21,7 @@ M = TypeVar("M", bound=Message)
 FORMAT_NAMES = {pb.VIDEO_FORMAT_UNSPECIFIED: MP4, pb.VIDEO_FORMAT_MP4: MP4, pb.VIDEO_FORMAT_RAW_RGB24: RAW_RGB24}
 FORMAT_ENUMS = {MP4: pb.VIDEO_FORMAT_MP4, RAW_RGB24: pb.VIDEO_FORMAT_RAW_RGB24}
 MAX_CLIENT_REQUEST_ID = 128
-DEFAULTS = GenerationRequest(prompt="-")  # the engine's defaults apply to unset optional fields
+DEFAULTS = GenerationRequest.defaults()  # the engine's defaults apply to unset optional fields
 
 
 def parse_message(raw: bytes, cls: type[M]) -> M:

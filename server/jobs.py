@@ -26,10 +26,9 @@ from wanrt.engine.request import GenerationRequest
 from wanrt.errors import CancelledError
 from wanrt.server.errors import DrainingError, QueueFullError
 from wanrt.server.metrics import Metrics
+from wanrt.server.protocol import MP4, RAW_RGB24
 
 log = logging.getLogger("wanrt.server")
-
-MP4, RAW_RGB24 = "mp4", "raw_rgb24"
 
 
 class Pipeline(Protocol):
@@ -64,7 +63,6 @@ class FailedEvent:
 
 
 Event = ProgressEvent | DataEvent | DoneEvent | FailedEvent
-FINAL = (DoneEvent, FailedEvent)
 
 
 class Job:

@@ -26,16 +26,16 @@ from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import CancelledError, InvalidRequestError
 from wanrt.server.audit import AuditLog
-from wanrt.server.auth import SERVICE, TokenStore, bearer_token, certificate_subject
+from wanrt.server.auth import SERVICE, bearer_token, certificate_subject
 from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, audit_params, parse_message, request_from_proto
 from wanrt.server.errors import DrainingError, QueueFullError
-from wanrt.server.jobs import MP4, DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
+from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
 from wanrt.server.metrics import Metrics
+from wanrt.server.protocol import CHUNK_BYTES, MP4
 from wanrt.server.v1 import wanrt_pb2 as pb
 
 log = logging.getLogger("wanrt.server")
 
-CHUNK_BYTES = 1 << 20  # largest VideoChunk.data; the server's send limit leaves room for the envelope
 _STAGES = {"text": pb.STAGE_TEXT, "denoise": pb.STAGE_DENOISE, "decode": pb.STAGE_DECODE}
 _EVENT_POLL_S = 1.0  # how often a handler waiting on its job re-checks that the client is still there
 
@@ -76,16 +76,30 @@ class ModelFacts:
     max_request_bytes: int
 
 
+def caller(context: grpc.ServicerContext, token_id: str | None) -> dict[str, Any]:
+    """Who is calling, for the audit line: the token's id (checked by the interceptor), else the verified
+    client certificate's subject, else anonymous."""
+    subject = certificate_subject(context)
+    if token_id is not None:
+        principal, kind = token_id, "token"
+    elif subject is not None:
+        principal, kind = subject, "certificate"
+    else:
+        principal, kind = "anonymous", "none"
+    return {"principal": principal, "principal_kind": kind, "certificate_subject": subject, "peer": context.peer()}
+
+
 class _Call:
     """One call's audit record, written exactly once."""
 
-    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext,
+                 token_id: str | None = None) -> None:
         self.service = service
         self.method = method
         self.context = context
         self.received_at = time.monotonic()
         self.id = uuid.uuid4().hex  # the request id: audit line, job id, server log
-        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **service.caller(context, method)}
+        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **caller(context, token_id)}
         self.written = False
 
     def finish(self, code: grpc.StatusCode, error: CallStatus | None = None, **fields: Any) -> None:
@@ -122,15 +136,17 @@ class _AuditFailed(Exception):
 
 
 class VideoGenerationService:
+    """The handlers take the caller's ``token_id`` from the token interceptor (auth.TokenInterceptor), which
+    checked it; without tokens configured there is no interceptor and no token id."""
+
     def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
-                 tokens: TokenStore | None = None, keep_prompt_text: bool = False,
+                 keep_prompt_text: bool = False,
                  draining: Callable[[], bool] = lambda: False,
                  on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
         self.jobs = jobs
         self.facts = facts
         self.audit = audit
         self.metrics = metrics
-        self.tokens = tokens
         self.keep_prompt_text = keep_prompt_text
         self.draining = draining
         self.on_audit_failure = on_audit_failure
@@ -165,20 +181,6 @@ class VideoGenerationService:
 
     # --- who is calling --------------------------------------------------------------------------------
 
-    def caller(self, context: grpc.ServicerContext, method: str) -> dict[str, Any]:
-        subject = certificate_subject(context)
-        token_id = None
-        if self.tokens is not None:
-            token_id = self.tokens.check(context.invocation_metadata(), method).token_id
-        if token_id is not None:
-            principal, kind = token_id, "token"
-        elif subject is not None:
-            principal, kind = subject, "certificate"
-        else:
-            principal, kind = "anonymous", "none"
-        return {"principal": principal, "principal_kind": kind, "certificate_subject": subject,
-                "peer": context.peer()}
-
     def audit_denied(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
                      token_id: str | None) -> None:
         """The token interceptor's refusals are audited like every other call."""
@@ -193,8 +195,8 @@ class VideoGenerationService:
 
     # --- DescribeModel -----------------------------------------------------------------------------------
 
-    def describe_model(self, raw: bytes, context: grpc.ServicerContext) -> pb.ModelInfo:
-        call = _Call(self, "DescribeModel", context)
+    def describe_model(self, raw: bytes, context: grpc.ServicerContext, token_id: str | None = None) -> pb.ModelInfo:
+        call = _Call(self, "DescribeModel", context, token_id)
         try:
             parse_message(raw, pb.DescribeModelRequest)
             if self.draining():
@@ -224,8 +226,9 @@ class VideoGenerationService:
 
     # --- Generate ----------------------------------------------------------------------------------------
 
-    def generate(self, raw: bytes, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
-        call = _Call(self, "Generate", context)
+    def generate(self, raw: bytes, context: grpc.ServicerContext,
+                 token_id: str | None = None) -> Iterator[pb.GenerateResponse]:
+        call = _Call(self, "Generate", context, token_id)
         job: Job | None = None
         self._call_opened(+1)
         try:

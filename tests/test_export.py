@@ -27,6 +27,8 @@ from wanrt.errors import ArtifactError, ExportVerificationError, InvalidRequestE
 from wanrt.export import onnx_io
 from wanrt.export.exporter import export_pipeline
 
+pytestmark = pytest.mark.slow
+
 TWO_EXPERT_GRAPHS = {"text_encoder", "transformer", "transformer_2", "vae_decoder_init", "vae_decoder_step"}
 
 

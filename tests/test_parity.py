@@ -10,6 +10,8 @@ import pytest
 from wanrt.engine.loader import load_pipeline
 from wanrt.engine.request import GenerationRequest
 
+pytestmark = pytest.mark.slow
+
 FRAMES, HEIGHT, WIDTH, STEPS = 9, 64, 48, 6
 PROMPT = "a school of glowing jellyfish drifts past a hydrothermal vent"
 NEGATIVE = "murky dark water"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from wanrt.errors import ArtifactError, ConfinementError, InvalidRequestError, ModelFormatError, WanrtError
 
-EXIT_USAGE = 2  # bad arguments or input: nothing was produced
+EXIT_USAGE = 2  # bad arguments or input (a missing or unwritable file among them): nothing was produced
 EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavailable
 
 # Stages that add subcommands; each module exposes register(subparsers). Imported lazily so that, e.g.,
@@ -40,8 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
         return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError) else EXIT_FAILED
+    except OSError as err:  # a missing input or an unwritable output: the file and the reason, no traceback
+        print(f"wanrt: error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def describe_os_error(err: OSError) -> str:
+    """``/out/clip.mp4: Permission denied`` rather than ``[Errno 13] Permission denied: '/out/clip.mp4'``."""
+    if err.filename is None or not err.strerror:
+        return str(err)
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+    return f"{where}: {err.strerror}"
 
 
 if __name__ == "__main__":

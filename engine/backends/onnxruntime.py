@@ -9,33 +9,41 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.device import parse_device
 from wanrt.errors import ArtifactError, BackendUnavailableError
 
 
 def providers_for(device: str) -> list[object]:
     """``cpu``, ``cuda`` or ``cuda:N`` -> onnxruntime's provider list (one GPU per worker)."""
-    if device == "cpu":
+    parsed = parse_device(device)
+    if not parsed.is_cuda:
         return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise BackendUnavailableError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": parsed.index}), "CPUExecutionProvider"]
+
+
+def session_options(session_config: Mapping[str, str]) -> object:
+    """onnxruntime session options with the given config entries (an artifact's
+    ``Manifest.onnxruntime_session_config``: what its quantized graphs were measured and must run with)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
+    return options
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu") -> None:
+    def __init__(self, art_dir: Path, graph_files: Mapping[str, str], *, device: str = "cpu",
+                 session_config: Mapping[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         providers = providers_for(device)
-        if device != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Run Q/DQ graphs as written: onnxruntime's fused INT8 kernels drift ~0.4% from the Q/DQ maths and its
-        # FP8 rewrite cannot load at all. Exact Q/DQ is what makes onnxruntime TensorRT's CPU reference.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        options = session_options(session_config or {})
         self._sessions = {}
         for name, file in graph_files.items():
             try:

@@ -9,7 +9,6 @@ and GPU model are checked, and each engine's bytes are hashed as they are loaded
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, load_artifact, sha256_file
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.device import parse_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.tensorrt.engine_manifest import (
     ENGINES_MANIFEST,
@@ -38,11 +38,11 @@ _MODEL_SUFFIXES = (".onnx", ".onnx.data")  # the files engines replace at servin
 
 def cuda_device_index(device: str) -> int:
     """"cuda" -> 0, "cuda:N" -> N; anything else is refused: TensorRT runs on NVIDIA GPUs only."""
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if match is None:
+    parsed = parse_device(device)
+    if not parsed.is_cuda:
         raise InvalidRequestError("device", f"the tensorrt backend runs on a CUDA GPU: use cuda or cuda:N, "
                                             f"got {device!r}")
-    return int(match.group(1) or 0)
+    return parsed.index
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.device import parse_device
 from wanrt.errors import BackendUnavailableError
 
 
@@ -24,7 +25,7 @@ class TorchBackend:
         from wanrt.export.vae_decoder import VaeDecoderInit, VaeDecoderStep
 
         self._torch = torch
-        self._device = torch.device(device)
+        self._device = torch.device(str(parse_device(device)))
         model_dir = Path(model_dir)
 
         # float32: the reference every lower-precision engine is measured against.

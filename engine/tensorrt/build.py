@@ -15,8 +15,6 @@ import collections
 import dataclasses
 import datetime
 import os
-import secrets
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +46,7 @@ from wanrt.engine.tensorrt.profiles import (
     serving_limits,
 )
 from wanrt.errors import ArtifactError, InvalidRequestError
+from wanrt.publish import destination, publishing
 
 # Lowest compute capability whose tensor cores run the precision.
 _MIN_CAPABILITY = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
@@ -273,13 +272,13 @@ def build_engines(
 
     say = progress or (lambda _message: None)
     options = options or BuilderOptions()
-    art_dir, out_dir = Path(art_dir), Path(os.path.abspath(out_dir))
+    art_dir = Path(art_dir)
     say("checking the artifact")
     manifest = load_artifact(art_dir)
     limits = serving_limits(manifest.spec, max_frames=max_frames, max_height=max_height, max_width=max_width,
                             min_size=min_size)
     plan_build(art_dir, manifest, limits, opt, memory=memory)  # every GPU-independent refusal, before TensorRT
-    _refuse_existing(out_dir)
+    out_dir = destination(out_dir)
 
     trt = tensorrt_module()
     device = CudaDevice(device_index)
@@ -291,10 +290,7 @@ def build_engines(
     say(plan.memory.render())
     chosen_memory = MemoryOptions(plan.memory.residency, plan.memory.streaming_budget)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
-    try:
+    with publishing(out_dir) as partial:  # a half-built folder must never look usable
         engines = {}
         with device.active():
             for build in plan.graphs:
@@ -315,21 +311,8 @@ def build_engines(
             wanrt_version=_wanrt_version(),
         )
         write_engines_manifest(partial, result)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); raises if something appeared there meanwhile
-        partial.rename(out_dir)
-    except BaseException:  # KeyboardInterrupt included: a half-built folder must never look usable
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     say(f"wrote {out_dir}")
     return result
-
-
-def _refuse_existing(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidRequestError("out", f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise InvalidRequestError("out", f"{out_dir} already exists and is not empty; refusing to overwrite it")
 
 
 def _manifest_sha256(art_dir: Path) -> str:

@@ -60,11 +60,6 @@ def tensorrt_module() -> Any:
         import tensorrt as trt
     except (ImportError, OSError) as err:  # OSError: bindings present but libnvinfer missing
         raise BackendUnavailableError(f"TensorRT is not usable here ({err}); {_INSTALL}") from None
-    if getattr(trt, "__file__", None) is None or not hasattr(trt, "Builder"):
-        # A directory named tensorrt on sys.path (tests/tensorrt, say) imports as an empty namespace package.
-        where = getattr(trt, "__file__", None) or ", ".join(sorted(set(getattr(trt, "__path__", []))))
-        raise BackendUnavailableError(f"TensorRT is not usable here (no TensorRT package; 'import tensorrt' found "
-                                      f"only {where}); {_INSTALL}")
     version = tuple(int(v) for v in str(trt.__version__).split(".")[:2])
     if version < MIN_VERSION or version[0] not in SUPPORTED_MAJORS:
         raise BackendUnavailableError(f"wanrt's TensorRT backend runs TensorRT {MIN_VERSION[0]}.{MIN_VERSION[1]} "

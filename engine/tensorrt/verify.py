@@ -96,7 +96,8 @@ def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thres
     if set(ref.graphs) != set(artifact.graphs):
         raise VerificationFailed(f"the reference {ref_dir} has graphs {sorted(ref.graphs)}, the engines "
                                  f"{sorted(artifact.graphs)}: not the same model")
-    ort = OnnxRuntimeBackend(ref_dir, {n: g["file"] for n, g in ref.graphs.items()})
+    ort = OnnxRuntimeBackend(ref_dir, {n: g["file"] for n, g in ref.graphs.items()},
+                             session_config=ref.onnxruntime_session_config)
     spec = artifact.spec
     opt = engines.opt
     rng = np.random.default_rng(seed)

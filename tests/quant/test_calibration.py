@@ -9,6 +9,7 @@ import pytest
 
 from wanrt.engine.loader import load_pipeline
 from wanrt.quant import metrics
+from wanrt.quant.backend_wrappers import SubstitutingBackend, with_backend
 from wanrt.quant.calibration import calibration_requests, capture
 from wanrt.quant.placement import EXPERT_RULES, plan
 from wanrt.quant.prompts import CALIBRATION_PROMPTS, REPORT_PROMPTS, prompts_sha256, read_prompt_file
@@ -17,11 +18,16 @@ from wanrt.quant.smooth import smooth
 SIZE = {"frames": 5, "height": 32, "width": 32}
 
 
+def _refuse(*_args):
+    raise AssertionError("calibration must not run the VAE decoder")
+
+
 def test_capture_records_what_each_expert_receives(tiny_artifact_dir):
     pipeline = load_pipeline(tiny_artifact_dir, "onnxruntime")
-    backend_type = type(pipeline.backend)
+    backend = pipeline.backend
     requests = calibration_requests(["a ray swims", "bubbles rise"], steps=4, **SIZE)
-    record = capture(pipeline, requests)
+    no_decoder = with_backend(pipeline, SubstitutingBackend(backend, decode_first=_refuse, decode_next=_refuse))
+    record = capture(no_decoder, requests)
     boundary = pipeline.spec.boundary_timestep
     assert [c.expert for c in record.expert_calls] == ["transformer"] * 2 + ["transformer_2"] * 2 + \
         ["transformer"] * 2 + ["transformer_2"] * 2
@@ -34,8 +40,9 @@ def test_capture_records_what_each_expert_receives(tiny_artifact_dir):
         assert not np.array_equal(feeds["encoder_hidden_states"][0], feeds["encoder_hidden_states"][1])
         assert np.all(feeds["timestep"] == call.timestep)
     assert len(record.text_calls) == 2 and record.text_calls[0]["input_ids"].shape[0] == 2
-    # The backend is restored: its methods are the class's again.
-    assert "predict_noise" not in vars(pipeline.backend) and type(pipeline.backend) is backend_type
+    # Nothing was patched: the pipelines keep their backends, the backend its class's methods.
+    assert pipeline.backend is backend and not {"predict_noise", "encode_text"} & set(vars(backend))
+    assert no_decoder.backend.predict_noise.__self__ is no_decoder.backend
 
 
 def test_smoothing_keeps_the_function(tiny_artifact_dir):

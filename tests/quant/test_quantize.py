@@ -25,6 +25,8 @@ from wanrt.cli import main  # noqa: E402
 from wanrt.engine.artifact import load_artifact, sha256_file  # noqa: E402
 from wanrt.quant.quantizer import QuantizeConfig, quantize_artifact  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 EXPERTS = ("transformer", "transformer_2")
 SIZE = {"frames": 5, "height": 32, "width": 32}
 # Two calibration prompts x 4 steps: timesteps 999, 900 go to the high-noise expert, 750, 500 to the low-noise.
@@ -143,8 +145,6 @@ def test_artifact_manifest_and_untouched_parts(int8_dir, tiny_artifact_dir):
         # The onnxruntime attention form is remade from the quantized graph, not copied from the FP32 one.
         assert manifest.graphs[name]["attention"]["onnxruntime"]["file"] == f"{name}.ort.onnx"
         assert manifest.files[f"{name}.ort.onnx"] != src.files[f"{name}.ort.onnx"]
-        assert 0.0 <= json.loads((int8_dir / "manifest.json").read_text())["quantization"]["graphs"][name][
-            "onnxruntime_form_max_rel_error"] <= 1e-4
     block = json.loads((int8_dir / "manifest.json").read_text())["quantization"]
     assert block["mode"] == "int8" and block["tools"]["nvidia-modelopt"]
     assert block["unquantized"]["text_encoder"] == "fp32" and block["unquantized"]["vae_decoder"] == "fp32"
@@ -203,5 +203,9 @@ def test_fp8_graphs_and_quantized_text_encoder(tiny_artifact_dir, tmp_path):
     block = json.loads((out / "manifest.json").read_text())["quantization"]
     assert block["mode"] == "fp8" and block["unquantized"]["text_encoder"] == "quantized"
     assert block["onnxruntime_session_config"] == {"session.disable_quant_qdq": "1"}
+    assert load_artifact(out).quantization.onnxruntime_session_config == block["onnxruntime_session_config"]
+    # onnxruntime loads FP8 Q/DQ graphs only with that config: the serving backend reads it from the manifest.
+    args = ["generate", "--prompt", "a turtle drifts", "--backend", "onnxruntime", *_size_args(), "--steps", "2"]
+    assert main([*args, "--model", str(out), "--out", str(tmp_path / "fp8.npy")]) == 0
     assert report["text_encoder"]["cosine_min"] > 0.99
     assert all(e["cosine_min"] > 0.99 for e in report["experts"].values())

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from wanrt.engine.artifact import load_artifact
 from wanrt.engine.loader import load_pipeline
@@ -32,6 +33,7 @@ def test_shipped_model_makes_a_clip_that_looks_like_the_prompt():
     assert Probes.load().classify(frames)["palette"] == "turquoise"
 
 
+@pytest.mark.slow  # 25 clips and their probes: a minute and more on 2 cores
 def test_shipped_model_meets_the_demo_bar_on_held_out_prompts(tmp_path: Path):
     """Issue 6's bar, measured the way reef/README.md reports it: `wanrt eval --prompts 25` on the default model
     (onnxruntime, held-out wording). It scored motion 88% / palette 100%; the bar leaves two clips of room for

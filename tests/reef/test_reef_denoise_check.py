@@ -11,6 +11,8 @@ from wanrt.reef import denoise_check as D
 from wanrt.reef import train as T
 from wanrt.reef.renderer import render_clip
 
+pytestmark = pytest.mark.slow  # trains a quick reef model first
+
 
 @pytest.fixture(scope="module")
 def sampler(tmp_path_factory):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from wanrt.reef import latent_check as L
+from wanrt.reef.data import balanced_attributes
+from wanrt.reef.latent_basis import BlockPCA
 from wanrt.reef.renderer import SceneAttributes, render_clip
-from wanrt.reef.train import BlockPCA, balanced_attributes
 
 
 def _clips(n: int, frames: int = 9) -> np.ndarray:

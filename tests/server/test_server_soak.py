@@ -7,7 +7,11 @@ import dataclasses
 import os
 import threading
 
+import pytest
 from server_testkit import TINY, rss_bytes, running_server
+
+pytestmark = pytest.mark.slow
+SERVER_BACKENDS = ("onnxruntime",)  # leaks are looked for on what production serves with
 
 JOBS = 50
 WARMUP = 5

@@ -28,7 +28,8 @@ from wanrt.engine.text import PromptTokenizer
 from wanrt.errors import ArtifactError, InvalidRequestError
 
 REASON = gpu_unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT 10.14+/11 and a CUDA GPU: {REASON}")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT 10.14+/11 and a CUDA GPU: {REASON}")]
 
 # The tiny export is fp32: strongly typed engines run it in fp32 with TF32 matmuls/convs (10 mantissa bits).
 TF32_TOLERANCE = 1e-2

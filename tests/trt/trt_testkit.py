@@ -52,8 +52,7 @@ def write_standin_engines(engines_dir: Path, art_dir: Path, artifact: Manifest, 
 
 
 def tensorrt_unavailable() -> str | None:
-    """Why TensorRT cannot be used here, or None. Not find_spec("tensorrt"): with tests/ on sys.path, this very
-    folder imports as an (empty) namespace package named tensorrt."""
+    """Why TensorRT cannot be used here, or None (the backend's own check: importable, and the supported major)."""
     from wanrt.engine.tensorrt.engine import tensorrt_module
     from wanrt.errors import BackendUnavailableError
 
