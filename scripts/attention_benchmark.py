@@ -43,7 +43,7 @@ class StepCase:
     """One expert call: ``batch`` x (latent frames, height, width) latents, ``text`` context tokens."""
 
     name: str
-    model: str  # "tiny" (tests/tiny_wan.py), "reef" (reef/train.py TrainConfig.gpu()), "a14b" (1 layer, full width)
+    model: str  # "tiny" (tests/tiny_wan.py), "reef" (reef/networks.py, TrainConfig.gpu()), "a14b" (1 layer, full width)
     batch: int
     latent: tuple[int, int, int]
     text: int
@@ -90,7 +90,8 @@ def _build_expert(model: str) -> Any:
 
         return build_transformer(1)
     if model == "reef":
-        from wanrt.reef.train import TrainConfig, build_expert
+        from wanrt.reef.config import TrainConfig
+        from wanrt.reef.networks import build_expert
 
         return build_expert(TrainConfig.gpu()).eval()
     from diffusers import WanTransformer3DModel
@@ -111,14 +112,9 @@ def _build_pipeline(model: str, out: Path) -> Path:
     from diffusers import WanPipeline
     from transformers import PreTrainedTokenizerFast
 
-    from wanrt.reef.train import (
-        BOUNDARY_RATIO,
-        TrainConfig,
-        build_expert,
-        build_scheduler,
-        build_text_encoder,
-        build_vae,
-    )
+    from wanrt.reef.config import TrainConfig
+    from wanrt.reef.flow import BOUNDARY_RATIO
+    from wanrt.reef.networks import build_expert, build_scheduler, build_text_encoder, build_vae
 
     cfg = TrainConfig.gpu()
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(ROOT / "reef" / "model" / "tokenizer.json"),
