@@ -19,6 +19,8 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 TOKENIZER_NAME = "tokenizer.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+# Compute precision a graph may record ("dtype"; absent: fp32). Graph inputs and outputs are fp32 whatever it is.
+GRAPH_DTYPES = ("fp32", "bf16", "fp16")
 # Files onnxruntime or TensorRT would load: one present but unlisted means the folder was tampered with.
 _MODEL_SUFFIXES = (".onnx", ".onnx.data")
 
@@ -129,6 +131,8 @@ class Manifest:
                 raise ArtifactError(f"{MANIFEST_NAME}: {name} is not an object")
         if not all(isinstance(g, dict) and isinstance(g.get("file"), str) for g in values["graphs"].values()):
             raise ArtifactError(f"{MANIFEST_NAME}: every graph needs a \"file\"")
+        if not all(g.get("dtype", "fp32") in GRAPH_DTYPES for g in values["graphs"].values()):
+            raise ArtifactError(f"{MANIFEST_NAME}: a graph's dtype must be one of {', '.join(GRAPH_DTYPES)}")
         if not all(isinstance(h, str) for h in values["files"].values()):
             raise ArtifactError(f"{MANIFEST_NAME}: files must map paths to sha256 strings")
         try:

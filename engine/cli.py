@@ -67,13 +67,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run the cond and uncond halves of each guided step on the two --device at once")
     add_trust_argument(parser)
     add_provenance_arguments(parser)
+    add_memory_budget_argument(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
+
+
+def add_memory_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """``--memory-budget``, shared by `wanrt generate` and `wanrt serve`."""
+    parser.add_argument("--memory-budget", default=None,
+                        help="memory a request may bring the process to, e.g. 6G (default: the cgroup limit, "
+                             "else physical memory, less a reserve); larger requests are refused before they run")
 
 
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from wanrt.engine.admission import admission_for
+    from wanrt.engine.budget import parse_size
     from wanrt.engine.loader import load_pipelines
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
@@ -85,10 +95,15 @@ def _generate(args: argparse.Namespace) -> int:
     if len(devices) != (2 if args.cfg_parallel else 1):
         raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
                                             f"{len(devices)}")
+    budget = None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget)
     model = _model_or_default(args)
     provenance = provenance_key(args)
     check_trusted(model, args.trust)
     (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
+    request.validate(pipeline.limits)
+    admission = admission_for(pipeline, budget, devices)
+    if admission is not None:
+        admission.check(request)  # before anything runs: refused with what would fit
     bars: dict[str, tqdm] = {}
 
     def show(progress: Progress) -> None:

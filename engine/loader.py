@@ -65,7 +65,7 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
     return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
                          OnnxRuntimeBackend(art_dir, graphs, device=device,
                                             session_config=manifest.onnxruntime_session_config),
-                         identity=identity)
+                         identity=identity, graphs={name: art_dir / file for name, file in graphs.items()})
 
 
 def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:

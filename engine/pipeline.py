@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from wanrt.engine.request import GenerationRequest, Limits
 from wanrt.engine.schedulers import scheduler_from_config
 from wanrt.engine.spec import ModelSpec
 from wanrt.engine.text import PromptTokenizer, zero_padding_positions
-from wanrt.errors import CancelledError, InvalidRequestError
+from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +38,13 @@ class VideoPipeline:
 
     def __init__(
         self, spec: ModelSpec, tokenizer: PromptTokenizer, backend: Backend, *, identity: dict[str, str],
-        limits: Limits | None = None,
+        limits: Limits | None = None, graphs: dict[str, Path] | None = None,
     ) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
         self.backend = backend
         self.identity = identity  # what made the video: model path, artifact hashes, backend (for audit)
+        self.graphs = graphs  # the ONNX graphs the backend runs as they are: what the memory estimate reads
         self.limits = limits or Limits(
             frame_multiple=spec.vae_scale_temporal, size_multiple=spec.vae_scale_spatial * spec.patch_size[1]
         )
@@ -57,6 +59,16 @@ class VideoPipeline:
         """Yields (T, H, W, 3) uint8 chunks in order; raises CancelledError at a step boundary when asked."""
         request.validate(self.limits)
         latents = self._initial_latents(request)  # checked before any network runs
+        try:
+            yield from self._run(request, latents, on_progress, should_stop)
+        except Exception as err:
+            if not is_allocation_failure(err):
+                raise
+            raise InsufficientMemoryError(f"out of memory while generating {request.frames} frames at "
+                                          f"{request.height}x{request.width}: {_first_line(err)}") from err
+
+    def _run(self, request: GenerationRequest, latents: np.ndarray, on_progress: ProgressCallback | None,
+             should_stop: StopCheck | None) -> Iterator[np.ndarray]:
         started = time.monotonic()
 
         def report(stage: str, step: int, total: int) -> None:
@@ -123,6 +135,21 @@ class VideoPipeline:
                             else self.backend.decode_next(frame, state))
             yield to_uint8_frames(video)
             report("decode", k + 1, total)
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """An allocation that failed while a network ran: MemoryError, onnxruntime's "Failed to allocate memory",
+    torch's OutOfMemoryError / "can't allocate memory", CUDA's "out of memory"."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return any(sign in text for sign in ("Failed to allocate memory", "can't allocate memory", "out of memory",
+                                         "bad_alloc", "OUT_OF_MEMORY"))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def to_uint8_frames(video: np.ndarray) -> np.ndarray:

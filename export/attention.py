@@ -52,13 +52,14 @@ def count_ops(path: Path) -> dict[str, int]:
 
 
 def record(path: Path, check: Callable[[Path], Sequence[Any]], *, required: bool = False,
-           shapes_from: Path | None = None) -> tuple[dict, list]:
+           shapes_from: Path | None = None, onnxruntime_form: bool = True) -> tuple[dict, list]:
     """The manifest's ``attention`` entry for the graph at ``path``, and parity results for its onnxruntime form.
 
     Writes ``<graph>.ort.onnx`` (see onnxruntime_attention.py) when some attention can run as onnxruntime's
     linear-memory kernel, and checks it with ``check`` (the same feeds and tolerance as the graph itself).
     ``required``: the graph must carry attention as the operator and nothing else (the DiT experts).
     ``shapes_from``: the graph ``path`` was derived from, for tensor shapes ``path`` no longer records.
+    ``onnxruntime_form``: False for bf16/fp16 graphs, which keep the standard form on every backend.
     """
     from wanrt.export.onnxruntime_attention import CONTRIB_DOMAIN, CONTRIB_OPERATOR, write_onnxruntime_variant
 
@@ -70,7 +71,7 @@ def record(path: Path, check: Callable[[Path], Sequence[Any]], *, required: bool
             "bypassing scaled_dot_product_attention?)")
     entry: dict[str, Any] = {"operator": OPERATOR, "opset": OPSET, "nodes": counts[OPERATOR],
                              "softmax_nodes": counts["Softmax"]}
-    if not counts[OPERATOR]:
+    if not counts[OPERATOR] or not onnxruntime_form:
         return entry, []
     variant = write_onnxruntime_variant(path, shapes_from=shapes_from)
     if variant is None:

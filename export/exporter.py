@@ -32,21 +32,31 @@ def export_pipeline(
     *,
     external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
     progress: Progress | None = None,
+    dtype: str = "fp32",
+    vae_dtype: str = "fp32",
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
+
+    ``dtype`` is the compute precision of the text encoder and experts, ``vae_dtype`` the VAE decoder's
+    (export/precision.py); graph inputs and outputs are fp32 whatever they are.
     """
+    from wanrt.export.precision import VAE_DTYPES, check_dtype
+
+    check_dtype("dtype", dtype)
+    check_dtype("vae_dtype", vae_dtype, VAE_DTYPES)
     say = progress or (lambda _message: None)
     model_dir = Path(model_dir)
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
     out_dir = destination(out_dir)
     with publishing(out_dir) as partial:  # a half-written artifact is never left behind
-        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say)
+        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype))
     say(f"wrote {out_dir}")
     return manifest
 
 
-def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress) -> Manifest:
+def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
+                 dtypes: tuple[str, str]) -> Manifest:
     from wanrt.export.text_encoder import export_text_encoder
     from wanrt.export.transformer import export_expert
 
@@ -57,14 +67,16 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
 
     exported: list[onnx_io.ExportedGraph] = []
     say("text_encoder: export and parity check")
-    exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold))
+    dtype, vae_dtype = dtypes
+    exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold, dtype=dtype))
     _release()
     for name in spec.experts:
         say(f"{name}: export and parity check")
-        exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold))
+        exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold,
+                                      dtype=dtype))
         _release()  # each real expert is 14B parameters: never hold two
     say("vae decoder: export and parity check")
-    vae = _export_vae(model_dir, art_dir, threshold)
+    vae = _export_vae(model_dir, art_dir, threshold, vae_dtype)
     _release()
 
     graphs = {g.name: g.manifest_entry() for g in exported}
@@ -88,14 +100,14 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
     return manifest
 
 
-def _export_vae(model_dir: Path, art_dir: Path, threshold: int) -> dict[str, Any]:
+def _export_vae(model_dir: Path, art_dir: Path, threshold: int, dtype: str) -> dict[str, Any]:
     import torch
     from diffusers import AutoencoderKLWan
 
     from wanrt.export.vae_decoder import export_vae_decoder
 
     vae = AutoencoderKLWan.from_pretrained(model_dir / "vae", local_files_only=True, torch_dtype=torch.float32)
-    return export_vae_decoder(vae.eval(), art_dir, external_data_threshold=threshold)
+    return export_vae_decoder(vae.eval(), art_dir, external_data_threshold=threshold, dtype=dtype)
 
 
 def _release() -> None:

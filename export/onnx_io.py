@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,9 @@ import torch
 
 from wanrt.errors import ExportVerificationError
 from wanrt.export import attention
+from wanrt.export.scopes import SCOPE_METADATA_KEY
 
 OPSET = attention.OPSET  # attention exports as one operator from this opset on (see attention.py)
-# The one piece of exporter metadata an artifact keeps: each node's module path (quantization places by it).
-SCOPE_METADATA_KEY = "pkg.torch.onnx.name_scopes"
 # protobuf refuses single messages over 2 GiB; ONNX's own rule is to move weights out beyond that.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 
@@ -82,10 +80,12 @@ class ParityResult:
     graph: str
     shapes: dict[str, tuple[int, ...]]
     max_rel_error: float
+    dtype: str = "fp32"  # the graph's compute precision when checked (always against fp32 PyTorch)
+    tolerance: float = 1e-4
 
     def as_dict(self) -> dict[str, Any]:
-        return {"graph": self.graph, "shapes": {k: list(v) for k, v in self.shapes.items()},
-                "max_rel_error": self.max_rel_error}
+        return {"graph": self.graph, "dtype": self.dtype, "shapes": {k: list(v) for k, v in self.shapes.items()},
+                "max_rel_error": self.max_rel_error, "tolerance": self.tolerance}
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -101,23 +101,22 @@ def check_parity(
     feeds: Mapping[str, np.ndarray],
     *,
     tolerance: float,
+    dtype: str = "fp32",
 ) -> ParityResult:
-    """Runs the ONNX graph in onnxruntime (CPU) and ``module`` in PyTorch on the same inputs; raises on drift."""
-    import onnxruntime as ort
+    """Runs the ONNX graph in onnxruntime on the CPU (bf16 graphs emulated: precision.emulate_bf16) and ``module``
+    in PyTorch on the same inputs; raises on drift."""
+    from wanrt.export.precision import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, dict(feeds))
+    got = cpu_session(path).run(None, dict(feeds))
     with torch.no_grad():
         expected = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
     if isinstance(expected, torch.Tensor):
         expected = (expected,)
     worst = max(relative_error(g, e.numpy()) for g, e in zip(got, expected, strict=True))
-    result = ParityResult(Path(path).name, {k: tuple(v.shape) for k, v in feeds.items()}, worst)
+    result = ParityResult(Path(path).name, {k: tuple(v.shape) for k, v in feeds.items()}, worst, dtype, tolerance)
     if not worst <= tolerance:
         raise ExportVerificationError(
-            f"{result.graph}: onnxruntime differs from PyTorch by max relative error {worst:.3e} "
+            f"{result.graph} ({dtype}): the graph differs from fp32 PyTorch by max relative error {worst:.3e} "
             f"(tolerance {tolerance:.0e}) at input shapes {result.shapes}"
         )
     return result
@@ -138,10 +137,12 @@ class ExportedGraph:
     shape_ranges: dict[str, dict[str, list[int]]]
     parity: tuple[ParityResult, ...]
     attention: dict[str, Any]  # attention.record(): the operator, and the onnxruntime form's file if any
+    precision: dict[str, Any] = dataclasses.field(default_factory=lambda: {"dtype": "fp32"})
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"file": self.files[0].name, "files": [p.name for p in self.files], "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges, "attention": self.attention}
+                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges, "attention": self.attention,
+                **self.precision}
 
 
 def export_verified(
@@ -156,12 +157,15 @@ def export_verified(
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
     tolerance: float = PARITY_TOLERANCE,
     require_fused_attention: bool = False,
+    dtype: str = "fp32",
+    fp32_rules: tuple[Any, ...] = (),
 ) -> ExportedGraph:
     """Exports ``module`` to ``out_dir/<name>.onnx`` and checks parity on every feed in ``parity_feeds``, for
     the graph and for its onnxruntime attention form if it has one.
 
     ``example`` and each feed are keyed by the module's forward argument names, in call order; those names
-    become the graph's input names.
+    become the graph's input names. With ``dtype`` bf16/fp16 the verified fp32 graph is then lowered
+    (export/precision.py, ``fp32_rules`` saying what stays fp32) and checked again against fp32 PyTorch.
     """
     path = Path(out_dir) / f"{name}.onnx"
     args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example.values())
@@ -169,11 +173,19 @@ def export_verified(
                          output_names=output_names, dynamic_shapes=dict(dynamic_shapes),
                          external_data_threshold=external_data_threshold)
     parity = [check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds]
+    precision = {"dtype": "fp32"}
+    if dtype != "fp32":
+        from wanrt.export.precision import lower_verified
+
+        lowered, precision = lower_verified(path, module, parity_feeds, dtype, fp32_rules,
+                                            external_data=len(files) > 1)
+        parity += list(lowered)
+    # Recorded on the final graph; only an fp32 graph gets the onnxruntime form (its parity is fp32's).
     entry, variant_parity = attention.record(
         path, lambda variant: [check_parity(variant, module, f, tolerance=tolerance) for f in parity_feeds],
-        required=require_fused_attention)
+        required=require_fused_attention, onnxruntime_form=dtype == "fp32")
     return ExportedGraph(name, tuple(files), tuple(example), tuple(output_names),
-                         _shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry)
+                         _shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry, precision)
 
 
 def _shape_ranges(example: Mapping[str, np.ndarray],

@@ -41,8 +41,11 @@ def export_text_encoder(
     spec: ModelSpec,
     *,
     external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
+    dtype: str = "fp32",
 ) -> onnx_io.ExportedGraph:
     """Exports and verifies the text encoder with dynamic batch (1..2) and text length."""
+    from wanrt.export.precision import TEXT_ENCODER_FP32
+
     module = load_text_encoder(model_dir)
     vocab = int(module.encoder.config.vocab_size)
     max_length = max(512, spec.text_length)
@@ -58,7 +61,7 @@ def export_text_encoder(
         # Shapes differ from the example: one short prompt alone, and a CFG pair at the serving length.
         parity_feeds=[_feeds(vocab, batch=1, length=7, seed=1), _feeds(vocab, batch=2, length=spec.text_length,
                                                                        seed=2)],
-        external_data_threshold=external_data_threshold,
+        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=TEXT_ENCODER_FP32,
     )
 
 

@@ -44,8 +44,11 @@ def export_expert(
     name: str,
     *,
     external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
+    dtype: str = "fp32",
 ) -> onnx_io.ExportedGraph:
     """Exports and verifies expert ``name`` (``transformer`` or ``transformer_2``) to ``<name>.onnx``."""
+    from wanrt.export.precision import EXPERT_FP32
+
     module = load_expert(model_dir, name)
     # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
     max_patches = int(module.transformer.config.rope_max_seq_len)
@@ -65,7 +68,7 @@ def export_expert(
         # length, and a CFG pair with a short context.
         parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
                       _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
-        external_data_threshold=external_data_threshold,
+        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32,
         require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
     )
 

@@ -272,7 +272,8 @@ def _feeds(
 
 
 def export_vae_decoder(
-    vae: nn.Module, out_dir: Path, *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES
+    vae: nn.Module, out_dir: Path, *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+    dtype: str = "fp32",
 ) -> dict[str, Any]:
     """Writes ``vae_decoder_init.onnx`` and ``vae_decoder_step.onnx`` to ``out_dir``, checks both against
     PyTorch in onnxruntime at two sizes, and returns the manifest entry.
@@ -306,21 +307,33 @@ def export_vae_decoder(
     # Parity against the unmodified (nearest-exact) decoder, so the switch above is checked too.
     feeds = [_feeds(init, layout, pb, ph, pw, seed=seed) for seed, (pb, ph, pw) in enumerate(_PARITY_SIZES, 1)]
     parity = []
+    feeds = [_feeds(init, layout, pb, ph, pw, seed=seed) for seed, (pb, ph, pw) in enumerate(_PARITY_SIZES, start=1)]
     for i_feeds, s_feeds in feeds:
         parity.append(check_parity(out_dir / INIT_FILE, init, i_feeds, tolerance=PARITY_TOLERANCE).as_dict())
         parity.append(check_parity(out_dir / STEP_FILE, step, s_feeds, tolerance=PARITY_TOLERANCE).as_dict())
-    # The mid-block's spatial attention: its onnxruntime form, checked on the same feeds.
+    precision: dict[str, dict[str, Any]] = {"init": {"dtype": "fp32"}, "step": {"dtype": "fp32"}}
+    if dtype != "fp32":
+        from wanrt.export.precision import VAE_DECODER_FP32, VAE_PARITY_LIMITS, lower_verified
+
+        for key, module, files, index in (("init", init, init_files, 0), ("step", step, step_files, 1)):
+            checks, precision[key] = lower_verified(out_dir / files[0].name, module, [f[index] for f in feeds],
+                                                    dtype, VAE_DECODER_FP32, external_data=len(files) > 1,
+                                                    limits=VAE_PARITY_LIMITS)
+            parity += [c.as_dict() for c in checks]
+    # The mid-block's spatial attention: its onnxruntime form (fp32 graphs), checked on the same feeds.
     init_attention, init_parity = attention.record(out_dir / INIT_FILE, lambda variant: [
-        check_parity(variant, init, f[0], tolerance=PARITY_TOLERANCE) for f in feeds])
+        check_parity(variant, init, f[0], tolerance=PARITY_TOLERANCE) for f in feeds],
+        onnxruntime_form=dtype == "fp32")
     step_attention, step_parity = attention.record(out_dir / STEP_FILE, lambda variant: [
-        check_parity(variant, step, f[1], tolerance=PARITY_TOLERANCE) for f in feeds])
+        check_parity(variant, step, f[1], tolerance=PARITY_TOLERANCE) for f in feeds],
+        onnxruntime_form=dtype == "fp32")
     parity += [p.as_dict() for p in init_parity + step_parity]
 
     return {
         "init": {"file": INIT_FILE, "files": [p.name for p in init_files],
-                 "inputs": ["latent"], "outputs": init_outputs, "attention": init_attention},
+                 "inputs": ["latent"], "outputs": init_outputs, "attention": init_attention, **precision["init"]},
         "step": {"file": STEP_FILE, "files": [p.name for p in step_files],
-                 "inputs": step_inputs, "outputs": step_outputs, "attention": step_attention},
+                 "inputs": step_inputs, "outputs": step_outputs, "attention": step_attention, **precision["step"]},
         "cache": layout.as_dict(),
         "z_dim": layout.z_dim,
         "out_channels": layout.out_channels,

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also compare `wanrt eval` prompt adherence on N held-out reef prompts (default: skip)")
     parser.add_argument("--min-psnr", type=float, default=DEFAULT_MIN_PSNR_DB,
                         help="gate: worst held-out clip PSNR vs FP32 in dB (default %(default)s)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=d.dtype,
+                        help="precision of the quantized graphs' unquantized part (norms, embeddings and modulation "
+                             "stay fp32 as in `wanrt export --dtype`; default %(default)s)")
     parser.add_argument("--force", action="store_true", help="write the artifact even when the gate fails")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=d.device,
                         help="onnxruntime device for calibration runs and the report (default %(default)s)")
@@ -61,7 +64,7 @@ def _quantize(args: argparse.Namespace) -> int:
         mode=args.mode, calib_steps=args.calib_steps, frames=args.frames, height=args.height, width=args.width,
         calib_max_samples=args.calib_max_samples, calib_method=args.calib_method, smooth_alpha=args.smooth_alpha,
         quantize_text_encoder=args.quantize_text_encoder, eval_prompts=args.eval_prompts,
-        min_psnr_db=args.min_psnr, force=args.force, device=args.device, **extra)
+        min_psnr_db=args.min_psnr, force=args.force, device=args.device, dtype=args.dtype, **extra)
     report = quantize_artifact(args.model, args.out, config, say=lambda msg: print(msg, file=sys.stderr))
     e2e = report["end_to_end"]
     print(f"{args.out}: {args.mode}, end-to-end PSNR mean {e2e['psnr_db_mean']:.2f} dB (worst "

@@ -12,13 +12,13 @@ names are opaque.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
 from typing import Any
 
 import onnx
 
+from wanrt.export.scopes import module_path
 from wanrt.quant import QuantizationError
 
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv")  # ops with weights: the candidates, each decided and listed
@@ -74,19 +74,6 @@ class Placement:
     @property
     def excluded(self) -> list[NodeDecision]:
         return [d for d in self.decisions if not d.quantize]
-
-
-def module_path(node: onnx.NodeProto) -> str | None:
-    """The innermost torch module a node was exported from, relative to the graph's root module, or None."""
-    scopes_text = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-    if scopes_text is None:
-        return None
-    scopes = [s for s in ast.literal_eval(scopes_text) if s]
-    modules = scopes[:-1]  # the last scope names the op itself (linear_5, conv3d, ...)
-    if not modules:
-        return ""
-    root, innermost = modules[0], max(modules, key=len)
-    return innermost[len(root) + 1:] if innermost.startswith(root + ".") else ""
 
 
 def plan(model: onnx.ModelProto, rules: tuple[Rule, ...]) -> Placement:

@@ -58,6 +58,7 @@ class QuantizeConfig:
     min_psnr_db: float = DEFAULT_MIN_PSNR_DB
     force: bool = False
     device: str = "cpu"  # onnxruntime device of the calibration runs, the calibration itself and the report
+    dtype: str = "fp32"  # compute precision of what is not quantized in the quantized graphs (export/precision.py)
 
     @property
     def alpha(self) -> float:
@@ -80,6 +81,9 @@ class QuantizeConfig:
             raise InvalidRequestError("report_prompts", "no prompt")
         if self.device not in ("cpu", "cuda"):
             raise InvalidRequestError("device", f"must be cpu or cuda, got {self.device!r}")
+        from wanrt.export.precision import check_dtype
+
+        check_dtype("dtype", self.dtype)
         if self.eval_prompts < 0:
             raise InvalidRequestError("eval_prompts", "must be 0 or more")
 
@@ -96,6 +100,10 @@ def quantize_artifact(source: Path, out_dir: Path, config: QuantizeConfig, *, sa
     manifest = load_artifact(source)  # hashes checked: calibrate only what the manifest vouches for
     if manifest.quantization is not None:
         raise InvalidRequestError("model", f"{source} is already quantized; quantize the FP32 artifact")
+    lowered = sorted(n for n, g in manifest.graphs.items() if g.get("dtype", "fp32") != "fp32")
+    if lowered:  # calibration runs the source in onnxruntime, and its numbers must be the fp32 ones
+        raise InvalidRequestError("model", f"{source} has {', '.join(lowered)} in bf16/fp16; quantize the fp32 "
+                                  "export and pass --dtype for the precision of the unquantized part")
     from wanrt.quant.ptq import require_modelopt
 
     require_modelopt()  # before minutes of calibration runs
@@ -108,6 +116,7 @@ def quantize_artifact(source: Path, out_dir: Path, config: QuantizeConfig, *, sa
 
 def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: QuantizeConfig, say: Say) -> dict:
     from wanrt.engine.loader import load_pipeline
+    from wanrt.export.precision import cpu_session
     from wanrt.quant import calibration, ptq, report
 
     spec = manifest.spec
@@ -141,7 +150,10 @@ def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: Quan
         model, entry, detail = _quantize_one(source, art_dir, manifest.graphs[name], name, rules, samples, config)
         graphs[name] = entry
         details[name] = detail
-        sessions[name] = ptq.session(art_dir / entry["file"], config.device)
+        # onnxruntime's CPU provider has no bf16 MatMul: bf16 graphs run emulated there (precision.emulate_bf16).
+        on_cpu_bf16 = config.dtype == "bf16" and config.device == "cpu"
+        sessions[name] = cpu_session(art_dir / entry["file"], ptq.ORT_SESSION_CONFIG) if on_cpu_bf16 \
+            else ptq.session(art_dir / entry["file"], config.device)
         del model
 
     networks = report.QuantizedNetworks({n: s for n, s in sessions.items() if n != "text_encoder"},
@@ -188,8 +200,15 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
     excluded = [d.as_dict() for d in plan.excluded] + [
         {**d.as_dict(), "reason": "left in high precision by ModelOpt"} for d in skipped]
     files = [dest.name] + ([dest.name + ".data"] if (art_dir / (dest.name + ".data")).exists() else [])
+    precision = {"dtype": "fp32"}
+    if config.dtype != "fp32":  # after the placement check, which reads the fp32 Q/DQ graph
+        from wanrt.export.precision import RULES, lower_graph, scopes_of
+
+        rules = RULES["text_encoder" if name == "text_encoder" else "expert"]
+        precision = lower_graph(dest, config.dtype, rules, external_data=len(files) > 1,
+                                scopes=scopes_of(model)).as_dict()  # its opset replaces the fp32 graph's
     opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
-    new_entry = {**entry, "files": files, "opset": opset}
+    new_entry = {**entry, "files": files, "opset": opset, **precision}
     if "attention" in entry:  # the Q/DQ graph's own onnxruntime form, checked against it on a calibration call
         new_entry["attention"], _ = attention.record(dest, lambda variant: [
             _check_same_outputs(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"])
@@ -274,7 +293,8 @@ def _quantization(source: Path, config: QuantizeConfig, record: Any, details: di
             "smoothquant_alpha": config.alpha,
         },
         unquantized={"vae_decoder": "fp32", "text_encoder": "quantized" if "text_encoder" in details else "fp32",
-                     "never_quantized_ops": list(placement.NEVER_QUANTIZED)},
+                     "never_quantized_ops": list(placement.NEVER_QUANTIZED),
+                     "quantized_graphs_dtype": config.dtype},
         report={"file": REPORT_NAME, "psnr_db_mean": result["end_to_end"]["psnr_db_mean"],
                 "psnr_db_min": result["end_to_end"]["psnr_db_min"], "ssim_mean": result["end_to_end"]["ssim_mean"],
                 "experts": {n: {"rel_error_mean": e["rel_error_mean"], "cosine_min": e["cosine_min"]}

@@ -10,7 +10,12 @@ PY=.venv/bin/python
 "$PY" -m pip install --quiet --upgrade pip
 # CPU build of torch pinned for test machines without a GPU; a GPU image brings its own torch.
 "$PY" -m pip install --quiet "torch==2.13.0"
-"$PY" -m pip install --quiet -e ".[export,quant,test]"
+"$PY" -m pip install --quiet -e ".[export,quant,bench,test]"
 
 "$PY" -m ruff check .
 "$PY" -m pytest -q "$@"
+# Bench smoke (a few seconds): the demo model's DiT and VAE on onnxruntime at a tiny shape; results to a temp dir.
+BENCH_OUT="$(mktemp -d)"
+"$PY" -m wanrt.cli bench --backends onnxruntime --components dit,vae --frames 1 --height 16 --width 16 \
+  --runs 1 --warmup 0 --peak-tflops 1 --out "$BENCH_OUT" > /dev/null
+rm -rf "$BENCH_OUT"

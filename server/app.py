@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from wanrt.engine.admission import admission_for
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
 from wanrt.engine.spec import ModelSpec
@@ -78,6 +79,9 @@ class WanrtServer:
         self.config = config.validated(model_required=False)
         first = pipelines[0]
         self.limits = effective_limits(first.limits, config)
+        # Every worker's pipeline is loaded by now: what the process holds is known before the first request.
+        self.admission = admission_for(first, config.memory_budget, config.devices)
+        self.memory_budget = None if self.admission is None else self.admission.budget.bytes
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
         self.audit = open_audit_log(config)
@@ -87,7 +91,8 @@ class WanrtServer:
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.service = VideoGenerationService(
-            self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes),
+            self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
+                                  self.admission),
             self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
@@ -177,6 +182,9 @@ class WanrtServer:
         log.info("serving wanrt.v1 on %s (%s), metrics on %s, %d worker(s), queue %d", self.address,
                  "plaintext" if self.config.insecure else ("mTLS" if self.config.client_ca else "TLS"),
                  self.metrics_port, self.jobs.workers, self.jobs.queue_size)
+        limits = self.service.reported_limits
+        log.info("limits: %d frames, %dx%d, %d steps; %s", limits.max_frames, limits.max_height, limits.max_width,
+                 limits.max_steps, self.admission.describe() if self.admission else "no memory admission")
 
     def _audit_failed(self) -> None:
         # Without an audit trail the service must not go on answering: orchestrators see NOT_SERVING.

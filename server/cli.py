@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from wanrt.engine.cli import add_memory_budget_argument
 from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import CPU_MAXIMA, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
@@ -67,10 +68,12 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                             help=f"lower the model's largest {what} (CPU-only default {CPU_MAXIMA[f'max_{name}']})")
     parser.add_argument("--max-request-bytes", type=int, help="largest request message (default: sized for "
                                                                "latents at the largest allowed size)")
+    add_memory_budget_argument(parser)
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from wanrt.engine.budget import parse_size
     from wanrt.engine.loader import load_pipelines
     from wanrt.server.app import WanrtServer
     from wanrt.trust.cli import check_trusted
@@ -89,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
         max_request_bytes=args.max_request_bytes, health_listen=args.health_listen,
         health_socket=args.health_socket,
+        memory_budget=None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget),
     ).validated()  # before the (slow) model load: a wrong flag fails in a second, not after minutes
 
     stop = threading.Event()
@@ -115,8 +119,12 @@ def _serve(args: argparse.Namespace) -> int:
     reopen.append(server.audit.reopen)
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
+    limits = server.service.reported_limits
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
-                      "metrics_port": server.metrics_port, "health_port": server.health_port}), flush=True)
+                      "metrics_port": server.metrics_port, "health_port": server.health_port,
+                      "memory_budget": server.memory_budget,
+                      "limits": {"max_frames": limits.max_frames, "max_height": limits.max_height,
+                                 "max_width": limits.max_width, "max_steps": limits.max_steps}}), flush=True)
     while not stop.wait(0.5):
         pass
     # A second signal during the drain cancels the remaining jobs at their next step instead of waiting.

@@ -131,6 +131,7 @@ class ServerConfig:
     # SELinux name_connect. Neither carries requests or tokens.
     health_listen: str | None = None
     health_socket: Path | None = None
+    memory_budget: int | None = None  # bytes; default: the cgroup limit, else physical memory, less a reserve
 
     @property
     def maxima(self) -> dict[str, int]:
@@ -201,6 +202,8 @@ class ServerConfig:
                 _check_int(name, getattr(self, name), 1, 1 << 20)
         if self.max_request_bytes is not None:
             _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
+        if self.memory_budget is not None:
+            _check_int("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
         return self
 
     def provenance_key(self) -> object | None:

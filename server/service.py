@@ -22,9 +22,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import wanrt
+from wanrt.engine.admission import Admission
 from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
 from wanrt.engine.spec import ModelSpec
-from wanrt.errors import CancelledError, InvalidRequestError
+from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
 from wanrt.server.audit import AuditLog
 from wanrt.server.auth import SERVICE, bearer_token, certificate_subject
 from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, audit_params, parse_message, request_from_proto
@@ -55,6 +56,8 @@ def status_for(error: BaseException, job_id: str | None = None) -> CallStatus:
                           error.message)
     if isinstance(error, QueueFullError):
         return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    if isinstance(error, InsufficientMemoryError):
+        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     if isinstance(error, MemoryError):
         return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this job")
     if isinstance(error, DrainingError):
@@ -74,6 +77,7 @@ class ModelFacts:
     limits: Limits
     identity: dict[str, str]
     max_request_bytes: int
+    admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
 
 
 def caller(context: grpc.ServicerContext, token_id: str | None) -> dict[str, Any]:
@@ -151,6 +155,9 @@ class VideoGenerationService:
         self.draining = draining
         self.on_audit_failure = on_audit_failure
         self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
+        # Limits lowered to what the memory budget can hold at all; requests are validated against the model's
+        # limits and larger ones refused by admission, so the refusal is RESOURCE_EXHAUSTED naming what fits.
+        self.reported_limits = facts.limits if facts.admission is None else facts.admission.lowered(facts.limits)
         self._info = self._model_info()
         self._open_calls = 0  # Generate handlers still running (drain waits for their last messages)
         self._calls_cond = threading.Condition()
@@ -207,7 +214,7 @@ class VideoGenerationService:
             self._end_with_error(call, err)
 
     def _model_info(self) -> pb.ModelInfo:
-        facts, limits, spec = self.facts, self.facts.limits, self.facts.spec
+        facts, limits, spec = self.facts, self.reported_limits, self.facts.spec
         return pb.ModelInfo(
             identity=facts.identity,
             limits=pb.Limits(max_frames=limits.max_frames, frame_multiple=limits.frame_multiple,
@@ -266,6 +273,11 @@ class VideoGenerationService:
             if tuple(request.latents.shape) != expected:
                 raise InvalidRequestError("latents", f"shape {list(request.latents.shape)} does not match "
                                                      f"frames/height/width: expected {list(expected)}")
+        admission = self.facts.admission
+        if admission is not None:  # before the job is queued: a refusal costs nothing and is audited
+            estimate = admission.estimator.estimate(request)
+            call.record["memory"] = {"estimate_bytes": estimate.total, "budget_bytes": admission.budget.bytes}
+            admission.check(request)
         return request, video_format, message.client_request_id
 
     def _stream_job(self, call: _Call, job: Job, client_request_id: str) -> Iterator[pb.GenerateResponse]:

@@ -6,7 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from wanrt.errors import ArtifactError, ConfinementError, InvalidRequestError, ModelFormatError, WanrtError
+from wanrt.errors import (
+    ArtifactError,
+    ConfinementError,
+    InsufficientMemoryError,
+    InvalidRequestError,
+    ModelFormatError,
+    WanrtError,
+)
 
 EXIT_USAGE = 2  # bad arguments or input (a missing or unwritable file among them): nothing was produced
 EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavailable
@@ -15,7 +22,7 @@ EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavail
 # `wanrt generate --backend onnxruntime` never imports torch through the export stage.
 _STAGES = ("wanrt.export.cli", "wanrt.engine.cli", "wanrt.server.cli",
            "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli",
-           "wanrt.trust.cli")
+           "wanrt.trust.cli", "wanrt.benchmarks.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError
+                                        | InsufficientMemoryError) else EXIT_FAILED
+    except MemoryError:  # outside a pipeline run (loading, writing): still one line, not a traceback
+        print("wanrt: error: out of memory", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:  # a missing input or an unwritable output: the file and the reason, no traceback
         print(f"wanrt: error: {describe_os_error(err)}", file=sys.stderr)
         return EXIT_USAGE

@@ -48,3 +48,8 @@ class ConfinementError(WanrtError):
 
 class ProvenanceError(WanrtError):
     """C2PA material is missing, mismatched or refused, or a video's provenance could not be signed or read."""
+
+
+class InsufficientMemoryError(WanrtError):
+    """A request does not fit in memory: refused before it runs (its estimate exceeds the memory budget), or
+    an allocation failed while it ran. The service stays up; the CLI exits 2, gRPC answers RESOURCE_EXHAUSTED."""

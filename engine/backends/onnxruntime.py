@@ -33,6 +33,26 @@ def session_options(session_config: Mapping[str, str]) -> object:
     return options
 
 
+def return_freed_memory() -> None:
+    """glibc raises its mmap threshold after freeing a large block (up to 32 MB), after which video-sized
+    tensors come from the heap and stay in the process when freed; a fixed threshold hands them back."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+# 1 MiB: what the estimate was measured with (README, "Memory admission"). It costs speed on small clips
+# (1.6x on the demo clip, scripts/measure_memory.py --speed 17:96x96); 16 MiB costs nothing there but the heap
+# then keeps mid-sized tensors and 17 frames at 256x256 peaked 8% above the estimate.
+MMAP_THRESHOLD = 1 << 20
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -44,6 +64,12 @@ class OnnxRuntimeBackend:
         if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
         options = session_options(session_config or {})
+        # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no
+        # CPU arena (it keeps each session's peak for good, so stages would add up) and no memory pattern
+        # (one block per run, planned with gaps); freed buffers go back to the system at once.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        return_freed_memory()
         self._sessions = {}
         for name, file in graph_files.items():
             try:

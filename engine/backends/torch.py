@@ -37,6 +37,12 @@ class TorchBackend:
         vae = load(AutoencoderKLWan, "vae", torch_dtype=torch.float32)
         self._decode_init, self._decode_step = VaeDecoderInit(vae).eval(), VaeDecoderStep(vae).eval()
 
+    def compile_experts(self) -> None:
+        """torch.compile each expert's transformer blocks (diffusers' regional compilation: one compiled block
+        serves all of them, so compiling a 40-layer expert costs about one layer). Compiles on the first call."""
+        for expert in self._experts.values():
+            expert.compile_repeated_blocks(fullgraph=True)
+
     def _run(self, module: object, *arrays: np.ndarray) -> object:
         with self._torch.inference_mode():
             return module(*(self._torch.from_numpy(np.ascontiguousarray(a)).to(self._device) for a in arrays))

@@ -132,6 +132,14 @@ def read_graph_facts(path: Path) -> GraphFacts:
     return GraphFacts(float_type, frozenset(onnx_quantization(path)), total, dims)
 
 
+def graph_facts(path: Path, entry: dict) -> GraphFacts:
+    """The graph's facts, with its float type as the export recorded it when it did (`wanrt export --dtype`):
+    counting weight bytes misreads a small bf16 graph whose fp32-kept embeddings outweigh its bf16 blocks."""
+    facts = read_graph_facts(path)
+    recorded = entry.get("dtype")
+    return dataclasses.replace(facts, float_type=recorded) if recorded in _FLOAT_NAMES.values() else facts
+
+
 _FLOAT_NAMES = {1: "fp32", 16: "bf16", 10: "fp16"}  # onnx.TensorProto FLOAT, BFLOAT16, FLOAT16
 _ITEMSIZE = {1: 4, 16: 2, 10: 2, 11: 8, 7: 8, 6: 4, 3: 1, 2: 1, 9: 1, 17: 1, 19: 1, 22: 1, 21: 1}
 
@@ -236,7 +244,7 @@ def plan_build(
     spec = manifest.spec
     builds = []
     for graph, entry in manifest.graphs.items():
-        facts = read_graph_facts(Path(art_dir) / entry["file"])
+        facts = graph_facts(Path(art_dir) / entry["file"], entry)
         precision = _graph_precision(entry["file"], facts)
         if compute_capability is not None:
             check_precision_supported(precision, compute_capability, device_name)

@@ -210,6 +210,7 @@ class ServeProcess:
     address: str
     metrics_port: int
     audit_log: Path
+    ready: dict = dataclasses.field(default_factory=dict)  # the "serving" line
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -217,15 +218,17 @@ class ServeProcess:
 
 @contextlib.contextmanager
 def serve_process(model: Path, tmp_path: Path, *extra: str, tls: Certs | None = None,
-                  limits: dict[str, int] | None = TEST_LIMITS, timeout: float = 120) -> Iterator[ServeProcess]:
+                  limits: dict[str, int] | None = TEST_LIMITS, timeout: float = 120,
+                  prefix: tuple[str, ...] = ()) -> Iterator[ServeProcess]:
     """Runs `wanrt serve` (torch backend unless ``extra`` says otherwise; plaintext on loopback unless ``tls``)
-    and waits for its "serving" line."""
+    and waits for its "serving" line (``ready`` holds it). ``prefix`` runs before it and execs it (a cgroup,
+    a resource limit)."""
     audit = tmp_path / f"serve-audit-{time.monotonic_ns()}.jsonl"
     options = [f"--{k.replace('_', '-')}={v}" for k, v in (limits or {}).items()]
     options += ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)] if tls else ["--insecure"]
     if "--backend" not in extra:
         options += ["--backend", "torch"]
-    command = [sys.executable, "-m", "wanrt.cli", "serve", "--model", str(model), "--listen", "127.0.0.1:0",
+    command = [*prefix, sys.executable, "-m", "wanrt.cli", "serve", "--model", str(model), "--listen", "127.0.0.1:0",
                "--metrics-listen", "127.0.0.1:0", "--audit-log", str(audit), *options, *extra]
     stderr = open(tmp_path / f"serve-stderr-{time.monotonic_ns()}.log", "w+")  # a file: a full pipe would block
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -243,7 +246,7 @@ def serve_process(model: Path, tmp_path: Path, *extra: str, tls: Certs | None = 
             stderr.seek(0)
             raise AssertionError(f"wanrt serve did not start: {stderr.read()[-3000:]}")
         ready = json.loads(line)
-        yield ServeProcess(process, ready["grpc"], ready["metrics_port"], audit)
+        yield ServeProcess(process, ready["grpc"], ready["metrics_port"], audit, ready)
     finally:
         if process.poll() is None:
             process.kill()

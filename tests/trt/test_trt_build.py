@@ -16,6 +16,7 @@ from wanrt.cli import build_parser, main
 from wanrt.engine.artifact import sha256_file
 from wanrt.engine.tensorrt.build import (
     check_precision_supported,
+    graph_facts,
     onnx_quantization,
     plan_build,
     read_graph_facts,
@@ -76,6 +77,12 @@ def test_precision_is_read_from_the_graph(tmp_path, dtype, name):
     facts = read_graph_facts(_typed_graph(tmp_path / "g.onnx", dtype))
     assert facts.precision == name and facts.float_type == name
     assert facts.weight_bytes == 64 * 64 * (4 if name == "fp32" else 2) + 4
+
+
+def test_the_exports_recorded_dtype_decides_over_weight_bytes(tmp_path):
+    path = _typed_graph(tmp_path / "g.onnx", TensorProto.FLOAT)  # most bytes fp32, as a small bf16 DiT's are
+    assert graph_facts(path, {"file": "g.onnx", "dtype": "bf16"}).precision == "bf16"
+    assert graph_facts(path, {"file": "g.onnx"}).precision == "fp32"  # older manifests: read from the graph
 
 
 @pytest.mark.parametrize(("precision", "capability", "message"), [

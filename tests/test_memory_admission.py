@@ -1,0 +1,215 @@
+"""The memory estimate, the budget and admission at the CLI edge (issue 21). The measured side is in
+scripts/measure_memory.py and the README table; the cgroup tests with a real server are in
+tests/server/test_server_memory.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from wanrt.engine.budget import cgroup_memory_limit, host_memory_budget, parse_size
+from wanrt.engine.memory import MemoryEstimator, profile_graph
+from wanrt.engine.request import GenerationRequest
+from wanrt.errors import InsufficientMemoryError, InvalidRequestError
+
+TOKENS, HIDDEN, HEADS = "tokens", 16, 2
+
+
+def _save(tmp_path: Path, name: str, nodes: list, opsets: list) -> Path:
+    shape = ["batch", TOKENS, HIDDEN]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("q", "k", "v")]
+    graph = helper.make_graph(nodes, name, inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _profile(path: Path):
+    probes = [(2, 64.0, {"batch": 2, TOKENS: 64}), (2, 512.0, {"batch": 2, TOKENS: 512}),
+              (1, 64.0, {"batch": 1, TOKENS: 64})]
+    return profile_graph(path, path.stem, probes)
+
+
+def _explicit_attention(tmp_path: Path) -> Path:
+    """MatMul -> Softmax -> MatMul: the (tokens x tokens) scores are graph tensors."""
+    kt = helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1])
+    scores = helper.make_node("MatMul", ["q", "kt"], ["scores"])
+    probs = helper.make_node("Softmax", ["scores"], ["probs"], axis=-1)
+    out = helper.make_node("MatMul", ["probs", "v"], ["out"])
+    return _save(tmp_path, "explicit", [kt, scores, probs, out], [helper.make_opsetid("", 18)])
+
+
+def test_materialised_attention_gives_a_quadratic_term(tmp_path):
+    profile = _profile(_explicit_attention(tmp_path))
+    assert profile.has_quadratic_term
+    small, large = profile.peak_bytes(1, 1000), profile.peak_bytes(1, 2000)
+    # Two (tokens x tokens) float32 matrices live at once (scores, then probabilities) dominate.
+    assert large / small == pytest.approx(4.0, rel=0.05)
+    assert profile.peak_bytes(1, 2000) >= 2 * 4 * 2000 * 2000
+    assert profile.peak_bytes(2, 2000) == pytest.approx(2 * profile.peak_bytes(1, 2000), rel=0.01)
+
+
+def test_fused_attention_is_linear_only_where_the_kernel_does_not_build_the_scores(tmp_path):
+    tiled = _save(tmp_path, "mha", [helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["out"],
+                                                     domain="com.microsoft", num_heads=HEADS)],
+                  [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    whole = _save(tmp_path, "attention", [helper.make_node("Attention", ["q", "k", "v"], ["out"],
+                                                           q_num_heads=HEADS, kv_num_heads=HEADS)],
+                  [helper.make_opsetid("", 23)])
+    linear = _profile(tiled)
+    assert not linear.has_quadratic_term
+    assert linear.peak_bytes(1, 2000) == pytest.approx(2 * linear.peak_bytes(1, 1000), rel=0.01)
+    # onnxruntime's CPU kernel for ONNX Attention builds the whole probability matrix (see _workspace).
+    quadratic = _profile(whole)
+    assert quadratic.has_quadratic_term
+    assert quadratic.peak_bytes(1, 2000) >= 4 * HEADS * 2000 * 2000
+
+
+@pytest.fixture(scope="module")
+def reef_estimator():
+    from wanrt.engine.artifact import load_artifact
+    from wanrt.reef import default_model_dir
+
+    art = default_model_dir()
+    manifest = load_artifact(art, verify_hashes=False)
+    return MemoryEstimator({n: art / g["file"] for n, g in manifest.graphs.items()}, manifest.spec, resident=0)
+
+
+def test_the_reef_experts_materialise_attention_and_memory_grows_with_every_dimension(reef_estimator):
+    assert {"transformer", "transformer_2"} <= set(reef_estimator.quadratic_graphs)
+    base = GenerationRequest(prompt="x", frames=17, height=96, width=96)
+
+    def total(**change: object) -> int:
+        return reef_estimator.estimate(GenerationRequest(**{**base.__dict__, **change})).total
+
+    assert total(frames=33) > total() and total(height=192) > total() and total(width=192) > total()
+    # Quadratic in tokens: 4x the frames' latents (5 -> 21 latent frames) costs far more than 4x.
+    assert total(frames=81, height=384, width=640) > 10 * total(frames=17, height=384, width=640)
+    # Without classifier-free guidance the expert runs a batch of one.
+    assert total(guidance=1.0, frames=81) < total(frames=81)
+
+
+def test_parse_size():
+    assert parse_size("memory_budget", "6G") == 6 << 30
+    assert parse_size("memory_budget", "512MiB") == 512 << 20
+    assert parse_size("memory_budget", "1.5g") == 3 << 29
+    assert parse_size("memory_budget", "4096") == 4096
+    for bad in ("", "6X", "-1G", "0"):
+        with pytest.raises(InvalidRequestError, match="memory_budget"):
+            parse_size("memory_budget", bad)
+
+
+def test_cgroup_limit_v1_takes_the_tightest_ancestor(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("5:cpu:/x\n4:memory:/outer/inner\n0::/\n")
+    memory = tmp_path / "memory"
+    for path, value in ((memory, "9223372036854771712"), (memory / "outer", "3221225472"),
+                        (memory / "outer" / "inner", "9223372036854771712")):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "memory.limit_in_bytes").write_text(value + "\n")
+    assert cgroup_memory_limit(proc, tmp_path) == (3 << 30, memory / "outer" / "memory.limit_in_bytes")
+    (memory / "outer" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup_memory_limit(proc, tmp_path) is None
+
+
+def test_cgroup_limit_v2(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/pod/ctr\n")
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    (tmp_path / "pod" / "ctr").mkdir(parents=True)
+    (tmp_path / "pod" / "memory.max").write_text("max\n")
+    (tmp_path / "pod" / "ctr" / "memory.max").write_text(f"{6 << 30}\n")
+    assert cgroup_memory_limit(proc, tmp_path) == (6 << 30, tmp_path / "pod" / "ctr" / "memory.max")
+
+
+def test_default_budget_is_below_what_the_process_may_use():
+    budget = host_memory_budget()
+    limit = cgroup_memory_limit()
+    from wanrt.engine.budget import physical_memory
+
+    ceiling = min(physical_memory(), limit[0] if limit else physical_memory())
+    assert 0 < budget.bytes < ceiling
+    assert host_memory_budget(1 << 30).bytes == 1 << 30
+
+
+def test_generate_refuses_a_request_over_the_budget_before_running(tmp_path):
+    from wanrt.cli import main
+
+    out = tmp_path / "clip.mp4"
+    code = main(["generate", "--prompt", "a turtle", "--frames", "81", "--height", "384", "--width", "640",
+                 "--steps", "1", "--memory-budget", "2G", "--out", str(out)])
+    assert code == 2
+    assert not out.exists()
+
+
+def test_the_refusal_names_the_estimate_the_budget_and_what_fits(capsys, tmp_path):
+    from wanrt.cli import main
+
+    main(["generate", "--prompt", "a turtle", "--frames", "81", "--height", "384", "--width", "640",
+          "--steps", "1", "--memory-budget", "2G", "--out", str(tmp_path / "clip.mp4")])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("wanrt: error: 81 frames at 384x640 need an estimated ")
+    assert "over the memory budget of 2.00 GiB (--memory-budget)" in line
+    assert "frames at 384x640 or at most " in line and "would fit" in line
+
+
+def test_an_allocation_failure_at_run_time_is_one_line_and_exit_2(tmp_path):
+    """The estimate is bypassed (a huge --memory-budget) and the address space capped, so onnxruntime's
+    allocation of the attention scores really fails."""
+    import resource
+
+    limit = 4 << 30
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "wanrt.cli", "generate", "--prompt", "a turtle", "--frames", "81",
+                           "--height", "384", "--width", "640", "--steps", "1", "--memory-budget", "1T",
+                           "--out", str(tmp_path / "clip.mp4")], capture_output=True, text=True, preexec_fn=cap,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "wanrt: error: out of memory while generating 81 frames at 384x640" in done.stderr
+
+
+def test_status_for_maps_memory_errors_to_resource_exhausted():
+    from wanrt.server.service import status_for
+
+    for error in (InsufficientMemoryError("too big"), MemoryError()):
+        assert status_for(error).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_allocation_failures_are_recognised():
+    from wanrt.engine.pipeline import is_allocation_failure
+
+    assert is_allocation_failure(MemoryError())
+    assert is_allocation_failure(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate "
+                                              "memory for requested buffer of size 55297376256"))
+    assert is_allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"))
+    assert not is_allocation_failure(RuntimeError("shape mismatch"))
+    assert not is_allocation_failure(ValueError(np.float32(1)))
+
+
+def test_the_budget_lowers_the_reported_limits_to_what_fits(reef_estimator):
+    from wanrt.engine.admission import Admission
+    from wanrt.engine.budget import MemoryBudget
+    from wanrt.engine.request import Limits
+
+    admission = Admission(reef_estimator, MemoryBudget(400 << 20, "test"), Limits())
+    lowered = admission.lowered(Limits())
+    side = lowered.max_height
+    assert lowered.max_width == side < Limits().max_height
+    one_frame = GenerationRequest(prompt="x", frames=1, height=side, width=side, steps=1)
+    assert admission.fits(one_frame)
+    assert not admission.fits(GenerationRequest(prompt="x", frames=1, height=side + 16, width=side + 16, steps=1))
+    with pytest.raises(InsufficientMemoryError, match=r"at most \d+x\d+ at 1 frames would fit"):
+        admission.check(GenerationRequest(prompt="x", frames=1, height=side + 16, width=side + 16, steps=1))
