@@ -11,6 +11,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from wanrt.engine.graph_forms import referenced_files
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import ArtifactError, ModelFormatError
 
@@ -209,9 +210,9 @@ def _check_files(art_dir: Path, manifest: Manifest, verify_hashes: bool) -> None
         if parts.is_absolute() or ".." in parts.parts or rel == MANIFEST_NAME:
             raise ArtifactError(f"{art_dir / MANIFEST_NAME} lists an invalid path {rel!r}")
     for name, graph in manifest.graphs.items():
-        if graph["file"] not in manifest.files:
-            raise ArtifactError(f"{art_dir / MANIFEST_NAME}: graph {name!r} file {graph['file']!r} is not listed "
-                                "in files")
+        for file in referenced_files(graph):
+            if file not in manifest.files:
+                raise ArtifactError(f"{art_dir / MANIFEST_NAME}: graph {name!r} file {file!r} is not listed in files")
     for rel in manifest.files:
         if not (art_dir / rel).is_file():
             raise ArtifactError(f"{art_dir / rel} is listed in {MANIFEST_NAME} but missing")

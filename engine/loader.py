@@ -50,10 +50,12 @@ def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *,
 def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
     from wanrt.engine.artifact import MANIFEST_NAME, load_artifact, sha256_file
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
+    from wanrt.engine.graph_forms import onnxruntime_file
 
     manifest = load_artifact(art_dir)
     spec = manifest.spec
-    graphs = {name: entry["file"] for name, entry in manifest.graphs.items()}
+    # Each graph's onnxruntime form where export made one (linear-memory attention), the graph itself otherwise.
+    graphs = {name: onnxruntime_file(entry) for name, entry in manifest.graphs.items()}
     identity = {
         "backend": "onnxruntime",
         "model": str(art_dir.resolve()),

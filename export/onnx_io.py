@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from wanrt.errors import ExportVerificationError
+from wanrt.export import attention
 from wanrt.export.scopes import SCOPE_METADATA_KEY
 
-OPSET = 18
+OPSET = attention.OPSET  # attention exports as one operator from this opset on (see attention.py)
 # protobuf refuses single messages over 2 GiB; ONNX's own rule is to move weights out beyond that.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 
@@ -27,18 +28,21 @@ def export_graph(
     output_names: Sequence[str],
     dynamic_shapes: Any,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+    opset: int | None = None,
 ) -> list[Path]:
     """Exports ``module(*args)`` with the dynamo exporter and returns the files written (graph, data).
 
     Weights go to ``<name>.onnx.data`` when the serialised model would exceed ``external_data_threshold``.
+    ``opset``: OPSET unless a benchmark asks for the graphs exported before it (18: attention as MatMul ->
+    Softmax -> MatMul).
     """
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), attention.native_attention():
         program = torch.onnx.export(
             module,
             args,
             dynamo=True,
-            opset_version=OPSET,
+            opset_version=opset or OPSET,
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=dynamic_shapes,
@@ -132,11 +136,13 @@ class ExportedGraph:
     # Per input, the smallest and largest shape the export accepts (what a TensorRT profile needs).
     shape_ranges: dict[str, dict[str, list[int]]]
     parity: tuple[ParityResult, ...]
+    attention: dict[str, Any]  # attention.record(): the operator, and the onnxruntime form's file if any
     precision: dict[str, Any] = dataclasses.field(default_factory=lambda: {"dtype": "fp32"})
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"file": self.files[0].name, "files": [p.name for p in self.files], "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges, **self.precision}
+                "outputs": list(self.outputs), "shape_ranges": self.shape_ranges, "attention": self.attention,
+                **self.precision}
 
 
 def export_verified(
@@ -150,10 +156,12 @@ def export_verified(
     parity_feeds: Sequence[Mapping[str, np.ndarray]],
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
     tolerance: float = PARITY_TOLERANCE,
+    require_fused_attention: bool = False,
     dtype: str = "fp32",
     fp32_rules: tuple[Any, ...] = (),
 ) -> ExportedGraph:
-    """Exports ``module`` to ``out_dir/<name>.onnx`` and checks parity on every feed in ``parity_feeds``.
+    """Exports ``module`` to ``out_dir/<name>.onnx`` and checks parity on every feed in ``parity_feeds``, for
+    the graph and for its onnxruntime attention form if it has one.
 
     ``example`` and each feed are keyed by the module's forward argument names, in call order; those names
     become the graph's input names. With ``dtype`` bf16/fp16 the verified fp32 graph is then lowered
@@ -164,16 +172,20 @@ def export_verified(
     files = export_graph(module, args, path, input_names=list(example),
                          output_names=output_names, dynamic_shapes=dict(dynamic_shapes),
                          external_data_threshold=external_data_threshold)
-    parity = tuple(check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds)
+    parity = [check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds]
     precision = {"dtype": "fp32"}
     if dtype != "fp32":
         from wanrt.export.precision import lower_verified
 
         lowered, precision = lower_verified(path, module, parity_feeds, dtype, fp32_rules,
                                             external_data=len(files) > 1)
-        parity += lowered
+        parity += list(lowered)
+    # Recorded on the final graph; only an fp32 graph gets the onnxruntime form (its parity is fp32's).
+    entry, variant_parity = attention.record(
+        path, lambda variant: [check_parity(variant, module, f, tolerance=tolerance) for f in parity_feeds],
+        required=require_fused_attention, onnxruntime_form=dtype == "fp32")
     return ExportedGraph(name, tuple(files), tuple(example), tuple(output_names),
-                         _shape_ranges(example, dynamic_shapes), parity, precision)
+                         _shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry, precision)
 
 
 def _shape_ranges(example: Mapping[str, np.ndarray],

@@ -69,6 +69,7 @@ def export_expert(
         parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
                       _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
         external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32,
+        require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
     )
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wanrt.errors import ExportVerificationError
+from wanrt.export import attention
 from wanrt.export.onnx_io import EXTERNAL_DATA_THRESHOLD_BYTES, check_parity, export_graph
 
 INIT_FILE = "vae_decoder_init.onnx"
@@ -304,6 +305,7 @@ def export_vae_decoder(
         )
 
     # Parity against the unmodified (nearest-exact) decoder, so the switch above is checked too.
+    feeds = [_feeds(init, layout, pb, ph, pw, seed=seed) for seed, (pb, ph, pw) in enumerate(_PARITY_SIZES, 1)]
     parity = []
     feeds = [_feeds(init, layout, pb, ph, pw, seed=seed) for seed, (pb, ph, pw) in enumerate(_PARITY_SIZES, start=1)]
     for i_feeds, s_feeds in feeds:
@@ -318,12 +320,20 @@ def export_vae_decoder(
                                                     dtype, VAE_DECODER_FP32, external_data=len(files) > 1,
                                                     limits=VAE_PARITY_LIMITS)
             parity += [c.as_dict() for c in checks]
+    # The mid-block's spatial attention: its onnxruntime form (fp32 graphs), checked on the same feeds.
+    init_attention, init_parity = attention.record(out_dir / INIT_FILE, lambda variant: [
+        check_parity(variant, init, f[0], tolerance=PARITY_TOLERANCE) for f in feeds],
+        onnxruntime_form=dtype == "fp32")
+    step_attention, step_parity = attention.record(out_dir / STEP_FILE, lambda variant: [
+        check_parity(variant, step, f[1], tolerance=PARITY_TOLERANCE) for f in feeds],
+        onnxruntime_form=dtype == "fp32")
+    parity += [p.as_dict() for p in init_parity + step_parity]
 
     return {
         "init": {"file": INIT_FILE, "files": [p.name for p in init_files],
-                 "inputs": ["latent"], "outputs": init_outputs, **precision["init"]},
+                 "inputs": ["latent"], "outputs": init_outputs, "attention": init_attention, **precision["init"]},
         "step": {"file": STEP_FILE, "files": [p.name for p in step_files],
-                 "inputs": step_inputs, "outputs": step_outputs, **precision["step"]},
+                 "inputs": step_inputs, "outputs": step_outputs, "attention": step_attention, **precision["step"]},
         "cache": layout.as_dict(),
         "z_dim": layout.z_dim,
         "out_channels": layout.out_channels,

@@ -3,9 +3,11 @@
 Quantized: the matrix multiplies of the attention projections (q, k, v, out; self- and cross-attention) and of
 the feed-forward, with a constant weight: weights symmetric INT8 (or FP8 E4M3) per output channel, activations
 per tensor. Everything else stays in high precision: the time embedding and modulation, the text and patch
-embeddings, the final projection, the norms, RoPE, softmax and the attention score/context products (two
-activations, no weight). Decisions are made from the torch module each ONNX node came from, which the dynamo
-exporter records in every node's ``pkg.torch.onnx.name_scopes`` metadata; ONNX node names are opaque.
+embeddings, the final projection, the norms, RoPE, and attention itself (one ONNX Attention node since opset 23:
+scores, softmax and context, two activations and no weight; older exports spell it as MatMul -> Softmax ->
+MatMul, whose products are never candidates either). Decisions are made from the torch module each ONNX node
+came from, which the dynamo exporter records in every node's ``pkg.torch.onnx.name_scopes`` metadata; ONNX node
+names are opaque.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ COMPUTE_OPS = ("MatMul", "Gemm", "Conv")  # ops with weights: the candidates, ea
 QUANTIZED_OPS = ("MatMul", "Gemm")
 WEIGHT_DTYPES = {"int8": onnx.TensorProto.INT8, "fp8": onnx.TensorProto.FLOAT8E4M3FN}
 NEVER_QUANTIZED = ("LayerNormalization (norms)", "modulation Mul/Add (scale_shift_table + time projection)",
-                   "RoPE", "Softmax", "attention score/context MatMuls")
+                   "RoPE", "attention (the Attention operator, or Softmax and its score/context MatMuls)")
 
 # (module path regex relative to the graph's root module, quantize?, why). First match wins.
 Rule = tuple[str, bool, str]

@@ -22,7 +22,9 @@ from wanrt.engine.artifact import (
     load_artifact,
     write_manifest,
 )
+from wanrt.engine.graph_forms import referenced_files
 from wanrt.errors import InvalidRequestError
+from wanrt.export import attention
 from wanrt.publish import destination, publishing
 from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts
 from wanrt.quant.ptq import CALIBRATION_METHODS, MODES, ORT_SESSION_CONFIG
@@ -124,7 +126,10 @@ def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: Quan
     for name in targets:
         if name not in manifest.graphs:
             raise QuantizationError(f"{source} has no {name} graph")
-    replaced = {f for name in targets for f in manifest.graphs[name].get("files", [manifest.graphs[name]["file"]])}
+    # The graphs to quantize and their onnxruntime attention forms (remade from the quantized graph below).
+    replaced = {f for name in targets for f in
+                manifest.graphs[name].get("files", [manifest.graphs[name]["file"]])
+                + referenced_files(manifest.graphs[name])}
     for rel in manifest.files:
         if rel not in replaced:
             (art_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -204,11 +209,28 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
                                 scopes=scopes_of(model)).as_dict()  # its opset replaces the fp32 graph's
     opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
     new_entry = {**entry, "files": files, "opset": opset, **precision}
+    if "attention" in entry:  # the Q/DQ graph's own onnxruntime form, checked against it on a calibration call
+        new_entry["attention"], _ = attention.record(dest, lambda variant: [
+            _check_same_outputs(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"])
     detail = GraphQuantization(
         quantized=[{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
         excluded=excluded, calibration_calls=len(samples),
         smoothquant={"alpha": config.alpha, "activations": len(smoothed)} if smoothed else None)
     return quantized, new_entry, detail
+
+
+def _check_same_outputs(graph: Path, variant: Path, feeds: dict[str, Any], device: str) -> float:
+    import numpy as np
+
+    from wanrt.export.onnx_io import PARITY_TOLERANCE, relative_error
+    from wanrt.quant import ptq
+
+    expected = ptq.session(graph, device).run(None, feeds)[0]
+    got = ptq.session(variant, device).run(None, feeds)[0]
+    error = relative_error(np.asarray(got), np.asarray(expected))
+    if not error <= PARITY_TOLERANCE:
+        raise QuantizationError(f"{variant.name} differs from {graph.name} by relative error {error:.3e}")
+    return error
 
 
 def _report(pipeline: Any, networks: Any, requests: list, config: QuantizeConfig, source: Path,

@@ -110,7 +110,10 @@ def test_reported_layout_matches_graphs(vae: Any, exported: tuple[Path, dict[str
     for part in ("init", "step"):
         assert all((out / f).exists() for f in manifest[part]["files"])
         assert f"{manifest[part]['file']}.data" in manifest[part]["files"]  # threshold 0 => external data
-    assert len(manifest["parity"]) == 4 and all(p["max_rel_error"] <= TOL for p in manifest["parity"])
+    # Two sizes x (init, step), each graph and its onnxruntime attention form (the mid-block's attention).
+    assert len(manifest["parity"]) == 8 and all(p["max_rel_error"] <= TOL for p in manifest["parity"])
+    assert {p["graph"] for p in manifest["parity"]} == {INIT_FILE, STEP_FILE, manifest["init"]["attention"][
+        "onnxruntime"]["file"], manifest["step"]["attention"]["onnxruntime"]["file"]}
 
     def io(name: str) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
         graph = onnx.load(os.fspath(out / name), load_external_data=False).graph

@@ -119,9 +119,19 @@ def test_placement_rules(int8_dir, tiny_artifact_dir, name):
     # The sensitive parts are listed as left out, and none of them carries Q/DQ.
     for module in ("patch_embedding", "condition_embedder.time_embedder.linear_1",
                    "condition_embedder.time_embedder.linear_2", "condition_embedder.time_proj", "proj_out",
-                   "condition_embedder.text_embedder.linear_1", "blocks.0.attn1"):
+                   "condition_embedder.text_embedder.linear_1"):
         assert module in excluded, module
         assert excluded[module]["name"] not in quantized
+    # Attention stays one high-precision operator (no score MatMuls left to leave out), in both forms.
+    assert _op_count(int8_dir / f"{name}.onnx", "Attention") == 4
+    assert _op_count(int8_dir / f"{name}.ort.onnx", "MultiHeadAttention") == 4
+    assert not any(_op_count(int8_dir / f"{name}{form}", "Softmax") for form in (".onnx", ".ort.onnx"))
+    assert _op_count(int8_dir / f"{name}.ort.onnx", "DequantizeLinear") == \
+        _op_count(int8_dir / f"{name}.onnx", "DequantizeLinear") > 0
+
+
+def _op_count(path: Path, op_type: str) -> int:
+    return sum(n.op_type == op_type for n in onnx.load(path, load_external_data=False).graph.node)
 
 
 def test_artifact_manifest_and_untouched_parts(int8_dir, tiny_artifact_dir):
@@ -132,6 +142,9 @@ def test_artifact_manifest_and_untouched_parts(int8_dir, tiny_artifact_dir):
             assert sha256_file(int8_dir / rel) == sha256_file(tiny_artifact_dir / rel), rel
     for name in EXPERTS:
         assert manifest.files[f"{name}.onnx"] != src.files[f"{name}.onnx"]
+        # The onnxruntime attention form is remade from the quantized graph, not copied from the FP32 one.
+        assert manifest.graphs[name]["attention"]["onnxruntime"]["file"] == f"{name}.ort.onnx"
+        assert manifest.files[f"{name}.ort.onnx"] != src.files[f"{name}.ort.onnx"]
     block = json.loads((int8_dir / "manifest.json").read_text())["quantization"]
     assert block["mode"] == "int8" and block["tools"]["nvidia-modelopt"]
     assert block["unquantized"]["text_encoder"] == "fp32" and block["unquantized"]["vae_decoder"] == "fp32"
