@@ -86,6 +86,11 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     assert report["built"] and all(b["strongly_typed"] for b in report["built"])
     assert all(set(b["flags"]) <= {"TF32", "WEIGHT_STREAMING"} for b in report["built"])
     assert sum("WEIGHT_STREAMING" in b["flags"] for b in report["built"]) == 2  # the two experts of one build
+    # The parser gets the experts' attention as the standard ONNX Attention operator (TensorRT 10.14+ maps it
+    # to its fused attention layer): never the onnxruntime-only MultiHeadAttention form, never a Softmax.
+    experts = [b for b in report["built"] if Path(b["onnx"]).name.startswith("transformer")]
+    assert experts and all("Attention" in b["op_types"] for b in experts), experts
+    assert not any({"MultiHeadAttention", "Softmax"} & set(b["op_types"]) for b in report["built"])
     # The foreign timing cache was reported and replaced by this build's own.
     assert "was rejected by TensorRT" in steps["build"]["log"] and steps["build"]["cache_rebuilt"]
     assert "memory plan (resident)" in steps["build"]["log"]

@@ -83,6 +83,7 @@ class SimParser:
         self.network.inputs = [SimTensor(v.name, (), "") for v in graph.input if v.name not in inits]
         self.network.outputs = [SimTensor(v.name, (), "") for v in graph.output]
         self.network.onnx_path = str(Path(model).resolve())
+        self.network.op_types = sorted({n.op_type for n in graph.node})  # what the parser was handed
         return True
 
 
@@ -160,7 +161,8 @@ class SimBuilder:
     def build_serialized_network(self, network: Checked, config: Checked) -> HostMemory | None:
         net, cfg = object.__getattribute__(network, "_sim"), object.__getattribute__(config, "_sim")
         strongly_typed = bool(net.flags & (1 << int(REAL.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
-        ENGINES_BUILT.append({"onnx": net.onnx_path, "strongly_typed": strongly_typed, "flags": sorted(cfg.flags)})
+        ENGINES_BUILT.append({"onnx": net.onnx_path, "strongly_typed": strongly_typed, "flags": sorted(cfg.flags),
+                              "op_types": getattr(net, "op_types", [])})
         if strongly_typed and cfg.flags & set(_PRECISION_FLAGS):
             return None  # TensorRT: precision flags are not allowed on a strongly typed network
         if not cfg.profiles:
