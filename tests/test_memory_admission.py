@@ -151,12 +151,15 @@ def test_generate_refuses_a_request_over_the_budget_before_running(tmp_path):
     assert not out.exists()
 
 
-def test_the_refusal_names_the_estimate_the_budget_and_what_fits(capsys, tmp_path):
-    from wanrt.cli import main
-
-    main(["generate", "--prompt", "a turtle", "--frames", "81", "--height", "384", "--width", "640",
-          "--steps", "1", "--memory-budget", "2G", "--out", str(tmp_path / "clip.mp4")])
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+def test_the_refusal_names_the_estimate_the_budget_and_what_fits(tmp_path):
+    # A process of its own: the memory already held counts against the budget, and a test process holds
+    # whatever earlier tests loaded.
+    done = subprocess.run([sys.executable, "-m", "wanrt.cli", "generate", "--prompt", "a turtle", "--frames", "81",
+                           "--height", "384", "--width", "640", "--steps", "1", "--memory-budget", "2G",
+                           "--out", str(tmp_path / "clip.mp4")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert not (tmp_path / "clip.mp4").exists()
+    line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("wanrt: error: 81 frames at 384x640 need an estimated ")
     assert "over the memory budget of 2.00 GiB (--memory-budget)" in line
     assert "frames at 384x640 or at most " in line and "would fit" in line

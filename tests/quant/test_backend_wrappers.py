@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wanrt.engine.artifact import load_artifact
+from wanrt.engine.graph_forms import onnxruntime_file
 from wanrt.engine.loader import load_pipeline
 from wanrt.quant import metrics, ptq, report
 from wanrt.quant.backend_wrappers import RecordingBackend, SubstitutingBackend, with_backend, without_decoder
@@ -65,8 +67,11 @@ def test_without_decoder_denoises_and_yields_no_frames(pipeline):
 
 def test_report_of_unchanged_networks_is_exact(pipeline, tiny_artifact_dir):
     """The report's machinery on "quantized" networks that are the FP32 graphs: every error must be zero."""
-    sessions = {e: ptq.session(tiny_artifact_dir / f"{e}.onnx") for e in pipeline.spec.experts}
-    networks = report.QuantizedNetworks(sessions, ptq.session(tiny_artifact_dir / "text_encoder.onnx"))
+    # The very graphs the pipeline runs (the onnxruntime attention form where export made one).
+    graphs = load_artifact(tiny_artifact_dir).graphs
+    served = {name: tiny_artifact_dir / onnxruntime_file(entry) for name, entry in graphs.items()}
+    sessions = {e: ptq.session(served[e]) for e in pipeline.spec.experts}
+    networks = report.QuantizedNetworks(sessions, ptq.session(served["text_encoder"]))
     requests = calibration_requests(["a ray swims"], steps=4, **SIZE)
     result = report.measure(pipeline, networks, requests, lambda _message: None)
     assert result["end_to_end"]["psnr_db_min"] == metrics.PSNR_CAP_DB
