@@ -13,9 +13,10 @@ PY=.venv/bin/python
 "$PY" -m pip install --quiet -e ".[export,quant,bench,test]"
 
 "$PY" -m ruff check .
-"$PY" -m pytest -q "$@"
 # Bench smoke (a few seconds): the demo model's DiT and VAE on onnxruntime at a tiny shape; results to a temp dir.
+# Before pytest, so that pytest's summary stays the last line; without its progress bars (errors still show).
 BENCH_OUT="$(mktemp -d)"
-"$PY" -m wanrt.cli bench --backends onnxruntime --components dit,vae --frames 1 --height 16 --width 16 \
-  --runs 1 --warmup 0 --peak-tflops 1 --out "$BENCH_OUT" > /dev/null
+TQDM_DISABLE=1 "$PY" -m wanrt.cli bench --backends onnxruntime --components dit,vae --frames 1 --height 16 \
+  --width 16 --runs 1 --warmup 0 --peak-tflops 1 --out "$BENCH_OUT" > /dev/null
 rm -rf "$BENCH_OUT"
+"$PY" -m pytest -q "$@"
