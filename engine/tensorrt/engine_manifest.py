@@ -131,13 +131,10 @@ class EnginesManifest:
 
     @classmethod
     def from_dict(cls, data: Any) -> EnginesManifest:
-        """Parses engines.json's content; ArtifactError naming the first missing or malformed field."""
+        """Parses engines.json's content, whose format version read_engines_manifest (through the shared
+        manifest reader) has already checked; ArtifactError naming the first missing or malformed field."""
         if not isinstance(data, dict):
             raise ArtifactError(f"{ENGINES_MANIFEST} is not a JSON object")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ArtifactError(f"{ENGINES_MANIFEST} has format_version {version!r}; this wanrt reads format "
-                                f"{FORMAT_VERSION} ({REBUILD})")
         fields = [f.name for f in dataclasses.fields(cls)]
         missing = [name for name in fields if name not in data]
         if missing:
