@@ -132,8 +132,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _limits() -> Any:  # noqa: ANN401
     from wanrt.engine.request import Limits
+    from wanrt.engine.shapes import WAN_NATIVE_FPS, frames_for_seconds
 
-    return Limits(max_frames=161, max_height=1280, max_width=1280)
+    # Wider than serving's: a benchmark may measure up to 10 s at the native rate.
+    return Limits(max_frames=frames_for_seconds(10, WAN_NATIVE_FPS), max_height=1280, max_width=1280)
 
 
 def _models(args: argparse.Namespace, request: GenerationRequest, backends: tuple[str, ...],

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from wanrt.engine.shapes import WAN_TRAINED_FRAMES, dit_tokens
+
 
 @dataclasses.dataclass(frozen=True)
 class DitShape:
@@ -53,12 +55,11 @@ class VideoShape:
 
     def tokens(self, shape: DitShape, temporal_stride: int = 4, spatial_stride: int = 8) -> int:
         """Patchified video tokens: latent frames x latent rows x latent columns over the patch size."""
-        pt, ph, pw = shape.patch_size
-        latent = ((self.frames - 1) // temporal_stride + 1, self.height // spatial_stride, self.width // spatial_stride)
-        return math.prod(n // p for n, p in zip(latent, (pt, ph, pw), strict=True))
+        return dit_tokens(self.frames, self.height, self.width, temporal=temporal_stride, spatial=spatial_stride,
+                          patch=shape.patch_size)
 
 
-PRESETS = {"480p": VideoShape(81, 480, 832), "720p": VideoShape(81, 720, 1280)}
+PRESETS = {"480p": VideoShape(WAN_TRAINED_FRAMES, 480, 832), "720p": VideoShape(WAN_TRAINED_FRAMES, 720, 1280)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from wanrt.benchmarks.flops import TEXT_LENGTH, WAN22_A14B, DitShape, VideoShape, forward_flops
 from wanrt.benchmarks.timing import measure
+from wanrt.engine.shapes import latent_frames, latent_shape
 
 # diffusers WanTransformer3DModel configs: the A14B expert, and a tiny one for tests of this code on a CPU.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -56,7 +57,7 @@ def expert_inputs(config: dict[str, Any], video: VideoShape, batch: int, device:
     import torch
 
     g = torch.Generator(device).manual_seed(0)
-    latent = (batch, config["in_channels"], (video.frames - 1) // 4 + 1, video.height // 8, video.width // 8)
+    latent = latent_shape(video.frames, video.height, video.width, channels=config["in_channels"], batch=batch)
     return {"hidden_states": torch.randn(latent, generator=g, device=device, dtype=dtype),
             "timestep": torch.full((batch,), 900.0, device=device),
             "encoder_hidden_states": torch.randn((batch, text_tokens, config["text_dim"]), generator=g,
@@ -175,4 +176,4 @@ def time_vae_decode(vae_name: str, video: VideoShape, device: str, dtype_name: s
         nxt = measure(lambda: step(latent[:, :, 1:2], *caches), warmup=warmup, runs=runs, sync=sync, cuda=cuda)
     return {"vae": vae_name, "dtype": dtype_name, "height": video.height, "width": video.width, "device": device,
             "first_frame": first.summary(), "next_frame": nxt.summary(),
-            "per_clip_s": first.median_s + ((video.frames - 1) // 4) * nxt.median_s}
+            "per_clip_s": first.median_s + (latent_frames(video.frames) - 1) * nxt.median_s}

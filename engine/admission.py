@@ -14,6 +14,7 @@ from wanrt.engine.budget import MemoryBudget, format_bytes, host_memory_budget, 
 from wanrt.engine.memory import MemoryEstimate, MemoryEstimator
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import GenerationRequest, Limits
+from wanrt.engine.shapes import frame_counts
 from wanrt.errors import InsufficientMemoryError
 
 log = logging.getLogger("wanrt.engine")
@@ -54,7 +55,7 @@ class Admission:
     def largest_frames(self, request: GenerationRequest) -> int | None:
         """Most frames (4k+1) that fit at the request's size, or None."""
         step = self.limits.frame_multiple
-        counts = list(range(1, self.limits.max_frames + 1, step))
+        counts = frame_counts(self.limits.max_frames, step)
         best = _last_fitting(counts, lambda n: self.fits(dataclasses.replace(request, frames=n, latents=None)))
         return None if best is None else counts[best]
 
@@ -76,7 +77,7 @@ class Admission:
         the largest square that fits at one frame, frames to the most that fit at the smallest size. Other
         combinations within the model's limits are checked per request (RESOURCE_EXHAUSTED naming what fits)."""
         smallest = GenerationRequest(prompt="-", frames=1, height=limits.min_size, width=limits.min_size, steps=1)
-        frames = list(range(1, limits.max_frames + 1, limits.frame_multiple))
+        frames = frame_counts(limits.max_frames, limits.frame_multiple)
         sides = list(range(limits.min_size, max(limits.max_height, limits.max_width) + 1, limits.size_multiple))
         most_frames = _last_fitting(frames, lambda n: self.fits(dataclasses.replace(smallest, frames=n)))
         side = _last_fitting(sides, lambda s: self.fits(dataclasses.replace(smallest, height=s, width=s)))

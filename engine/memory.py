@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.request import GenerationRequest
+from wanrt.engine.shapes import dit_tokens
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import ArtifactError
 
@@ -398,7 +399,8 @@ class MemoryEstimator:
         cfg = request.guidance > 1.0 or request.effective_guidance_2 > 1.0
         batch = 2 if cfg else 1
         latent = 4 * channels * frames * height * width
-        tokens = (frames // self._patch[0]) * (height // self._patch[1]) * (width // self._patch[2])
+        tokens = dit_tokens(request.frames, request.height, request.width, temporal=spec.vae_scale_temporal,
+                            spatial=spec.vae_scale_spatial, patch=self._patch)
         text = 4 * batch * spec.text_length * spec.text_dim
 
         def run(graph: str, graph_batch: int, size: float) -> float:

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from wanrt.engine.shapes import MAX_FRAMES, WAN_TEMPORAL_STRIDE, latent_shape
 from wanrt.errors import InvalidRequestError
 
 MAX_PROMPT_BYTES = 4096
@@ -16,12 +17,12 @@ MAX_PROMPT_BYTES = 4096
 class Limits:
     """What a loaded model accepts; the server reports these to clients."""
 
-    max_frames: int = 129
+    max_frames: int = MAX_FRAMES
     min_size: int = 16
     max_height: int = 1280
     max_width: int = 1280
     max_steps: int = 100
-    frame_multiple: int = 4  # frames = k * frame_multiple + 1 (the VAE's temporal stride)
+    frame_multiple: int = WAN_TEMPORAL_STRIDE  # frames = k * frame_multiple + 1 (the VAE's temporal stride)
     size_multiple: int = 16  # VAE spatial stride x transformer patch size
     max_guidance: float = 50.0
     max_fps: int = 60
@@ -54,7 +55,7 @@ class GenerationRequest:
         return self.guidance if self.guidance_2 is None else self.guidance_2
 
     def latent_shape(self, channels: int, temporal: int, spatial: int) -> tuple[int, int, int, int, int]:
-        return (1, channels, (self.frames - 1) // temporal + 1, self.height // spatial, self.width // spatial)
+        return latent_shape(self.frames, self.height, self.width, channels=channels, temporal=temporal, spatial=spatial)
 
     def validate(self, limits: Limits) -> None:
         """Raises InvalidRequestError naming the first bad field."""

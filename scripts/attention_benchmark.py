@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from wanrt.engine.shapes import latent_shape
+
 ROOT = Path(__file__).resolve().parent.parent
 FORMS = ("torch", "before", "attention", "mha")
 CLIP_FORMS = ("torch", "before", "mha")
@@ -249,7 +251,7 @@ def measure_clip(case: ClipCase, form: str, work: Path) -> dict[str, Any]:
     model = {"torch": work / "diffusers", "before": work / "before", "mha": work / "after"}[form]
     pipeline = load_pipeline(model, "torch" if form == "torch" else "onnxruntime")
     latents = np.random.default_rng(0).standard_normal(
-        (1, 16, (case.frames - 1) // 4 + 1, case.height // 8, case.width // 8), dtype=np.float32)
+        latent_shape(case.frames, case.height, case.width), dtype=np.float32)
     request = GenerationRequest(prompt="a school of fish swims left in deep blue water", frames=case.frames,
                                 height=case.height, width=case.width, steps=case.steps, latents=latents)
     _reset_peak()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from wanrt.engine.admission import admission_for
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import MAX_PROMPT_BYTES, Limits
+from wanrt.engine.shapes import latent_shape
 from wanrt.engine.spec import ModelSpec
 from wanrt.server.audit import open_audit_log
 from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
@@ -66,9 +68,9 @@ def effective_limits(model: Limits, config: ServerConfig) -> Limits:
 
 def default_max_request_bytes(spec: ModelSpec, limits: Limits) -> int:
     """Room for latents at the largest allowed size, both prompts and the envelope; at least 1 MiB."""
-    latent_frames = (limits.max_frames - 1) // spec.vae_scale_temporal + 1
-    latents = spec.latent_channels * latent_frames * (limits.max_height // spec.vae_scale_spatial) \
-        * (limits.max_width // spec.vae_scale_spatial) * 4
+    latents = 4 * math.prod(latent_shape(limits.max_frames, limits.max_height, limits.max_width,
+                                         channels=spec.latent_channels, temporal=spec.vae_scale_temporal,
+                                         spatial=spec.vae_scale_spatial))
     return max(1 << 20, latents + 2 * MAX_PROMPT_BYTES + 64 * 1024)
 
 

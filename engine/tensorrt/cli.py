@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from wanrt.engine.shapes import WAN_TRAINED_FRAMES
+
 # Wan2.2 A14B's 720p setting: 81 frames of 1280x720 (either orientation: landscape here).
-DEFAULT_MAX_FRAMES = 81
+DEFAULT_MAX_FRAMES = WAN_TRAINED_FRAMES
 DEFAULT_MAX_HEIGHT = 720
 DEFAULT_MAX_WIDTH = 1280
 

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from wanrt.engine.shapes import WAN_TRAINED_FRAMES, dit_tokens
 from wanrt.errors import InvalidRequestError
 
 GIB = 1024**3
@@ -167,12 +168,6 @@ def vae_scratch(frames: int, height: int, width: int, channels: int, itemsize: i
     return _VAE_LIVE_TENSORS * frames * height * width * channels * itemsize
 
 
-def dit_tokens(frames: int, height: int, width: int, vae_temporal: int = 4, vae_spatial: int = 8,
-               patch: tuple[int, int, int] = (1, 2, 2)) -> int:
-    latent_frames = (frames - 1) // vae_temporal + 1
-    return (latent_frames // patch[0]) * (height // vae_spatial // patch[1]) * (width // vae_spatial // patch[2])
-
-
 # Wan2.2-T2V-A14B (diffusers' configs): two 40-layer DiT experts of 14.3B parameters (dim 5120, ffn 13824),
 # umT5-XXL's encoder (5.7B), the Wan2.1 VAE decoder (~74M parameters).
 A14B_EXPERT_PARAMS = 14_288_901_184
@@ -205,7 +200,7 @@ def main() -> None:
     for gpu_name, gpu in (("80 GB (H100)", 81559 * 2**20), ("141 GB (H200)", 143771 * 2**20)):
         for label, (h, w) in (("480p (832x480)", (480, 832)), ("720p (1280x720)", (720, 1280))):
             try:
-                plan = plan_memory(a14b_engines(81, h, w), ("transformer", "transformer_2"), gpu)
+                plan = plan_memory(a14b_engines(WAN_TRAINED_FRAMES, h, w), ("transformer", "transformer_2"), gpu)
             except InvalidRequestError as err:
                 print(f"| {label} | {gpu_name} | refused: {err.message.splitlines()[0]} | | | |")
                 continue

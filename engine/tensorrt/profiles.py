@@ -16,6 +16,7 @@ from typing import Any
 
 from wanrt.engine.artifact import Manifest
 from wanrt.engine.request import Limits
+from wanrt.engine.shapes import latent_shape, video_frames
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import ArtifactError, InvalidRequestError
 
@@ -190,8 +191,8 @@ def _latent_range(spec: ModelSpec, limits: Limits, opt: VideoShape | None) -> _L
             raise InvalidRequestError(field, f"must be a valid request size between {lo} and {hi}, got {value}")
 
     def to_latent(video: tuple[int, int, int]) -> tuple[int, int, int]:
-        # GenerationRequest.latent_shape's arithmetic, so the profile holds exactly what requests ask for.
-        return ((video[0] - 1) // t + 1, video[1] // s, video[2] // s)
+        # The requests' own arithmetic, so the profile holds exactly what requests ask for.
+        return latent_shape(*video, temporal=t, spatial=s)[2:]
 
     return _LatentRange(to_latent(low), to_latent(point), to_latent(high))
 
@@ -304,7 +305,7 @@ def _video_hint(label: str, bound: int, too_big: bool, spec: ModelSpec) -> str:
     """The graph's bound in request units (video frames, pixels), which is what the user chose."""
     side = "at most" if too_big else "at least"
     if label == "latent frames":
-        return f", i.e. {side} {(bound - 1) * spec.vae_scale_temporal + 1} video frames"
+        return f", i.e. {side} {video_frames(bound, spec.vae_scale_temporal)} video frames"
     if label in ("latent height", "latent width"):
         return f", i.e. {side} {bound * spec.vae_scale_spatial} pixels"
     return ""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from wanrt.engine.request import GenerationRequest
+from wanrt.engine.shapes import latent_shape
 from wanrt.errors import WanrtError
 from wanrt.quant.metrics import cosine, psnr, ssim
 
@@ -121,9 +122,8 @@ def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thres
     tokenizer = PromptTokenizer(art_dir / "tokenizer.json", spec.text_length)
     ids, mask = tokenizer([PROMPTS[0], ""])
     _, text = record(TEXT_ENCODER, lambda: trt.encode_text(ids, mask), lambda: ort.encode_text(ids, mask))
-    latent_frames = (opt.frames - 1) // spec.vae_scale_temporal + 1
-    shape = (2, spec.latent_channels, latent_frames, opt.height // spec.vae_scale_spatial,
-             opt.width // spec.vae_scale_spatial)
+    shape = latent_shape(opt.frames, opt.height, opt.width, channels=spec.latent_channels,
+                         temporal=spec.vae_scale_temporal, spatial=spec.vae_scale_spatial, batch=2)
     latents = rng.standard_normal(shape, dtype=np.float32)
     timestep = np.full(2, 500.0, np.float32)
     for expert in spec.experts:
@@ -132,7 +132,7 @@ def verify_engines(engines_dir: Path, *, prompts: int = 2, steps: int = 4, thres
     z = latents[:1]
     (_, trt_state), (_, ort_state) = record(VAE_INIT, lambda: trt.decode_first(z[:, :, :1]),
                                             lambda: ort.decode_first(z[:, :, :1]))
-    for k in range(1, min(latent_frames, 3)):
+    for k in range(1, min(shape[2], 3)):
         (_, trt_state), (_, ort_state) = record(
             VAE_STEP, lambda k=k, s=trt_state: trt.decode_next(z[:, :, k:k + 1], s),
             lambda k=k, s=ort_state: ort.decode_next(z[:, :, k:k + 1], s))
