@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 
 import numpy as np
 
@@ -11,6 +12,8 @@ from wanrt.engine.shapes import MAX_FRAMES, WAN_TEMPORAL_STRIDE, latent_shape
 from wanrt.errors import InvalidRequestError
 
 MAX_PROMPT_BYTES = 4096
+RANDOM_SEED = -1  # asks for a seed chosen at random; the chosen one is reported with the video
+MAX_SEED = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,12 @@ class GenerationRequest:
         unset options from, never a request to run as it is."""
         return cls(prompt="")
 
+    def with_seed_chosen(self) -> GenerationRequest:
+        """This request, with a random seed in place of RANDOM_SEED (any other seed is kept as it is)."""
+        if self.seed != RANDOM_SEED:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbelow(MAX_SEED + 1))
+
     @property
     def effective_guidance_2(self) -> float:
         return self.guidance if self.guidance_2 is None else self.guidance_2
@@ -75,7 +84,7 @@ class GenerationRequest:
         _check_float("guidance", self.guidance, limits.max_guidance)
         if self.guidance_2 is not None:
             _check_float("guidance_2", self.guidance_2, limits.max_guidance)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("fps", self.fps, 1, limits.max_fps)
         if self.latents is not None:
             self._check_latents()
@@ -93,9 +102,14 @@ class GenerationRequest:
 def _check_text(field: str, value: object, *, allow_empty: bool) -> None:
     if not isinstance(value, str):
         raise InvalidRequestError(field, "must be a string")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate ("\ud800") that JSON can carry and UTF-8 cannot
+        raise InvalidRequestError(field, f"is not valid Unicode: an unpaired surrogate at character {err.start}") \
+            from None
     if not allow_empty and not value.strip():
         raise InvalidRequestError(field, "must not be empty")
-    if len(value.encode("utf-8")) > MAX_PROMPT_BYTES:
+    if len(encoded) > MAX_PROMPT_BYTES:
         raise InvalidRequestError(field, f"is longer than {MAX_PROMPT_BYTES} bytes")
 
 

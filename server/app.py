@@ -24,10 +24,11 @@ from wanrt.server.audit import open_audit_log
 from wanrt.server.auth import SERVICE, TokenInterceptor, TokenStore
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
+from wanrt.server.frontdoor import FrontDoor, ModelFacts
 from wanrt.server.jobs import JobManager
 from wanrt.server.metrics import Metrics
 from wanrt.server.protocol import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MIN_PING_INTERVAL_MS, SERVER_SEND_BYTES
-from wanrt.server.service import ModelFacts, VideoGenerationService
+from wanrt.server.service import VideoGenerationService
 
 log = logging.getLogger("wanrt.server")
 
@@ -92,12 +93,14 @@ class WanrtServer:
         self._draining = threading.Event()
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
-        self.service = VideoGenerationService(
+        # Every API (gRPC here, HTTP in http_edge.py) takes its calls through this one front door.
+        self.door = FrontDoor(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
                                   self.admission),
-            self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
+            self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
+        self.service = VideoGenerationService(self.door)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []
         self._grpc = grpc.server(
@@ -187,12 +190,12 @@ class WanrtServer:
         log.info("serving wanrt.v1 on %s (%s), metrics on %s, %d worker(s), queue %d", self.address,
                  "plaintext" if self.config.insecure else ("mTLS" if self.config.client_ca else "TLS"),
                  self.metrics_port, self.jobs.workers, self.jobs.queue_size)
-        limits = self.service.reported_limits
+        limits = self.door.reported_limits
         log.info("limits: %d frames, %dx%d, %d steps; %s", limits.max_frames, limits.max_height, limits.max_width,
                  limits.max_steps, self.admission.describe() if self.admission else "no memory admission")
         if self.http is not None:
-            log.info("serving OpenAI-compatible /v1/videos on HTTP%s port %d", "" if self.config.insecure else "S",
-                     self.http.port)
+            log.info("serving OpenAI /v1/videos and DashScope video-synthesis on HTTP%s port %d",
+                     "" if self.config.insecure else "S", self.http.port)
 
     def _audit_failed(self) -> None:
         # Without an audit trail the service must not go on answering: orchestrators see NOT_SERVING.
@@ -246,6 +249,6 @@ class WanrtServer:
 
 
 def _http_listener(server: WanrtServer) -> object:
-    from wanrt.server.http_api import HttpListener  # uvicorn and starlette load only when HTTP is asked for
+    from wanrt.server.http_edge import HttpListener  # uvicorn and starlette load only when HTTP is asked for
 
     return HttpListener(server)

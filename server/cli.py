@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
     reopen.append(server.audit.reopen)
     server.start()
     # One machine-readable line on stdout: scripts and tests learn the bound ports (--listen ...:0).
-    limits = server.service.reported_limits
+    limits = server.door.reported_limits
     print(json.dumps({"event": "serving", "grpc": server.address, "grpc_port": server.port,
                       "metrics_port": server.metrics_port, "health_port": server.health_port,
                       "http_port": server.http.port if server.http else None,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 from typing import Any, TypeVar
 
@@ -20,7 +18,6 @@ M = TypeVar("M", bound=Message)
 
 FORMAT_NAMES = {pb.VIDEO_FORMAT_UNSPECIFIED: MP4, pb.VIDEO_FORMAT_MP4: MP4, pb.VIDEO_FORMAT_RAW_RGB24: RAW_RGB24}
 FORMAT_ENUMS = {MP4: pb.VIDEO_FORMAT_MP4, RAW_RGB24: pb.VIDEO_FORMAT_RAW_RGB24}
-MAX_CLIENT_REQUEST_ID = 128
 DEFAULTS = GenerationRequest.defaults()  # the engine's defaults apply to unset optional fields
 
 
@@ -53,7 +50,6 @@ def request_from_proto(message: pb.GenerateRequest) -> tuple[GenerationRequest, 
     """-> (engine request, video format). Range checks are left to GenerationRequest.validate."""
     if message.format not in FORMAT_NAMES:
         raise InvalidRequestError("format", f"unknown VideoFormat {message.format}")
-    _check_client_request_id(message.client_request_id)
 
     def opt(name: str) -> Any:
         return getattr(message, name) if message.HasField(name) else getattr(DEFAULTS, name)
@@ -65,12 +61,6 @@ def request_from_proto(message: pb.GenerateRequest) -> tuple[GenerationRequest, 
         fps=opt("fps"), latents=_latents(message.latents) if message.HasField("latents") else None,
     )
     return request, FORMAT_NAMES[message.format]
-
-
-def _check_client_request_id(value: str) -> None:
-    if len(value) > MAX_CLIENT_REQUEST_ID or not all(" " <= c <= "~" for c in value):
-        raise InvalidRequestError("client_request_id",
-                                  f"must be at most {MAX_CLIENT_REQUEST_ID} printable ASCII characters")
 
 
 def _latents(message: pb.Latents) -> np.ndarray:
@@ -98,23 +88,3 @@ def request_to_proto(request: GenerationRequest, *, video_format: str = MP4,
         message.latents.shape.extend(latents.shape)
         message.latents.float32_data = latents.tobytes()
     return message
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def audit_params(request: GenerationRequest, video_format: str, *, keep_text: bool) -> dict[str, Any]:
-    """The request as the audit log records it: prompts hashed unless the operator chose to keep them."""
-    params = {k: v for k, v in dataclasses.asdict(dataclasses.replace(request, latents=None)).items()
-              if k not in ("prompt", "negative_prompt", "latents")}
-    params["format"] = video_format
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(request, name)
-        params[f"{name}_sha256"] = sha256_text(text)
-        if keep_text:
-            params[name] = text
-    if request.latents is not None:
-        params["latents_sha256"] = hashlib.sha256(np.ascontiguousarray(request.latents).tobytes()).hexdigest()
-        params["latents_shape"] = list(request.latents.shape)
-    return params

@@ -1,4 +1,5 @@
-"""Errors of the serving layer. service.py maps them (and wanrt.errors) to gRPC status codes, in one place."""
+"""Errors of the serving layer. frontdoor.status_for gives each (and wanrt.errors) its outcome, in one place; each
+transport maps that outcome to its own status at its edge."""
 
 from __future__ import annotations
 
@@ -32,3 +33,15 @@ class RemoteError(WanrtError):
 
 class IntegrityError(WanrtError):
     """Client side: the received video does not match the digest or size the server reported."""
+
+
+class BodyTooLargeError(WanrtError):
+    """An HTTP request body is over the server's request size limit."""
+
+
+class VideoNotFoundError(WanrtError):
+    """No such video or task for this caller (another principal's is reported the same way)."""
+
+
+class VideoNotReadyError(WanrtError):
+    """A video's content was asked for before it completed."""

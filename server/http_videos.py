@@ -1,6 +1,7 @@
-"""The HTTP API's video jobs: each one a JobManager job (the same queue and workers as gRPC's Generate), followed
-by a thread of its own until it ends, its MP4 then kept in memory for the client to fetch, within a time and a
-bytes budget. A job belongs to the principal that created it; others are told it does not exist.
+"""The HTTP APIs' video jobs (OpenAI's videos, DashScope's tasks): each one a JobManager job (the same queue and
+workers as gRPC's Generate), followed by a thread of its own until it ends, its MP4 then kept in memory for the
+client to fetch, within a time and a bytes budget. A job belongs to the principal that created it; others are
+told it does not exist.
 
 The audit line of a job is written when it ends (completed, failed or cancelled), exactly like a gRPC Generate
 call's: the same method name, parameters, status, output digest and timings.
@@ -14,40 +15,40 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
-from wanrt.errors import CancelledError, WanrtError
-from wanrt.server.errors import DrainingError
+from wanrt.errors import CancelledError
+from wanrt.server.errors import DrainingError, VideoNotFoundError
+from wanrt.server.frontdoor import (
+    AUDIT_FAILED,
+    AuditedCall,
+    AuditFailed,
+    CallStatus,
+    Code,
+    FrontDoor,
+    rounded_timings,
+)
 from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, ProgressEvent
-from wanrt.server.service import AuditedCall, AuditFailed, CallStatus, rounded_timings, status_for
 
 # Share of the progress bar each stage fills (denoising is where the time goes).
 _STAGE_SPAN = {"text": (0, 5), "denoise": (5, 90), "decode": (90, 99)}
 _SWEEP_S = 5.0  # how often expired videos are looked for, at most
 
 
-class VideoNotFoundError(WanrtError):
-    """No such video for this caller (another principal's video is reported the same way)."""
-
-
-class VideoNotReadyError(WanrtError):
-    """The video's content was asked for before it completed."""
-
-
 @dataclasses.dataclass
 class StoredVideo:
-    """One HTTP job, as GET /v1/videos/{id} reports it."""
+    """One HTTP job, as GET /v1/videos/{id} and DashScope's task query report it."""
 
     id: str
     owner: str  # the principal that created it
+    api: str  # "openai" or "dashscope": each API lists and addresses its own
     created_at: int  # unix seconds
     size: str  # "WIDTHxHEIGHT"
     seconds: str  # the clip's duration, frames / fps
     prompt: str  # held in memory for its owner only; the audit log has its hash unless --audit-prompts
     job: Job
     call: AuditedCall
-    status: str = "queued"  # queued | in_progress | completed | failed
+    status: str = "queued"  # queued | in_progress | completed | failed | cancelled
     progress: int = 0
+    started_at: float | None = None  # unix seconds: a worker took it
     completed_at: float | None = None  # unix seconds
     expires_at: float | None = None
     error: dict[str, Any] | None = None
@@ -62,9 +63,9 @@ class VideoStore:
     """Live and finished HTTP jobs. ``keep_seconds`` after it ends a video is removed; beyond ``keep_bytes`` of
     finished videos the oldest go first."""
 
-    def __init__(self, service: Any, *, keep_seconds: float, keep_bytes: int,
+    def __init__(self, door: FrontDoor, *, keep_seconds: float, keep_bytes: int,
                  clock: Callable[[], float] = time.time) -> None:
-        self.service = service  # wanrt.server.service.VideoGenerationService: audit, metrics, outputs
+        self.door = door
         self.keep_seconds = keep_seconds
         self.keep_bytes = keep_bytes
         self._clock = clock
@@ -79,25 +80,31 @@ class VideoStore:
             self._videos[video.id] = video
         threading.Thread(target=self._follow, args=(video,), name=f"wanrt-http-{video.id[-8:]}", daemon=True).start()
 
-    def get(self, video_id: str, principal: str) -> StoredVideo:
+    def get(self, video_id: str, principal: str, api: str) -> StoredVideo:
         self.sweep()
         with self._lock:
             video = self._videos.get(video_id)
-        if video is None or video.owner != principal:
+        if video is None or video.owner != principal or video.api != api:
             raise VideoNotFoundError(f"no video {video_id!r}")
         return video
 
-    def list(self, principal: str) -> list[StoredVideo]:
+    def list(self, principal: str, api: str) -> list[StoredVideo]:
         self.sweep()
         with self._lock:
-            return [v for v in self._videos.values() if v.owner == principal]
+            return [v for v in self._videos.values() if v.owner == principal and v.api == api]
 
-    def delete(self, video_id: str, principal: str) -> StoredVideo:
-        """Cancels a queued or running job (its worker is freed at the next step) or forgets a finished one."""
-        video = self.get(video_id, principal)
+    def cancel(self, video_id: str, principal: str, api: str) -> StoredVideo:
+        """Cancels a queued or running job: a queued one leaves the queue at once, a running one stops at its
+        next step and frees its worker. The record stays (status cancelled) until it expires."""
+        video = self.get(video_id, principal, api)
+        video.job.cancel("client")
+        return video
+
+    def delete(self, video_id: str, principal: str, api: str) -> StoredVideo:
+        """Cancels a queued or running job or forgets a finished one."""
+        video = self.cancel(video_id, principal, api)
         with self._lock:
             self._videos.pop(video_id, None)
-        video.job.cancel("client")
         return video
 
     def wait_fetched(self, since: float, timeout: float) -> bool:
@@ -131,6 +138,7 @@ class VideoStore:
             event = job.next_event(timeout=None)
             if isinstance(event, ProgressEvent):
                 video.status = "in_progress"
+                video.started_at = video.started_at or self._clock()
                 low, high = _STAGE_SPAN.get(event.progress.stage, (0, 99))
                 total = max(1, event.progress.total)
                 video.progress = max(video.progress, low + (high - low) * event.progress.step // total)
@@ -150,12 +158,12 @@ class VideoStore:
         call, job = video.call, video.job
         timings = {**done.timings, "total_s": time.monotonic() - call.received_at}
         try:
-            output, manifest = self.service.job_output(job, done, data)
+            output, manifest = self.door.job_output(job, done, data)
             # Recorded before the video can be fetched: no client holds a clip the audit log does not know.
-            call.finish(grpc.StatusCode.OK, timings=rounded_timings(timings), identity=self.service.facts.identity,
+            call.finish(Code.OK, timings=rounded_timings(timings), identity=self.door.facts.identity,
                         output=output)
         except AuditFailed:
-            self._end_failed(video, CallStatus(grpc.StatusCode.INTERNAL, "the audit log could not be written"))
+            self._end_failed(video, AUDIT_FAILED)
             return
         except Exception as err:  # signing the provenance manifest failed: a server fault, like on gRPC
             self._failed(video, FailedEvent(err, done.timings))
@@ -172,18 +180,13 @@ class VideoStore:
         error = failed.error
         if isinstance(error, CancelledError) and video.job.cancel_reason == "shutdown":
             error = DrainingError("the server shut down before the job finished")
-        status = status_for(error, video.id)
         video.call.record["timings"] = rounded_timings(failed.timings)
-        try:
-            video.call.finish(status.code, status)
-        except AuditFailed:
-            status = CallStatus(grpc.StatusCode.INTERNAL, "the audit log could not be written")
-        self._end_failed(video, status)
+        self._end_failed(video, video.call.fail(error))
 
     def _end_failed(self, video: StoredVideo, status: CallStatus) -> None:
         now = self._clock()
         with self._lock:
-            video.status = "failed"
+            video.status = "cancelled" if status.code == Code.CANCELLED else "failed"
             video.error = {"code": status.code.name.lower(), "message": status.message}
             video.completed_at, video.expires_at = now, now + self.keep_seconds
 

@@ -69,10 +69,11 @@ class Job:
     """One generation. ``events`` yields progress and data, then exactly one DoneEvent or FailedEvent."""
 
     def __init__(self, manager: JobManager, request: GenerationRequest, video_format: str, received_at: float,
-                 job_id: str | None = None) -> None:
+                 job_id: str | None = None, metadata: dict | None = None) -> None:
         self.id = job_id or uuid.uuid4().hex
         self.request = request
         self.format = video_format
+        self.metadata = metadata  # written into the MP4 (the request's settings)
         self.received_at = received_at  # time.monotonic() when the call arrived
         self.started_at: float | None = None
         self.position = 0
@@ -143,9 +144,11 @@ class JobManager:
             return len(self._pending) + len(self._running)
 
     def submit(self, request: GenerationRequest, video_format: str = MP4, *, received_at: float | None = None,
-               job_id: str | None = None) -> Job:
-        """Queues a job or raises at once: QueueFullError over the limit, DrainingError when shutting down."""
-        job = Job(self, request, video_format, time.monotonic() if received_at is None else received_at, job_id)
+               job_id: str | None = None, metadata: dict | None = None) -> Job:
+        """Queues a job or raises at once: QueueFullError over the limit, DrainingError when shutting down.
+        ``metadata`` (JSON-able) is written into the MP4."""
+        job = Job(self, request, video_format, time.monotonic() if received_at is None else received_at, job_id,
+                  metadata)
         with self._cond:
             if not self._accepting:
                 raise DrainingError("the server is shutting down and accepts no new jobs")
@@ -259,7 +262,7 @@ class JobManager:
             if job.format == RAW_RGB24:
                 stream: Iterator[bytes] = (np.ascontiguousarray(c).tobytes() for c in counted(chunks))
             else:
-                stream = self._encode_mp4(counted(chunks), job.request.fps)
+                stream = self._encode_mp4(counted(chunks), job.request.fps, metadata=job.metadata)
             for data in stream:
                 if data:
                     digest.update(data)

@@ -1,4 +1,5 @@
-"""The wanrt.v1.VideoGeneration servicer. Errors become gRPC status codes here, in ``status_for``, and only here.
+"""The wanrt.v1.VideoGeneration servicer: gRPC's transport over the front door (frontdoor.py). It parses messages,
+renders responses and maps the front door's outcomes to gRPC status codes, once, in ``grpc_status``.
 
 Handlers take the raw request bytes and parse them themselves: with grpc's own deserializer a message that
 does not parse would end as INTERNAL ("Exception deserializing request"), a client error reported as a server
@@ -7,14 +8,9 @@ fault. Every call, refused or not, leaves exactly one audit line, written before
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import grpc
 from google.protobuf import any_pb2
@@ -22,150 +18,48 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import wanrt
-from wanrt.engine.admission import Admission
-from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
-from wanrt.engine.spec import ModelSpec
-from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
-from wanrt.server.audit import AuditLog
+from wanrt.engine.request import MAX_PROMPT_BYTES
+from wanrt.errors import CancelledError
 from wanrt.server.auth import SERVICE, bearer_token, certificate_subject
-from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, audit_params, parse_message, request_from_proto
-from wanrt.server.errors import DrainingError, QueueFullError
-from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, JobManager, ProgressEvent
-from wanrt.server.metrics import Metrics
-from wanrt.server.protocol import CHUNK_BYTES, MP4
+from wanrt.server.convert import DEFAULTS, FORMAT_ENUMS, parse_message, request_from_proto
+from wanrt.server.errors import DrainingError
+from wanrt.server.frontdoor import (
+    AUDIT_FAILED,
+    Ask,
+    AuditedCall,
+    AuditFailed,
+    Caller,
+    CallStatus,
+    Code,
+    FrontDoor,
+    rounded_timings,
+    status_for,
+)
+from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, ProgressEvent
+from wanrt.server.protocol import CHUNK_BYTES
 from wanrt.server.v1 import wanrt_pb2 as pb
-
-log = logging.getLogger("wanrt.server")
 
 _STAGES = {"text": pb.STAGE_TEXT, "denoise": pb.STAGE_DENOISE, "decode": pb.STAGE_DECODE}
 _EVENT_POLL_S = 1.0  # how often a handler waiting on its job re-checks that the client is still there
 
 
-@dataclasses.dataclass(frozen=True)
-class CallStatus:
-    code: grpc.StatusCode
-    message: str  # the status message; for INVALID_ARGUMENT "<field>: <description>"
-    field: str | None = None
-    description: str | None = None  # INVALID_ARGUMENT: what is wrong with the field (BadRequest)
+def grpc_status(code: Code) -> grpc.StatusCode:
+    """The front door's outcome as a gRPC status code (they share their names)."""
+    return grpc.StatusCode[code.name]
 
 
-def status_for(error: BaseException, job_id: str | None = None) -> CallStatus:
-    """The one mapping from errors to status codes. Client errors never become UNKNOWN or INTERNAL."""
-    if isinstance(error, InvalidRequestError):
-        return CallStatus(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message}", error.field,
-                          error.message)
-    if isinstance(error, QueueFullError):
-        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    if isinstance(error, InsufficientMemoryError):
-        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    if isinstance(error, MemoryError):
-        return CallStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this job")
-    if isinstance(error, DrainingError):
-        return CallStatus(grpc.StatusCode.UNAVAILABLE, str(error))
-    if isinstance(error, CancelledError):
-        return CallStatus(grpc.StatusCode.CANCELLED, str(error))
-    # A server fault: the message names the job for support, never internals (they go to the server log).
-    return CallStatus(grpc.StatusCode.INTERNAL, f"internal error{f' in job {job_id}' if job_id else ''}; "
-                                                "the server log has the details")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFacts:
-    """What the servicer reports about the loaded model."""
-
-    spec: ModelSpec
-    limits: Limits
-    identity: dict[str, str]
-    max_request_bytes: int
-    admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
-
-
-def caller(context: grpc.ServicerContext, token_id: str | None) -> dict[str, Any]:
-    """Who is calling, for the audit line: the token's id (checked by the interceptor), else the verified
-    client certificate's subject, else anonymous."""
-    subject = certificate_subject(context)
-    if token_id is not None:
-        principal, kind = token_id, "token"
-    elif subject is not None:
-        principal, kind = subject, "certificate"
-    else:
-        principal, kind = "anonymous", "none"
-    return {"principal": principal, "principal_kind": kind, "certificate_subject": subject, "peer": context.peer()}
-
-
-class AuditedCall:
-    """One call's audit record and metrics, written exactly once, whichever API (gRPC, HTTP) took the call."""
-
-    def __init__(self, service: VideoGenerationService, method: str, who: dict[str, Any],
-                 call_id: str | None = None) -> None:
-        self.service = service
-        self.method = method
-        self.received_at = time.monotonic()
-        self.id = call_id or uuid.uuid4().hex  # the request id: audit line, job id, server log
-        self.record: dict[str, Any] = {"request_id": self.id, "method": method, **who}
-        self.written = False
-
-    def finish(self, code: grpc.StatusCode, error: CallStatus | None = None, **fields: Any) -> None:
-        if self.written:
-            return
-        self.written = True
-        self.record.update(fields)
-        self.record["status"] = code.name
-        if error is not None:
-            self.record["error"] = {"field": error.field, "message": error.message}
-        total = time.monotonic() - self.received_at
-        self.record.setdefault("timings", {})["total_s"] = round(total, 6)
-        service = self.service
-        service.metrics.requests.labels(self.method, code.name).inc()
-        if self.method == "Generate":
-            service.metrics.request_seconds.labels(code.name).observe(total)
-        try:
-            service.audit.write(self.record)
-        except (OSError, ValueError) as err:
-            log.critical("audit log write failed (%s); refusing to serve", err)
-            service.on_audit_failure()
-            raise AuditFailed() from err
-
-
-class _Call(AuditedCall):
-    """A gRPC call's record; the caller is read from the call's context."""
-
-    def __init__(self, service: VideoGenerationService, method: str, context: grpc.ServicerContext,
-                 token_id: str | None = None) -> None:
-        super().__init__(service, method, caller(context, token_id))
-        self.context = context
-
-    def end_status(self) -> grpc.StatusCode:
-        """What the client saw when the call ended without our saying so (it went away or timed out)."""
-        remaining = self.context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
-
-
-class AuditFailed(Exception):
-    """The audit line could not be written: the call must fail (and the server stops serving)."""
+def caller_of(context: grpc.ServicerContext, token_id: str | None) -> Caller:
+    """The caller of a gRPC call whose token the interceptor checked (``token_id``, None without tokens)."""
+    return Caller.identified(api="grpc", peer=context.peer(), certificate_subject=certificate_subject(context),
+                             token_id=token_id)
 
 
 class VideoGenerationService:
     """The handlers take the caller's ``token_id`` from the token interceptor (auth.TokenInterceptor), which
     checked it; without tokens configured there is no interceptor and no token id."""
 
-    def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
-                 keep_prompt_text: bool = False,
-                 draining: Callable[[], bool] = lambda: False,
-                 on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
-        self.jobs = jobs
-        self.facts = facts
-        self.audit = audit
-        self.metrics = metrics
-        self.keep_prompt_text = keep_prompt_text
-        self.draining = draining
-        self.on_audit_failure = on_audit_failure
-        self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
-        # Limits lowered to what the memory budget can hold at all; requests are validated against the model's
-        # limits and larger ones refused by admission, so the refusal is RESOURCE_EXHAUSTED naming what fits.
-        self.reported_limits = facts.limits if facts.admission is None else facts.admission.lowered(facts.limits)
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
         self._info = self._model_info()
         self._open_calls = 0  # Generate handlers still running (drain waits for their last messages)
         self._calls_cond = threading.Condition()
@@ -194,35 +88,32 @@ class VideoGenerationService:
                 self.describe_model, response_serializer=pb.ModelInfo.SerializeToString),
         })
 
-    # --- who is calling --------------------------------------------------------------------------------
-
     def audit_denied(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
                      token_id: str | None) -> None:
         """The token interceptor's refusals are audited like every other call."""
-        call = _Call(self, method, context)
+        caller = caller_of(context, None)
+        refusal = CallStatus(Code[code.name], message)
         # Whether a token came, never any digest of it: a mistyped secret must not become guessable offline.
-        call.record.update(principal=token_id or "unauthenticated", principal_kind="token" if token_id else "none",
-                           token_presented=bearer_token(context.invocation_metadata()) is not None)
-        try:
-            call.finish(code, CallStatus(code, message))
-        except AuditFailed:
-            pass  # the call is refused anyway
+        caller = Caller(token_id or "unauthenticated", "token" if token_id else "none", caller.certificate_subject,
+                        caller.peer, "grpc", refusal,
+                        token_presented=bearer_token(context.invocation_metadata()) is not None)
+        self.door.refuse(self.door.open_call(method, caller), refusal)
 
     # --- DescribeModel -----------------------------------------------------------------------------------
 
     def describe_model(self, raw: bytes, context: grpc.ServicerContext, token_id: str | None = None) -> pb.ModelInfo:
-        call = _Call(self, "DescribeModel", context, token_id)
+        call = self.door.open_call("DescribeModel", caller_of(context, token_id))
         try:
             parse_message(raw, pb.DescribeModelRequest)
-            if self.draining():
-                raise DrainingError("the server is shutting down")
-            call.finish(grpc.StatusCode.OK, identity=self.facts.identity)
+            self.door.check_open()
+            call.finish(Code.OK, identity=self.door.facts.identity)
             return self._info
         except Exception as err:
-            self._end_with_error(call, err)
+            self._end_with_error(call, context, err)
 
     def _model_info(self) -> pb.ModelInfo:
-        facts, limits, spec = self.facts, self.reported_limits, self.facts.spec
+        door = self.door
+        facts, limits, spec = door.facts, door.reported_limits, door.facts.spec
         return pb.ModelInfo(
             identity=facts.identity,
             limits=pb.Limits(max_frames=limits.max_frames, frame_multiple=limits.frame_multiple,
@@ -235,7 +126,7 @@ class VideoGenerationService:
                                  fps=DEFAULTS.fps),
             experts=list(spec.experts), boundary_ratio=spec.boundary_ratio or 0.0,
             latent_channels=spec.latent_channels, vae_scale_temporal=spec.vae_scale_temporal,
-            vae_scale_spatial=spec.vae_scale_spatial, workers=self.jobs.workers, queue_size=self.jobs.queue_size,
+            vae_scale_spatial=spec.vae_scale_spatial, workers=door.jobs.workers, queue_size=door.jobs.queue_size,
             server_version=wanrt.__version__,
         )
 
@@ -243,58 +134,33 @@ class VideoGenerationService:
 
     def generate(self, raw: bytes, context: grpc.ServicerContext,
                  token_id: str | None = None) -> Iterator[pb.GenerateResponse]:
-        call = _Call(self, "Generate", context, token_id)
+        call = self.door.open_call("Generate", caller_of(context, token_id))
         job: Job | None = None
         self._call_opened(+1)
         try:
-            request, video_format, client_request_id = self._parse_generate(raw, call)
-            job = self.jobs.submit(request, video_format, received_at=call.received_at, job_id=call.id)
+            message = parse_message(raw, pb.GenerateRequest)
+            request, video_format = request_from_proto(message)
+            job = self.door.admit(call, Ask(request, video_format, message.client_request_id))
             # A cancel or deadline must reach a queued job too, which sends nothing we could fail to yield.
             if not context.add_callback(lambda: job.cancel("client")):
                 job.cancel("client")  # the call ended before the callback could be registered
             yield pb.GenerateResponse(accepted=pb.Accepted(job_id=job.id, queue_position=job.position))
-            yield from self._stream_job(call, job, client_request_id)
+            yield from self._stream_job(call, context, job, message.client_request_id)
         except Exception as err:
-            self._end_with_error(call, err)
+            self._end_with_error(call, context, err)
         finally:
             if job is not None and not call.written:
                 job.cancel("client")  # the client went away while we were sending: free the worker
             if not call.written:
                 try:
-                    call.finish(call.end_status())
+                    call.finish(_end_status(context))
                 except AuditFailed:
                     pass
             self._call_opened(-1)
 
-    def _parse_generate(self, raw: bytes, call: _Call) -> tuple[GenerationRequest, str, str]:
-        message = parse_message(raw, pb.GenerateRequest)
-        call.record["client_request_id"] = message.client_request_id or None
-        request, video_format = request_from_proto(message)
-        self.check_request(request, video_format, call.record)
-        return request, video_format, message.client_request_id
-
-    def check_request(self, request: GenerationRequest, video_format: str, record: dict[str, Any]) -> None:
-        """Every check a job passes before it is queued, for either API; ``record`` (the audit line) gets the
-        request's parameters first, so that a refusal is recorded with what was asked."""
-        record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
-        request.validate(self.facts.limits)
-        if self.provenance is not None and video_format != MP4:
-            raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "
-                                                "frames cannot carry: ask for MP4")
-        if request.latents is not None:
-            spec = self.facts.spec
-            expected = request.latent_shape(spec.latent_channels, spec.vae_scale_temporal, spec.vae_scale_spatial)
-            if tuple(request.latents.shape) != expected:
-                raise InvalidRequestError("latents", f"shape {list(request.latents.shape)} does not match "
-                                                     f"frames/height/width: expected {list(expected)}")
-        admission = self.facts.admission
-        if admission is not None:  # before the job is queued: a refusal costs nothing and is audited
-            estimate = admission.estimator.estimate(request)
-            record["memory"] = {"estimate_bytes": estimate.total, "budget_bytes": admission.budget.bytes}
-            admission.check(request)
-
-    def _stream_job(self, call: _Call, job: Job, client_request_id: str) -> Iterator[pb.GenerateResponse]:
-        context, offset = call.context, 0
+    def _stream_job(self, call: AuditedCall, context: grpc.ServicerContext, job: Job,
+                    client_request_id: str) -> Iterator[pb.GenerateResponse]:
+        offset = 0
         video: list[bytes] = []  # kept only to sign the C2PA sidecar over exactly what was streamed
         while True:
             event = job.next_event(timeout=_EVENT_POLL_S)
@@ -311,7 +177,7 @@ class VideoGenerationService:
                 for start in range(0, len(event.data), CHUNK_BYTES):
                     piece = event.data[start:start + CHUNK_BYTES]
                     yield pb.GenerateResponse(video=pb.VideoChunk(offset=offset, data=piece))
-                    if self.provenance is not None:
+                    if self.door.provenance is not None:
                         video.append(piece)
                     offset += len(piece)
             elif isinstance(event, DoneEvent):
@@ -324,76 +190,59 @@ class VideoGenerationService:
                     if job.cancel_reason == "shutdown":
                         error = DrainingError("the server shut down before the job finished")
                     elif not context.is_active():
-                        call.finish(call.end_status(), status_for(error))
+                        call.finish(_end_status(context), status_for(error))
                         return
-                self._abort(call, status_for(error, job.id))
+                _abort_with(context, call.fail(error))
 
-    def _result(self, call: _Call, job: Job, done: DoneEvent, client_request_id: str,
+    def _result(self, call: AuditedCall, job: Job, done: DoneEvent, client_request_id: str,
                 video: bytes) -> pb.GenerateResponse:
-        request = job.request
+        request, settings = job.request, job.metadata or {}
         timings = {**done.timings, "total_s": time.monotonic() - call.received_at}
         result = pb.GenerateResponse(result=pb.Result(
             job_id=job.id, video_sha256=done.sha256, video_bytes=done.nbytes, format=FORMAT_ENUMS[job.format],
             frames=done.frames, height=request.height, width=request.width, fps=request.fps, steps=request.steps,
             seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
-            identity=self.facts.identity, client_request_id=client_request_id,
+            identity=self.door.facts.identity, client_request_id=client_request_id,
+            prompt_sha256=settings.get("prompt_sha256", ""),
+            negative_prompt_sha256=settings.get("negative_prompt_sha256", ""), guidance=request.guidance,
+            guidance_2=request.effective_guidance_2, model=self.door.model_name,
+            seed_chosen_by_server=bool(call.record.get("params", {}).get("seed_chosen_by_server")),
         ))
-        output, manifest = self.job_output(job, done, video)
+        output, manifest = self.door.job_output(job, done, video)
         if manifest is not None:
             result.result.c2pa_manifest = manifest
         # Recorded before the Result leaves: a client never holds a clip the audit log does not know.
-        call.finish(grpc.StatusCode.OK, timings=rounded_timings(timings), identity=self.facts.identity, output=output)
+        call.finish(Code.OK, timings=rounded_timings(timings), identity=self.door.facts.identity, output=output)
         return result
-
-    def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
-        """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
-        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
-        if self.provenance is None:
-            return output, None
-        manifest = self._provenance(video, job.id)
-        output["c2pa_manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
-        return output, manifest
-
-    def _provenance(self, video: bytes, request_id: str) -> bytes:
-        from wanrt import __version__
-        from wanrt.trust.provenance import manifest_definition, sidecar
-
-        definition = manifest_definition(self.facts.identity, request_id, wanrt_version=__version__)
-        return sidecar(video, self.provenance, definition)
 
     # --- ending calls with an error --------------------------------------------------------------------
 
-    def _end_with_error(self, call: _Call, error: Exception) -> None:
+    def _end_with_error(self, call: AuditedCall, context: grpc.ServicerContext, error: Exception) -> None:
         """The last stop of every handler: whatever escaped becomes a mapped status, never UNKNOWN."""
         if isinstance(error, AuditFailed):
-            self._abort_internal(call.context)
+            _abort_with(context, AUDIT_FAILED)
         if call.written:
             raise error  # our own abort (grpc ends calls by raising from context.abort): let it through
-        status = status_for(error, call.id)
-        if status.code == grpc.StatusCode.INTERNAL:
-            log.error("%s %s failed", call.method, call.id, exc_info=error)
-        self._abort(call, status)
-
-    def _abort(self, call: _Call, status: CallStatus) -> None:
-        """Audits, then ends the call with ``status`` (INVALID_ARGUMENT carries a google.rpc.BadRequest)."""
-        try:
-            call.finish(status.code, status)
-        except AuditFailed:
-            self._abort_internal(call.context)
-        details = []
-        if status.field is not None:
-            bad = error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=status.field, description=status.description or "")])
-            packed = any_pb2.Any()
-            packed.Pack(bad)
-            details.append(packed)
-        call.context.abort_with_status(rpc_status.to_status(
-            status_pb2.Status(code=status.code.value[0], message=status.message, details=details)))
-
-    @staticmethod
-    def _abort_internal(context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.INTERNAL, "the audit log could not be written; the call was not completed")
+        _abort_with(context, call.fail(error))
 
 
-def rounded_timings(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 6) for k, v in timings.items()}
+def _abort_with(context: grpc.ServicerContext, status: CallStatus) -> None:
+    """INVALID_ARGUMENT carries a google.rpc.BadRequest naming the field."""
+    details = []
+    if status.field is not None:
+        bad = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=status.field, description=status.description or "")])
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    code = grpc_status(status.code)
+    context.abort_with_status(rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=status.message, details=details)))
+
+
+def _end_status(context: grpc.ServicerContext) -> Code:
+    """What the client saw when the call ended without our saying so (it went away or timed out)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return Code.DEADLINE_EXCEEDED
+    return Code.CANCELLED

@@ -185,10 +185,12 @@ def test_an_allocation_failure_at_run_time_is_one_line_and_exit_2(tmp_path):
 
 
 def test_status_for_maps_memory_errors_to_resource_exhausted():
-    from wanrt.server.service import status_for
+    from wanrt.server.frontdoor import Code, status_for
+    from wanrt.server.service import grpc_status
 
     for error in (InsufficientMemoryError("too big"), MemoryError()):
-        assert status_for(error).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert grpc_status(status_for(error).code) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert status_for(error).code == Code.RESOURCE_EXHAUSTED and status_for(error).reason == "memory"
 
 
 def test_allocation_failures_are_recognised():

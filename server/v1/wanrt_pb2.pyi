@@ -122,7 +122,7 @@ class Timings(_message.Message):
     def __init__(self, queued_s: _Optional[float] = ..., text_s: _Optional[float] = ..., denoise_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest")
+    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest", "prompt_sha256", "negative_prompt_sha256", "guidance", "guidance_2", "model", "seed_chosen_by_server")
     class IdentityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,12 @@ class Result(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     C2PA_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_2_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEED_CHOSEN_BY_SERVER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     video_sha256: str
     video_bytes: int
@@ -160,7 +166,13 @@ class Result(_message.Message):
     identity: _containers.ScalarMap[str, str]
     client_request_id: str
     c2pa_manifest: bytes
-    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ...) -> None: ...
+    prompt_sha256: str
+    negative_prompt_sha256: str
+    guidance: float
+    guidance_2: float
+    model: str
+    seed_chosen_by_server: bool
+    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ..., prompt_sha256: _Optional[str] = ..., negative_prompt_sha256: _Optional[str] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., model: _Optional[str] = ..., seed_chosen_by_server: _Optional[bool] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ()

@@ -16,11 +16,11 @@ from server_testkit import LONG, TINY, read_audit, running_server, serve_process
 from test_server_bad_requests import CASES, GENERATE
 
 from wanrt.engine.request import Limits
+from wanrt.engine.shapes import frames_for_seconds
 from wanrt.server.auth import hash_token
 from wanrt.server.client import Client
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
-from wanrt.server.http_api import frames_for_seconds
 
 ALICE, BOB, VIEWER = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "viewer-token-0123456789abcdef"
 # The cheapest real job (TINY) as HTTP body fields.
@@ -72,7 +72,7 @@ def test_openai_sdk_creates_polls_downloads_and_deletes(served):
     generated_before = served.metric("wanrt_requests_total", method="Generate", code="OK")
     video = client.videos.create(prompt=TINY.prompt, size="16x16", extra_body=SDK_EXTRA)
     assert video.object == "video" and video.status in ("queued", "in_progress") and video.size == "16x16"
-    assert video.model == served.server.service.facts.identity["model"].rsplit("/", 1)[-1]
+    assert video.model == served.server.door.facts.identity["model"].rsplit("/", 1)[-1]
     video = client.videos.poll(video.id, poll_interval_ms=20)
     assert video.status == "completed" and video.progress == 100 and video.error is None
     assert video.completed_at >= video.created_at and video.expires_at > video.completed_at
@@ -83,7 +83,7 @@ def test_openai_sdk_creates_polls_downloads_and_deletes(served):
     assert data[4:8] == b"ftyp"  # an MP4
     # The job is a Generate job like gRPC's: one audit line, the same fields, counted in the same metrics.
     (record,) = [r for r in audit_for(served, video.id) if r["method"] == "Generate"]
-    assert record["status"] == "OK" and record["principal"] == "alice" and record["api"] == "http"
+    assert record["status"] == "OK" and record["principal"] == "alice" and record["api"] == "openai"
     assert hashlib.sha256(data).hexdigest() == record["output"]["sha256"] == content.response.headers["x-video-sha256"]
     assert record["params"]["frames"] == 1 and record["params"]["prompt_sha256"]
     assert served.metric("wanrt_requests_total", method="Generate", code="OK") == generated_before + 1
@@ -331,7 +331,7 @@ def test_config_applies_grpc_transport_rules_to_http(tmp_path):
 
 @pytest.mark.parametrize(("seconds", "fps", "frames"), [(4, 16, 65), (1, 16, 17), (0.01, 16, 1), (5, 24, 121)])
 def test_seconds_map_to_the_nearest_valid_frame_count(seconds, fps, frames):
-    assert frames_for_seconds(seconds, fps, Limits()) == frames
+    assert frames_for_seconds(seconds, fps, Limits().frame_multiple) == frames
     assert (frames - 1) % Limits().frame_multiple == 0
 
 

@@ -38,7 +38,7 @@ class StepClockStandIn:
         yield np.zeros((1, 2, 2, 3), np.uint8)
 
 
-def raw_bytes(chunks, fps):  # stands in for the MP4 encoder: the queue does not care about the container
+def raw_bytes(chunks, fps, metadata=None):  # stands in for the MP4 encoder: the queue does not care about the container
     for chunk in chunks:
         yield chunk.tobytes()
 

@@ -19,7 +19,8 @@ def test_the_client_imports_neither_the_servicer_nor_the_job_queue():
             "print(sorted(m for m in sys.modules if m.startswith('wanrt.server.')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "wanrt.server.protocol" in loaded
-    for internal in ("wanrt.server.service", "wanrt.server.jobs", "wanrt.server.app", "wanrt.server.auth"):
+    for internal in ("wanrt.server.service", "wanrt.server.frontdoor", "wanrt.server.jobs", "wanrt.server.app",
+                     "wanrt.server.auth"):
         assert f"'{internal}'" not in loaded, internal
 
 
