@@ -23,7 +23,7 @@ import hmac
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -80,6 +80,7 @@ class SynthesisInput(BaseModel):
     # The SDK's older switch for prompt rewriting, which it sends as true on every call unless told otherwise:
     # ignored (wanrt never rewrites a prompt; the task reports orig_prompt == actual_prompt).
     extend_prompt: bool | None = None
+    function: Literal["video-synthesis"] | None = None  # the SDK names the call here (the path says it too)
 
 
 class SynthesisParameters(BaseModel):
