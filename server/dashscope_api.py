@@ -155,7 +155,8 @@ def ask_from_body(body: SynthesisBody, door: FrontDoor, client_request_id: str) 
                                       f"{WAN_NATIVE_FPS}; other rates play its motion faster or slower)")
         values["fps"] = p.frame_rate
     if p.duration is not None:
-        values["frames"] = frames_from_seconds("parameters.duration", p.duration, values.get("fps", defaults.fps))
+        values["frames"] = frames_from_seconds("parameters.duration", p.duration, values.get("fps", defaults.fps),
+                                               "parameters.frame_rate")
     return Ask(GenerationRequest(**values), MP4, client_request_id, "x-client-request-id", names)
 
 

@@ -286,8 +286,7 @@ class FrontDoor:
     def admit(self, call: AuditedCall, ask: Ask) -> Job:
         """Every check a job passes, then the queue: raises the typed error of the first check that fails. The
         audit record gets the request's parameters first, so a refusal is recorded with what was asked."""
-        call.record["client_request_id"] = check_client_request_id(ask.client_request_id, call.record,
-                                                                 ask.client_request_id_field)
+        check_client_request_id(ask.client_request_id, call.record, ask.client_request_id_field)
         request = ask.request.with_seed_chosen()
         record = call.record
         record["params"] = audit_params(request, ask.video_format, keep_text=self.keep_prompt_text)
@@ -369,14 +368,15 @@ def renamed(error: InvalidRequestError, names: dict[str, str], request: Generati
     return InvalidRequestError(given, f"{error.field} {error.message}")
 
 
-def check_client_request_id(value: str, record: dict[str, Any], field: str = "client_request_id") -> str | None:
-    """The client's own id for a call, as gRPC and HTTP both take it: at most 128 printable ASCII characters.
-    A refused one is recorded by length and digest, never in full."""
-    if len(value) > MAX_CLIENT_REQUEST_ID or not all(" " <= c <= "~" for c in value):
+def check_client_request_id(value: str, record: dict[str, Any], field: str = "client_request_id") -> None:
+    """Records the client's own id for a call (``client_request_id``), as gRPC and HTTP both take it: at most
+    128 printable ASCII characters. A refused one is recorded by length and digest, never in full."""
+    ok = len(value) <= MAX_CLIENT_REQUEST_ID and all(" " <= c <= "~" for c in value)
+    record["client_request_id"] = (value or None) if ok else None
+    if not ok:
         record["client_request_id_refused"] = {
             "length": len(value), "sha256": hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()}
         raise InvalidRequestError(field, f"must be at most {MAX_CLIENT_REQUEST_ID} printable ASCII characters")
-    return value or None
 
 
 def rounded_timings(timings: dict[str, float]) -> dict[str, float]:

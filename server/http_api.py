@@ -99,12 +99,12 @@ def ask_from_body(body: VideoBody, model_name: str, client_request_id: str) -> A
     if body.seconds is not None:
         if body.frames is not None:
             raise InvalidRequestError("seconds", "give seconds or frames, not both")
-        values["frames"] = frames_from_seconds("seconds", body.seconds, values.get("fps", _DEFAULTS.fps))
+        values["frames"] = frames_from_seconds("seconds", body.seconds, values.get("fps", _DEFAULTS.fps), "fps")
         names["frames"] = "seconds"
     return Ask(GenerationRequest(**values), MP4, client_request_id, "x-client-request-id", names)
 
 
-def frames_from_seconds(field: str, seconds: float | str, fps: int) -> int:
+def frames_from_seconds(field: str, seconds: float | str, fps: int, fps_field: str) -> int:
     """A duration (as a number or text) as the nearest valid frame count; absurd ones are refused here, before
     the arithmetic can overflow (1e308 s)."""
     try:
@@ -113,7 +113,9 @@ def frames_from_seconds(field: str, seconds: float | str, fps: int) -> int:
         raise InvalidRequestError(field, f"must be a number, got {seconds!r}") from None
     if not math.isfinite(duration) or duration <= 0:
         raise InvalidRequestError(field, f"must be a finite number greater than 0, got {seconds!r}")
-    if not 1 <= fps <= 1000 or duration > 3600:
+    if not 1 <= fps <= 1000:
+        raise InvalidRequestError(fps_field, f"must be between 1 and 1000 frames per second, got {fps}")
+    if duration > 3600:
         raise InvalidRequestError(field, f"{seconds} s is longer than any clip this server makes")
     return frames_for_seconds(duration, fps)
 
