@@ -183,25 +183,33 @@ def translate_error(err: grpc.RpcError) -> WanrtError:
         if field is not None:
             return InvalidRequestError(field, description or details)
         return InvalidRequestError("request", details)
-    return RemoteError(code.name, details)
+    return RemoteError(code.name, details, retryable=_status_detail(err, "RetryInfo") is not None)
 
 
 def bad_request_field(err: grpc.RpcError) -> tuple[str | None, str | None]:
     """The google.rpc.BadRequest field violation of an INVALID_ARGUMENT status, if the server sent one."""
+    bad = _status_detail(err, "BadRequest")
+    if bad is not None and bad.field_violations:
+        return bad.field_violations[0].field, bad.field_violations[0].description
+    return None, None
+
+
+def _status_detail(err: grpc.RpcError, name: str) -> object | None:
+    """The google.rpc detail ``name`` ("BadRequest", "RetryInfo") of a failed call's status, if it came."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
     try:
         status = rpc_status.from_call(err)
     except ValueError:
-        return None, None
+        return None
+    kind = getattr(error_details_pb2, name)
     for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            if bad.field_violations:
-                return bad.field_violations[0].field, bad.field_violations[0].description
-    return None, None
+        if detail.Is(kind.DESCRIPTOR):
+            message = kind()
+            detail.Unpack(message)
+            return message
+    return None
 
 
 # --- `wanrt client ...` ------------------------------------------------------------------------------------
@@ -302,6 +310,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     health.add_argument("--service", default="", help="service to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=5.0)
     health.set_defaults(handler=cmd_health)
+
+    from wanrt.server.batch import register as register_batch
+
+    register_batch(commands, add_connection_arguments)
 
     describe = commands.add_parser("describe", help="print the loaded model and its limits as JSON")
     add_connection_arguments(describe)

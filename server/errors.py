@@ -25,10 +25,11 @@ class DrainingError(WanrtError):
 class RemoteError(WanrtError):
     """Client side: the server answered with an error status other than INVALID_ARGUMENT."""
 
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: str, details: str, *, retryable: bool = False) -> None:
         super().__init__(f"{code}: {details}")
         self.code = code  # grpc.StatusCode name, e.g. "RESOURCE_EXHAUSTED"
         self.details = details
+        self.retryable = retryable  # the server said to retry later (its queue was full)
 
 
 class IntegrityError(WanrtError):

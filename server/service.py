@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -227,14 +227,19 @@ class VideoGenerationService:
 
 
 def _abort_with(context: grpc.ServicerContext, status: CallStatus) -> None:
-    """INVALID_ARGUMENT carries a google.rpc.BadRequest naming the field."""
+    """INVALID_ARGUMENT carries a google.rpc.BadRequest naming the field; a full queue a google.rpc.RetryInfo
+    (retry later: the request itself is fine), which other RESOURCE_EXHAUSTED refusals lack."""
     details = []
     if status.field is not None:
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=status.field, description=status.description or "")])
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        details.append(packed)
+        details.append(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=status.field, description=status.description or "")]))
+    if status.reason == "queue":
+        details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
+    packed = []
+    for detail in details:
+        packed.append(any_pb2.Any())
+        packed[-1].Pack(detail)
+    details = packed
     code = grpc_status(status.code)
     context.abort_with_status(rpc_status.to_status(
         status_pb2.Status(code=code.value[0], message=status.message, details=details)))

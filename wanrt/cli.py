@@ -28,7 +28,10 @@ _STAGES = ("wanrt.export.cli", "wanrt.engine.cli", "wanrt.server.cli",
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
+    from wanrt import __version__
+
     parser = argparse.ArgumentParser(prog="wanrt", description="Wan2.x text-to-video inference engine")
+    parser.add_argument("--version", action="version", version=f"wanrt {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _STAGES:
         importlib.import_module(name).register(subparsers)
