@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wanrt.engine.graph_forms import referenced_files
+from wanrt.engine.precisions import GRAPH_DTYPES, QUANTIZATION_MODES
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import ArtifactError, ModelFormatError
 
@@ -19,8 +20,6 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 TOKENIZER_NAME = "tokenizer.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
-# Compute precision a graph may record ("dtype"; absent: fp32). Graph inputs and outputs are fp32 whatever it is.
-GRAPH_DTYPES = ("fp32", "bf16", "fp16")
 # Files onnxruntime or TensorRT would load: one present but unlisted means the folder was tampered with.
 _MODEL_SUFFIXES = (".onnx", ".onnx.data")
 
@@ -145,7 +144,6 @@ class Manifest:
         return cls(**values)
 
 
-QUANTIZATION_MODES = ("int8", "fp8")
 # Optional manifest sections parsed into their own types (the spec, required, is parsed above).
 _SECTIONS: dict[str, Any] = {"quantization": Quantization}
 

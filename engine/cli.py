@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=defaults.guidance, help="high-noise expert's CFG scale")
     parser.add_argument("--guidance-2", type=float, default=None,
                         help="low-noise expert's CFG scale (default: same as --guidance)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="-1: a random seed (reported)")
     parser.add_argument("--latents", type=Path, default=None,
                         help="initial noise .npy of shape (1, 16, (F-1)/4+1, H/8, W/8); overrides --seed")
     parser.add_argument("--fps", type=int, default=defaults.fps)
@@ -86,11 +87,12 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.engine.budget import parse_size
     from wanrt.engine.loader import load_pipelines
     from wanrt.engine.pipeline import Progress
+    from wanrt.engine.request import clip_settings
     from wanrt.engine.video import write_video
     from wanrt.errors import InvalidRequestError
     from wanrt.trust.cli import check_trusted, provenance_key
 
-    request = request_from_args(args)
+    request = request_from_args(args).with_seed_chosen()
     devices = tuple(args.devices or ("cpu",))
     if len(devices) != (2 if args.cfg_parallel else 1):
         raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
@@ -114,25 +116,28 @@ def _generate(args: argparse.Namespace) -> int:
 
     try:
         frames = pipeline.generate(request, on_progress=show)
+        settings = clip_settings(request, pipeline.identity)  # what made the clip, in its metadata
         if provenance is None:
-            write_video(args.out, frames, request.fps)
+            write_video(args.out, frames, request.fps, metadata=settings)
         else:
-            _write_signed(args.out, frames, request.fps, provenance, pipeline.identity)
+            _write_signed(args.out, frames, request.fps, provenance, pipeline.identity, settings)
     finally:
         for bar in bars.values():
             bar.close()
+    if args.seed != request.seed:  # -1: say which seed was drawn, so the clip can be made again
+        print(f"seed {request.seed}", file=sys.stderr)
     print(args.out)
     return 0
 
 
-def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict) -> None:
+def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict, settings: dict) -> None:
     import uuid
 
     from wanrt import __version__
     from wanrt.trust.provenance import manifest_definition, write_signed_video
 
     definition = manifest_definition(identity, uuid.uuid4().hex, wanrt_version=__version__, title=out.name)
-    write_signed_video(out, frames, fps, key, definition)
+    write_signed_video(out, frames, fps, key, definition, metadata=settings)
 
 
 def _model_or_default(args: argparse.Namespace) -> Path:

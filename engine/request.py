@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import secrets
 
@@ -127,3 +128,26 @@ def _check_float(field: str, value: object, high: float) -> None:
         raise InvalidRequestError(field, f"must be finite, got {value}")
     if not 0.0 <= value <= high:
         raise InvalidRequestError(field, f"must be between 0 and {high}, got {value}")
+
+
+def model_name(identity: dict[str, str]) -> str:
+    """A served model's name: its folder's (what the HTTP APIs take as ``model``)."""
+    path = identity.get("model", "wanrt")
+    return path.rstrip("/").rsplit("/", 1)[-1] or "wanrt"
+
+
+def clip_settings(request: GenerationRequest, identity: dict[str, str]) -> dict[str, object]:
+    """What made a clip, returned with it on every API and written into its MP4 (engine/video.py): the prompts'
+    sha256, the seed, size, frames, steps, guidance and the model's identity. Deterministic: the same request on
+    the same model gives the same settings (and so the same bytes)."""
+    return {"prompt_sha256": sha256_text(request.prompt),
+            "negative_prompt_sha256": sha256_text(request.negative_prompt), "seed": request.seed,
+            "size": f"{request.width}x{request.height}", "width": request.width, "height": request.height,
+            "frames": request.frames, "fps": request.fps, "steps": request.steps, "guidance": request.guidance,
+            "guidance_2": request.effective_guidance_2, "latents_given": request.latents is not None,
+            "model": model_name(identity), "identity": dict(identity)}
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of a text's UTF-8 bytes (an unpaired surrogate, refused by ``validate``, still hashes)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

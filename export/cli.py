@@ -6,15 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from wanrt.engine.precisions import GRAPH_DTYPES, VAE_DTYPES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a diffusers Wan pipeline folder to ONNX")
     parser.add_argument("--model", type=Path, required=True, help="diffusers-format Wan pipeline folder")
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (absent or empty)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+    parser.add_argument("--dtype", choices=GRAPH_DTYPES, default="fp32",
                         help="compute precision of the text encoder and DiT graphs; norms, embeddings, modulation "
                              "and T5's wo stay fp32, graph I/O is fp32 (default %(default)s)")
-    parser.add_argument("--vae-dtype", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--vae-dtype", choices=VAE_DTYPES, default="fp32",
                         help="compute precision of the VAE decoder graphs (default %(default)s)")
     parser.set_defaults(handler=_export)
 

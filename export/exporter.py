@@ -41,7 +41,8 @@ def export_pipeline(
     ``dtype`` is the compute precision of the text encoder and experts, ``vae_dtype`` the VAE decoder's
     (export/precision.py); graph inputs and outputs are fp32 whatever they are.
     """
-    from wanrt.export.precision import VAE_DTYPES, check_dtype
+    from wanrt.engine.precisions import VAE_DTYPES
+    from wanrt.export.precision import check_dtype
 
     check_dtype("dtype", dtype)
     check_dtype("vae_dtype", vae_dtype, VAE_DTYPES)

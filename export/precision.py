@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from wanrt.engine.artifact import GRAPH_DTYPES
+from wanrt.engine.precisions import GRAPH_DTYPES
 from wanrt.errors import InvalidRequestError
 from wanrt.export.scopes import module_path
 
 DTYPES = GRAPH_DTYPES
-VAE_DTYPES = ("fp32", "bf16")
 # Largest relative error (max |graph - fp32 torch| / max |fp32 torch|) a graph may show at export's parity inputs.
 # bf16 keeps 8 significant bits (rounding 2^-9 ~ 2e-3 per op), fp16 11 (2^-12 ~ 2.4e-4); a few dozen chained
 # ops multiply that. Measured on the tiny test models: see tests/test_precision.py and the README.

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from wanrt.engine.precisions import GRAPH_DTYPES, QUANTIZATION_MODES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from wanrt.quant.quantizer import DEFAULT_MIN_PSNR_DB, QuantizeConfig
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "held-out prompts (quant_report.json). Refuses (exit 1, nothing written) when the worst "
                     "held-out clip's PSNR is under --min-psnr, unless --force.")
     parser.add_argument("--model", type=Path, required=True, help="unquantized artifact folder (`wanrt export`)")
-    parser.add_argument("--mode", choices=("int8", "fp8"), default=d.mode)
+    parser.add_argument("--mode", choices=QUANTIZATION_MODES, default=d.mode)
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (absent or empty)")
     parser.add_argument("--calib-prompts", type=Path, default=None,
                         help="prompt file, one per line (default: the built-in underwater set)")
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also compare `wanrt eval` prompt adherence on N held-out reef prompts (default: skip)")
     parser.add_argument("--min-psnr", type=float, default=DEFAULT_MIN_PSNR_DB,
                         help="gate: worst held-out clip PSNR vs FP32 in dB (default %(default)s)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=d.dtype,
+    parser.add_argument("--dtype", choices=GRAPH_DTYPES, default=d.dtype,
                         help="precision of the quantized graphs' unquantized part (norms, embeddings and modulation "
                              "stay fp32 as in `wanrt export --dtype`; default %(default)s)")
     parser.add_argument("--force", action="store_true", help="write the artifact even when the gate fails")

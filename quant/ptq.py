@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from wanrt.engine.artifact import QUANTIZATION_MODES
+from wanrt.engine.precisions import QUANTIZATION_MODES
 from wanrt.quant import QuantizationError
 from wanrt.quant.backend_wrappers import Feeds
 

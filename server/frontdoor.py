@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from wanrt.engine.admission import Admission
-from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
+from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits, clip_settings, model_name, sha256_text
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
 from wanrt.server.audit import AuditLog
@@ -235,12 +235,6 @@ class ModelFacts:
     admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
 
 
-def model_name(identity: dict[str, str]) -> str:
-    """The name clients give as ``model``: the served folder's name."""
-    path = identity.get("model", "wanrt")
-    return path.rstrip("/").rsplit("/", 1)[-1] or "wanrt"
-
-
 class FrontDoor:
     """Shared by every API of one server."""
 
@@ -318,16 +312,8 @@ class FrontDoor:
                                                      f"frames/height/width: expected {list(expected)}")
 
     def settings(self, request: GenerationRequest) -> dict[str, Any]:
-        """What made a video, returned with it on every API and written into its MP4: the prompts' sha256, the
-        seed (chosen by the server when the client asked for a random one), size, frames, steps, guidance and
-        the model's identity. Deterministic: the same request on the same model gives the same settings."""
-        return {"prompt_sha256": sha256_text(request.prompt),
-                "negative_prompt_sha256": sha256_text(request.negative_prompt),
-                "seed": request.seed, "size": f"{request.width}x{request.height}", "width": request.width,
-                "height": request.height, "frames": request.frames, "fps": request.fps, "steps": request.steps,
-                "guidance": request.guidance, "guidance_2": request.effective_guidance_2,
-                "latents_given": request.latents is not None, "model": self.model_name,
-                "identity": dict(self.facts.identity)}
+        """What made a video (the seed the server chose included), returned with it and written into its MP4."""
+        return clip_settings(request, self.facts.identity)
 
     def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
         """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
@@ -381,10 +367,6 @@ def check_client_request_id(value: str, record: dict[str, Any], field: str = "cl
 
 def rounded_timings(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in timings.items()}
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def audit_params(request: GenerationRequest, video_format: str, *, keep_text: bool) -> dict[str, Any]:

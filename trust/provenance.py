@@ -121,14 +121,14 @@ def embed(path: Path, key: ProvenanceKey, definition: Mapping[str, Any]) -> Path
 
 
 def write_signed_video(path: Path, chunks: Iterable[np.ndarray], fps: int, key: ProvenanceKey,
-                       definition: Mapping[str, Any]) -> Path:
-    """write_video, then embed: the path only ever holds the signed file."""
+                       definition: Mapping[str, Any], *, metadata: dict[str, Any] | None = None) -> Path:
+    """write_video (``metadata``: the clip's settings), then embed: the path only ever holds the signed file."""
     from wanrt.engine.video import write_video
 
     path = Path(path)
     unsigned = path.with_name(f".{path.name}.unsigned.mp4")
     try:
-        embed(write_video(unsigned, chunks, fps), key, definition).replace(path)
+        embed(write_video(unsigned, chunks, fps, metadata=metadata), key, definition).replace(path)
     finally:
         unsigned.unlink(missing_ok=True)
     return path

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wanrt.engine.artifact import Manifest, load_artifact
+from wanrt.engine.precisions import MIN_CAPABILITY, PRECISIONS, QUANTIZATION_MODES
 from wanrt.engine.request import Limits
 from wanrt.engine.tensorrt.engine_manifest import (
     ENGINE_SUFFIX,
@@ -48,9 +49,7 @@ from wanrt.engine.tensorrt.profiles import (
 from wanrt.errors import ArtifactError, InvalidRequestError
 from wanrt.publish import destination, publishing
 
-# Lowest compute capability whose tensor cores run the precision.
-_MIN_CAPABILITY = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
-_QUANTIZED = {"int8", "fp8"}
+_QUANTIZED = set(QUANTIZATION_MODES)
 
 Progress = Callable[[str], None]
 
@@ -88,7 +87,7 @@ class BuildPlan:
 def check_precision_supported(precision: str, compute_capability: tuple[int, int], device_name: str = "this GPU"
                               ) -> None:
     """InvalidRequestError("model") when the GPU's tensor cores lack ``precision`` (a graph's element type)."""
-    needed = _MIN_CAPABILITY.get(precision)
+    needed = MIN_CAPABILITY.get(precision)
     if needed is not None and compute_capability < needed:
         raise InvalidRequestError("model", f"the artifact's graphs are {precision}, which needs compute capability "
                                            f"{needed[0]}.{needed[1]} or newer; {device_name} is "
@@ -188,7 +187,8 @@ def _graph_precision(onnx_file: str, facts: GraphFacts) -> str:
 
 
 def _itemsize(precision: str) -> int:
-    return 4 if precision == "fp32" else 2  # quantized graphs keep bf16/fp16 activations between their GEMMs
+    # Activations: a quantized graph keeps bf16/fp16 ones between its GEMMs.
+    return 2 if PRECISIONS[precision].quantized else PRECISIONS[precision].itemsize
 
 
 def estimate_memory(graph: str, facts: GraphFacts, profile: GraphProfile, manifest: Manifest,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from server_testkit import TINY, running_server
 
-from wanrt.engine.video import encode_mp4, read_mp4_frames
+from wanrt.engine.request import clip_settings
+from wanrt.engine.video import encode_mp4, read_mp4_frames, read_mp4_metadata
 from wanrt.server.errors import RemoteError
 from wanrt.server.v1 import wanrt_pb2 as pb
 
@@ -48,8 +49,11 @@ def test_clip_arrives_decodes_and_digests_agree(served, pipeline):
     assert [s for s in stages if s[0] == "decode"] == [("decode", 1), ("decode", 2)]
 
     # The same request in-process gives the very same bytes: the server adds transport, nothing else.
-    local = b"".join(encode_mp4(pipeline.generate(request), request.fps))
+    local = b"".join(encode_mp4(pipeline.generate(request), request.fps,
+                               metadata=clip_settings(request, pipeline.identity)))
     assert hashlib.sha256(local).hexdigest() == result.sha256
+    assert read_mp4_metadata(result.video) == clip_settings(request, pipeline.identity)  # what made it
+    assert result.prompt_sha256 == hashlib.sha256(request.prompt.encode()).hexdigest() and result.guidance == 1.0
 
 
 def test_raw_frames_equal_in_process_generation(served, pipeline):
@@ -141,5 +145,6 @@ def test_onnxruntime_backend_serves_the_exported_artifact(tiny_artifact_dir, tmp
     assert read_mp4_frames(result.video).shape == (5, 32, 32, 3)
     assert result.identity["backend"] == "onnxruntime"
     assert result.identity["manifest_sha256"] == ort_pipeline.identity["manifest_sha256"]
-    local = b"".join(encode_mp4(ort_pipeline.generate(request), request.fps))
+    local = b"".join(encode_mp4(ort_pipeline.generate(request), request.fps,
+                               metadata=clip_settings(request, ort_pipeline.identity)))
     assert hashlib.sha256(local).hexdigest() == result.sha256 == hashlib.sha256(result.video).hexdigest()
