@@ -103,3 +103,26 @@ def test_the_packaged_model_is_the_default_when_nothing_names_one(monkeypatch):
     args = build_parser().parse_args(["generate", "--prompt", "x", "--out", os.devnull + ".mp4"])
     assert args.model is None  # resolved to default_model_dir() at run time
     assert default_model_dir().is_dir()
+
+
+def test_version_has_one_home(capsys):
+    """`wanrt --version` prints the package's version, which the installed metadata reads from the same place."""
+    import importlib.metadata
+
+    import wanrt
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wanrt {wanrt.__version__}" == \
+        f"wanrt {importlib.metadata.version('wanrt')}"
+
+
+def test_a_random_seed_is_drawn_reported_and_written_into_the_clip(tmp_path, capsys):
+    from wanrt.engine.video import read_mp4_metadata
+
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "--prompt", "a turtle swims", *TINY, "--seed", "-1", "--out", str(out)]) == 0
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("seed ")]
+    settings = read_mp4_metadata(out)
+    assert settings["seed"] == int(line.split()[1]) >= 0 and settings["frames"] == 1 and settings["steps"] == 1
