@@ -272,4 +272,4 @@ class OpenAiApi(HttpApi):
             return AsciiJSONResponse({"object": "list", "data": [
                 {"object": "model", "created": int(self.door.started_at), "owned_by": "wanrt", **card}]})
 
-        return await self.handle(request, "ListModels", work, audited=False)
+        return await self.handle(request, "DescribeModel", work, audited=False, token_method="DescribeModel")

@@ -45,7 +45,8 @@ from wanrt.server.http_videos import VideoStore
 
 log = logging.getLogger("wanrt.server.http")
 
-# Token permissions: a token that may call Generate may create, watch, fetch and cancel its own videos.
+# Token permissions: a token that may call Generate may create, watch, fetch and cancel its own videos; one that may
+# call DescribeModel may list the models.
 TOKEN_METHOD = "Generate"
 _STOP_S = 5.0
 _MAX_FORM_FIELDS = 32
@@ -141,13 +142,13 @@ def parse_model(model: type[M], data: dict[str, Any], *, strict: bool,
 
 # --- who is calling --------------------------------------------------------------------------------------------
 
-def identify(door: FrontDoor, request: Request, api: str) -> Caller:
-    """The same principal as on gRPC: token id (checked here, with the same store), else the verified client
-    certificate's subject (in the same RFC 4514 form), else anonymous."""
+def identify(door: FrontDoor, request: Request, api: str, token_method: str = TOKEN_METHOD) -> Caller:
+    """The same principal as on gRPC: token id (checked here, with the same store, for ``token_method``), else
+    the verified client certificate's subject (in the same RFC 4514 form), else anonymous."""
     subject = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_name")
     host, port = request.client or ("unknown", 0)
     peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
-    return authenticate(door.tokens, TOKEN_METHOD, api=api, peer=peer, certificate_subject=subject,
+    return authenticate(door.tokens, token_method, api=api, peer=peer, certificate_subject=subject,
                         authorization=request.headers.get("authorization"))
 
 
@@ -194,10 +195,11 @@ class HttpApi:
         raise NotImplementedError
 
     async def handle(self, request: Request, method: str, work: Work, *, audited: bool = True,
-                     call_id: str | None = None) -> Response:
-        """Authenticates, runs ``work``, maps what it raises; refusals and errors are always audited, successes
-        when ``audited`` (polls and listings are not: a client polling every second would flood the log)."""
-        caller = identify(self.door, request, self.api)
+                     call_id: str | None = None, token_method: str = TOKEN_METHOD) -> Response:
+        """Authenticates (the token must allow ``token_method``), runs ``work``, maps what it raises; refusals and
+        errors are always audited, successes when ``audited`` (polls and listings are not: a client polling every
+        second would flood the log)."""
+        caller = identify(self.door, request, self.api, token_method)
         call = self.door.open_call(method, caller, call_id)
         try:
             if caller.refusal is not None:

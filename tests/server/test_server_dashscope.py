@@ -151,6 +151,20 @@ def test_queue_full_is_throttling(served):
     assert wait_until(lambda: served.server.jobs.live_jobs == 0, 20)
 
 
+def test_memory_admission_applies_to_dashscope(pipeline, tmp_path):
+    """A request over the memory budget is refused before it is queued, in DashScope's shape (it will never fit:
+    InvalidParameter, not Throttling), and audited as on every API."""
+    with running_server(pipeline, tmp_path, http_listen="127.0.0.1:0", memory_budget=1 << 20) as running:
+        dashscope.base_http_api_url = f"http://127.0.0.1:{running.server.http.port}/api/v1"
+        refused = VideoSynthesis.async_call(model=running.server.door.model_name, prompt=TINY.prompt, api_key="-",
+                                            **TINY_PARAMETERS)
+        assert refused.status_code == 400 and refused.code == "InvalidParameter", refused
+        assert "memory budget" in refused.message
+        record = running.audit()[-1]
+        assert record["status"] == "RESOURCE_EXHAUSTED" and record["api"] == "dashscope"
+        assert record["memory"]["budget_bytes"] == 1 << 20
+
+
 # --- the blog's sample client ------------------------------------------------------------------------------------
 
 def article_client(url: str, api_key: str, model: str, parameters: dict) -> tuple[int, dict, bytes | None]:

@@ -208,6 +208,18 @@ def test_tokens_401_and_403_are_audited(served):
         sdk(served, VIEWER).videos.create(prompt="a", extra_body=SDK_EXTRA)
 
 
+def test_models_lists_the_served_model_for_describe_tokens(served):
+    with raw(served, VIEWER) as http:  # a token that may only describe the model may list it
+        (model,) = http.get("/v1/models").json()["data"]
+    limits = served.server.door.reported_limits
+    assert model["id"] == served.server.door.model_name and model["object"] == "model"
+    assert model["limits"]["max_frames"] == limits.max_frames and model["limits"]["max_height"] == limits.max_height
+    assert model["identity"] == served.server.door.facts.identity
+    assert [m.id for m in sdk(served).models.list().data] == [model["id"]]  # OpenAI's own client reads it
+    with raw(served, "not-a-token") as http:
+        assert http.get("/v1/models").status_code == 401
+
+
 def test_queue_full_429_and_delete_cancels_the_running_job(served):
     alice = sdk(served)
     running = alice.videos.create(prompt=LONG.prompt, size="64x64",
