@@ -63,6 +63,13 @@ class GenerationResult:
     client_request_id: str
     queue_position: int
     c2pa_manifest: bytes = b""  # the server's C2PA sidecar for these bytes, when it signs provenance
+    # The rest of what made the clip (the MP4's metadata carries the same).
+    prompt_sha256: str = ""
+    negative_prompt_sha256: str = ""
+    guidance: float = 0.0
+    guidance_2: float = 0.0
+    model: str = ""
+    seed_chosen_by_server: bool = False  # the request asked for a random seed (-1); ``seed`` is the one drawn
 
 
 class Client:
@@ -171,7 +178,9 @@ def _result(r: pb.Result, accepted: pb.Accepted | None, sha256: str, received: i
         timings={"queued_s": t.queued_s, "text_s": t.text_s, "denoise_s": t.denoise_s, "decode_s": t.decode_s,
                  "total_s": t.total_s},
         identity=dict(r.identity), client_request_id=r.client_request_id,
-        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest)
+        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest,
+        prompt_sha256=r.prompt_sha256, negative_prompt_sha256=r.negative_prompt_sha256, guidance=r.guidance,
+        guidance_2=r.guidance_2, model=r.model, seed_chosen_by_server=r.seed_chosen_by_server)
 
 
 def translate_error(err: grpc.RpcError) -> WanrtError:

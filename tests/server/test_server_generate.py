@@ -53,7 +53,11 @@ def test_clip_arrives_decodes_and_digests_agree(served, pipeline):
                                metadata=clip_settings(request, pipeline.identity)))
     assert hashlib.sha256(local).hexdigest() == result.sha256
     assert read_mp4_metadata(result.video) == clip_settings(request, pipeline.identity)  # what made it
-    assert result.prompt_sha256 == hashlib.sha256(request.prompt.encode()).hexdigest() and result.guidance == 1.0
+    assert result.prompt_sha256 == hashlib.sha256(request.prompt.encode()).hexdigest()
+    assert result.guidance == request.guidance and result.guidance_2 == request.effective_guidance_2
+    assert result.model == pipeline.identity["model"].rsplit("/", 1)[-1] and not result.seed_chosen_by_server
+    drawn = client_generate_random_seed(served, request)
+    assert drawn.seed_chosen_by_server and drawn.seed == read_mp4_metadata(drawn.video)["seed"] >= 0
 
 
 def test_raw_frames_equal_in_process_generation(served, pipeline):
@@ -148,3 +152,9 @@ def test_onnxruntime_backend_serves_the_exported_artifact(tiny_artifact_dir, tmp
     local = b"".join(encode_mp4(ort_pipeline.generate(request), request.fps,
                                metadata=clip_settings(request, ort_pipeline.identity)))
     assert hashlib.sha256(local).hexdigest() == result.sha256 == hashlib.sha256(result.video).hexdigest()
+
+
+def client_generate_random_seed(served, request):
+    """The same request with seed -1: the server draws one and reports it."""
+    with served.client() as client:
+        return client.generate(dataclasses.replace(request, seed=-1))
