@@ -58,13 +58,15 @@ def _percentiles(latencies: list[float]) -> dict[str, float]:
 def bench_serving(model: Path, request: GenerationRequest, *, backend: str = "onnxruntime", device: str = "cpu",
                   repeats: int = 3, per_client: int = 2, concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
     from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.request import clip_settings
     from wanrt.engine.video import encode_mp4
     from wanrt.server.client import Client
 
     pipeline = load_pipeline(model, backend, device=device)
 
-    def in_process() -> bytes:
-        return b"".join(encode_mp4(pipeline.generate(request), request.fps))
+    def in_process() -> bytes:  # the server writes the clip's settings into its MP4: so does this
+        return b"".join(encode_mp4(pipeline.generate(request), request.fps,
+                                   metadata=clip_settings(request, pipeline.identity)))
 
     result: dict[str, Any] = {"model": str(model), "backend": backend, "device": device}
     with serve(model, backend, device, queue_size=max(concurrency) * per_client) as address:

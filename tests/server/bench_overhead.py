@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from server_testkit import make_certs, read_audit, serve_process  # noqa: E402
 
 from wanrt.engine.loader import load_pipeline  # noqa: E402
-from wanrt.engine.request import GenerationRequest  # noqa: E402
+from wanrt.engine.request import GenerationRequest, clip_settings  # noqa: E402
 from wanrt.engine.video import encode_mp4  # noqa: E402
 from wanrt.server.client import Client  # noqa: E402
 
@@ -135,7 +135,8 @@ def in_worker_thread(pipeline: object, request: GenerationRequest) -> tuple[byte
 
     def run() -> None:
         started = time.perf_counter()
-        data = b"".join(encode_mp4(pipeline.generate(request), request.fps))
+        data = b"".join(encode_mp4(pipeline.generate(request), request.fps,  # the server writes the settings too
+                                   metadata=clip_settings(request, pipeline.identity)))
         out.append((data, time.perf_counter() - started))
 
     thread = threading.Thread(target=run)
