@@ -82,9 +82,9 @@ def synthetic_markdown(result: dict[str, Any]) -> str:
 
 
 def peers_markdown() -> str:
-    lines = ["| system | GPU | model | shape | s/step | source |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p['system']} | {p['gpu']} | {p['model']} | {p['shape']} | {p['s_per_step']} | {p['source']} |"
-              for p in PEERS]
+    lines = ["| system | GPU | model | shape | s/step | clip s | source |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['system']} | {p['gpu']} | {p['model']} | {p['shape']} | {p['s_per_step'] or '-'} | "
+              f"{p.get('clip_s') or '-'} | {p['source']} |" for p in PEERS]
     return "\n".join(lines) + "\n"
 
 
