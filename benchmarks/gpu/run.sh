@@ -24,7 +24,8 @@ trap 'rm -rf "$SITE"' EXIT
 mkdir "$SITE/wanrt"
 ln -s "$PWD"/wanrt/*.py "$SITE/wanrt/"
 for stage in benchmarks export engine reef; do ln -s "$PWD/$stage" "$SITE/wanrt/$stage"; done
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+# PYTHONSAFEPATH: the repository root (the working directory) holds a plain wanrt/ that would shadow the site.
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
 
 # Every module the jobs import, checked before any GPU time is spent; the carried wheels fill what is missing.
 CHECK='import diffusers, transformers, tokenizers, onnx, torch, wanrt.benchmarks.gpu_e2e, wanrt.export.vae_decoder'
