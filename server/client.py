@@ -242,7 +242,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wanrt.engine.cli import request_from_args
+    from wanrt.engine.cli import request_from_args, unset_video_fields
 
     request = request_from_args(args)
     out: Path = args.out
@@ -258,10 +258,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                               file=sys.stderr)
         bar.update(progress.step - bar.n)
 
+    message = request_to_proto(request, video_format=RAW_RGB24 if raw else MP4,
+                               client_request_id=args.client_request_id)
+    for name in unset_video_fields(args):  # the server fills them with its model's defaults
+        message.ClearField(name)
     partial = out.with_name(f".{out.name}.partial")  # a failed call leaves no partial clip behind
     try:
         with connect(args) as client, open(partial, "wb") as sink:
-            result = client.generate(request, video_format=RAW_RGB24 if raw else MP4, timeout=args.timeout,
+            result = client.generate(message, video_format=RAW_RGB24 if raw else MP4, timeout=args.timeout,
                                      client_request_id=args.client_request_id, on_progress=show,
                                      sink=None if raw else sink)
             if raw:
