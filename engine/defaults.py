@@ -18,7 +18,7 @@ from typing import Any
 from wanrt.engine.request import GenerationRequest, Limits
 from wanrt.engine.schedules import BASE, PRESETS, check_schedule, schedule_shift, scheduler_class
 from wanrt.engine.spec import ModelSpec
-from wanrt.errors import ArtifactError, ModelFormatError
+from wanrt.errors import ArtifactError, InvalidRequestError, ModelFormatError
 
 # A model folder may carry its trainer's recipe (reef/train.py writes one); export and the torch backend read it.
 RECIPE_FILE = "wanrt_defaults.json"
@@ -53,9 +53,14 @@ RECIPES: dict[str, Recipe] = {
 _KNOWN = {(2, 40, 5120): "wan2.2-t2v-a14b", (1, 40, 5120): "wan2.1-t2v-14b", (1, 30, 1536): "wan2.1-t2v-1.3b"}
 
 
+_SCHEDULE_FIELDS = ("scheduler", "steps", "guidance", "guidance_2", "shift")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelDefaults:
-    """The manifest's ``defaults`` section."""
+    """The manifest's ``defaults`` section: the default schedule's values flat (what a request that names nothing
+    gets), and in ``schedules`` those of every schedule this model can run, so a request naming another one gets
+    its steps, guidance and shift (the base schedule's come from the model's recipe, which only export knows)."""
 
     schedule: str  # "base" or a preset of engine/schedules.py
     scheduler: str  # the diffusers scheduler class that schedule runs
@@ -69,6 +74,8 @@ class ModelDefaults:
     fps: int
     sizes: tuple[str, ...] = ()  # the sizes the recipe names ("WIDTHxHEIGHT"); the first is width x height
     recipe: str = ""  # where frames, size, fps (and steps, guidance for the base schedule) come from
+    # name -> {"scheduler", "steps", "guidance", "guidance_2", "shift"}, the default schedule among them
+    schedules: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -80,7 +87,7 @@ class ModelDefaults:
         if not isinstance(data, dict):
             raise ArtifactError("manifest.json defaults is not an object")
         names = {f.name for f in dataclasses.fields(cls)}
-        required = names - {"sizes", "recipe"}
+        required = names - {"sizes", "recipe", "schedules"}
         missing = sorted(required - set(data))
         if missing:
             raise ArtifactError(f"manifest.json defaults lacks {', '.join(missing)}")
@@ -88,44 +95,53 @@ class ModelDefaults:
         values["sizes"] = tuple(values.get("sizes", ()))
         try:
             defaults = cls(**values)
-            defaults.request(prompt="-").validate(Limits())
-        except (TypeError, ValueError) as err:
+            if not isinstance(defaults.schedules, dict):
+                raise TypeError("schedules must map names to objects")
+            for name in {defaults.schedule, *defaults.schedules}:
+                defaults.request(prompt="-", schedule=name).validate(Limits())
+        except (TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(f"manifest.json defaults are invalid: {err}") from None
         return defaults
 
     def request(self, prompt: str = "", *, schedule: str | None = None, **fields: Any) -> GenerationRequest:
         """A request with these defaults, or those of ``schedule`` when it names another schedule (its steps,
         guidance and shift), and ``fields`` over them."""
-        base = self if schedule is None or schedule == self.schedule else self.with_schedule(schedule, None)
-        values = {"prompt": prompt, "frames": base.frames, "height": base.height, "width": base.width,
-                  "steps": base.steps, "guidance": base.guidance, "guidance_2": base.guidance_2, "fps": base.fps,
-                  "schedule": base.schedule, "shift": base.shift}
+        values = {"prompt": prompt, "frames": self.frames, "height": self.height, "width": self.width,
+                  "fps": self.fps, **self.schedule_values(schedule)}
         values.update({k: v for k, v in fields.items() if v is not None})
         return GenerationRequest(**values)
 
-    def with_schedule(self, schedule: str, scheduler_config: dict[str, Any] | None) -> ModelDefaults:
-        """These defaults with ``schedule``'s steps, guidance, shift and scheduler (size and frames kept).
-        Going back to the base schedule needs the recipe's steps and guidance: only export has them."""
-        check_schedule(schedule)
-        if schedule == BASE:
-            if scheduler_config is None:
-                raise ModelFormatError("the base schedule's defaults come from the model's recipe")
-            recipe = RECIPES.get(self.recipe, RECIPES["preview"])
-            return dataclasses.replace(self, schedule=BASE, scheduler=scheduler_class(scheduler_config, BASE),
-                                       steps=recipe.steps, guidance=recipe.guidance, guidance_2=recipe.guidance_2,
-                                       shift=schedule_shift(scheduler_config, BASE))
-        preset = PRESETS[schedule]
-        return dataclasses.replace(self, schedule=schedule, scheduler=preset.scheduler, steps=preset.steps,
-                                   guidance=preset.guidance, guidance_2=preset.guidance_2, shift=preset.shift)
+    def schedule_values(self, schedule: str | None) -> dict[str, Any]:
+        """{"schedule", "steps", "guidance", "guidance_2", "shift"} of ``schedule`` (None: the default one)."""
+        if schedule is None or schedule == self.schedule:
+            entry = {k: getattr(self, k) for k in _SCHEDULE_FIELDS}
+        else:
+            check_schedule(schedule)
+            if schedule in PRESETS and schedule not in self.schedules:  # a preset is the same for every model
+                entry = dataclasses.asdict(PRESETS[schedule])
+            elif schedule not in self.schedules:
+                raise InvalidRequestError("schedule", f"this model records no defaults for {schedule!r}; give steps, "
+                                                      "guidance and shift, or choose one of "
+                                                      f"{', '.join(sorted({self.schedule, *self.schedules}))}")
+            else:
+                entry = self.schedules[schedule]
+        return {"schedule": schedule or self.schedule,
+                **{k: entry[k] for k in _SCHEDULE_FIELDS if k != "scheduler"}}
 
 
 def defaults_from_recipe(recipe: Recipe, spec: ModelSpec, schedule: str = BASE) -> ModelDefaults:
+    """The defaults of a model generating as ``recipe`` says, with ``schedule`` the default schedule."""
+    check_schedule(schedule)
     width, height = parse_size(recipe.sizes[0])
-    base = ModelDefaults(schedule=BASE, scheduler=scheduler_class(spec.scheduler_config, BASE), steps=recipe.steps,
-                         guidance=recipe.guidance, guidance_2=recipe.guidance_2,
-                         shift=schedule_shift(spec.scheduler_config, BASE), frames=recipe.frames, height=height,
-                         width=width, fps=recipe.fps, sizes=recipe.sizes, recipe=recipe.name)
-    return base if schedule == BASE else base.with_schedule(schedule, spec.scheduler_config)
+    config = spec.scheduler_config
+    schedules = {BASE: {"scheduler": scheduler_class(config, BASE), "steps": recipe.steps,
+                        "guidance": recipe.guidance, "guidance_2": recipe.guidance_2,
+                        "shift": schedule_shift(config, BASE)}}
+    for name, preset in PRESETS.items():
+        schedules[name] = {"scheduler": preset.scheduler, "steps": preset.steps, "guidance": preset.guidance,
+                           "guidance_2": preset.guidance_2, "shift": preset.shift}
+    return ModelDefaults(schedule=schedule, **schedules[schedule], frames=recipe.frames, height=height, width=width,
+                         fps=recipe.fps, sizes=recipe.sizes, recipe=recipe.name, schedules=schedules)
 
 
 def recipe_for(model_dir: Path, spec: ModelSpec) -> Recipe:
@@ -161,6 +177,15 @@ def read_recipe(path: Path) -> Recipe:
     for size in recipe.sizes:
         parse_size(size)
     return recipe
+
+
+def write_recipe(folder: Path, recipe: Recipe) -> Path:
+    """Writes a model folder's own recipe (what `wanrt export` records as its defaults)."""
+    path = Path(folder) / RECIPE_FILE
+    data = {"recipe": recipe.name, "frames": recipe.frames, "sizes": list(recipe.sizes), "steps": recipe.steps,
+            "guidance": recipe.guidance, "guidance_2": recipe.guidance_2, "fps": recipe.fps}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def parse_size(text: str) -> tuple[int, int]:
