@@ -79,7 +79,6 @@ class VideoPipeline:
     def _run(self, request: GenerationRequest, latents: np.ndarray, on_progress: ProgressCallback | None,
              should_stop: StopCheck | None) -> Iterator[np.ndarray]:
         started = time.monotonic()
-
         counted = [0, 0]  # DiT calls made and saved, carried into the decode stage's reports
 
         def report(stage: str, step: int, total: int, *calls: int) -> None:
@@ -95,17 +94,21 @@ class VideoPipeline:
         report("text", 0, 1)
         text = self._encode([request.prompt, request.negative_prompt] if use_cfg else [request.prompt])
         report("text", 1, 1)
+        latents = self._denoise(request, latents, text, scales, report)
+        yield from self._decode(latents, report)
 
+    def _denoise(self, request: GenerationRequest, latents: np.ndarray, text: np.ndarray, scales: dict[str, float],
+                 report: Callable[..., None]) -> np.ndarray:
+        """The request's schedule, each step by its expert, a step the cache can predict without its call."""
         schedule = request.schedule or self.defaults.schedule
         scheduler = make_scheduler(self.spec.scheduler_config, schedule, request.steps, request.shift)
         timesteps = scheduler.timesteps
-        threshold = request.step_cache or 0.0
         cache, cache_expert = None, ""
-        calls = saved = 0
+        calls = saved = 0  # DiT calls: one sample through one expert (a guided step's pair is two)
         for i, t in enumerate(timesteps):
             expert = self.spec.expert_for(float(t))
             if cache is None or cache_expert != expert:  # a fresh cache per expert: never across the boundary
-                cache, cache_expert = ExpertStepCache(threshold, self.cache_policy), expert
+                cache, cache_expert = ExpertStepCache(request.step_cache or 0.0, self.cache_policy), expert
             passes = 2 if scales[expert] > 1.0 else 1
             prediction = cache.reuse(latents, final=i == len(timesteps) - 1)
             if prediction is None:
@@ -116,8 +119,7 @@ class VideoPipeline:
                 saved += passes
             latents = scheduler.step(prediction, t, latents)
             report("denoise", i + 1, len(timesteps), calls, saved)
-
-        yield from self._decode(latents, report)
+        return latents
 
     def _encode(self, prompts: list[str]) -> np.ndarray:
         ids, mask = self.tokenizer(prompts)

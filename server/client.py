@@ -63,6 +63,9 @@ class GenerationResult:
     client_request_id: str
     queue_position: int
     c2pa_manifest: bytes = b""  # the server's C2PA sidecar for these bytes, when it signs provenance
+    dit_calls: int = 0  # DiT calls the clip took (a guided step is two) and those the step cache saved
+    dit_calls_saved: int = 0
+    schedule: str = ""
 
 
 class Client:
@@ -171,7 +174,8 @@ def _result(r: pb.Result, accepted: pb.Accepted | None, sha256: str, received: i
         timings={"queued_s": t.queued_s, "text_s": t.text_s, "denoise_s": t.denoise_s, "decode_s": t.decode_s,
                  "total_s": t.total_s},
         identity=dict(r.identity), client_request_id=r.client_request_id,
-        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest)
+        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest,
+        dit_calls=r.dit_calls, dit_calls_saved=r.dit_calls_saved, schedule=r.schedule)
 
 
 def translate_error(err: grpc.RpcError) -> WanrtError:
