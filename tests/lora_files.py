@@ -49,7 +49,7 @@ def write_lora(transformer, path: Path, seed: int, *, layout: str, strength: flo
                 key = f"diffusion_model.blocks.{block}.{ORIGINAL_NAMES[target]}"
                 tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
                 tensors[f"{key}.alpha"] = torch.tensor(alpha)
-                if with_bias:
+                if with_bias and rng.random() < 0.7:  # LightX2V's files give some layers diff_b, not all
                     tensors[f"{key}.diff_b"] = torch.from_numpy(rng.standard_normal(out_f).astype(np.float32) * 0.02)
     save_file(tensors, str(path))
     drawn = {"seed": seed, "layout": layout, "blocks": chosen_blocks, "targets": targets, "rank": rank,
