@@ -198,6 +198,14 @@ def test_merged_artifact_matches_diffusers(merged, tiny_model_dir):
     video = pipe(PROMPT, num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=4, guidance_scale=1.0,
                  guidance_scale_2=1.0, latents=torch.from_numpy(latents), output_type="np").frames[0]
     _frames_close(ours, np.round(video * 255.0).astype(np.uint8), "LoRA merged, lightning-4step")
+    # And the LoRAs matter: the same model without them makes another clip.
+    plain = _diffusers_fused(tiny_model_dir, None, None)
+    plain.scheduler = _UniformSigmasEuler.make(5.0)
+    video = plain(PROMPT, num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=4, guidance_scale=1.0,
+                  guidance_scale_2=1.0, latents=torch.from_numpy(latents), output_type="np").frames[0]
+    unmerged = np.abs(np.round(video * 255.0).astype(np.int16) - ours.astype(np.int16))
+    print(f"without the LoRAs: max {unmerged.max()} mean {unmerged.mean():.2f} levels")
+    assert unmerged.max() > 3 * 3
 
 
 @pytest.mark.slow
