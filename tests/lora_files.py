@@ -51,7 +51,7 @@ def write_lora(transformer, path: Path, seed: int, *, layout: str, strength: flo
                 tensors[f"{key}.alpha"] = torch.tensor(alpha)
                 if with_bias and rng.random() < 0.7:  # LightX2V's files give some layers diff_b, not all
                     tensors[f"{key}.diff_b"] = torch.from_numpy(rng.standard_normal(out_f).astype(np.float32) * 0.02)
-    save_file(tensors, str(path))
+    save_file({k: v.to(torch.float32).contiguous() for k, v in tensors.items()}, str(path))  # as real files: one dtype
     drawn = {"seed": seed, "layout": layout, "blocks": chosen_blocks, "targets": targets, "rank": rank,
              "bias": with_bias}
     print(f"LoRA {path.name}: {drawn}")
