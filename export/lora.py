@@ -81,7 +81,11 @@ def _merge_one(transformer: Any, lora: LoraFile) -> dict[str, Any]:  # noqa: ANN
         raise ModelFormatError(f"{lora.path}: {len(missing)} LoRA layers match no layer of {lora.expert} "
                                f"(e.g. {missing[0]}): not a LoRA for this model")
     rank = max((int(v.shape[0]) for k, v in state_dict.items() if k.endswith(".lora_A.weight")), default=0)
-    transformer.fuse_lora(lora_scale=lora.scale, adapter_names=[ADAPTER])
+    try:
+        transformer.fuse_lora(lora_scale=lora.scale, adapter_names=[ADAPTER])
+    except RuntimeError as err:  # e.g. a file whose up and down matrices differ in dtype
+        transformer.unload_lora()
+        raise ModelFormatError(f"{lora.path} cannot be fused into {lora.expert}: {_first_line(err)}") from None
     transformer.unload_lora()  # the fused weights stay; the adapter layers go
     return {"expert": lora.expert, "file": lora.path.name, "sha256": digest, "scale": lora.scale,
             "format": layout, "rank": rank, "modules": len(targets)}
