@@ -41,6 +41,11 @@ def markdown(result: dict[str, Any]) -> str:
                     cell += f" = {row['fraction_of_peak']:.1%}"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any("dit_calls_per_clip" in s for s in settings):
+        lines.append("| DiT calls per clip | " + " | ".join(
+            f"{s['dit_calls_per_clip']}" + (f" ({s['dit_calls_saved_per_clip']} saved by the step cache)"
+                                            if s.get("dit_calls_saved_per_clip") else "")
+            for s in settings) + " |")
     if "mp4_encode" in result:
         lines += ["", f"MP4 (H.264, PyAV) encode of the request's frames: {_fmt_s(result['mp4_encode']['median_s'])}."]
     rss = [f"{s['label']}: {max(r['peak_rss_mb'] or 0 for r in s['components'].values()):.0f} MB" for s in settings]

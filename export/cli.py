@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from wanrt.engine.schedules import BASE, schedule_names
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a diffusers Wan pipeline folder to ONNX")
@@ -16,14 +18,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and T5's wo stay fp32, graph I/O is fp32 (default %(default)s)")
     parser.add_argument("--vae-dtype", choices=("fp32", "bf16"), default="fp32",
                         help="compute precision of the VAE decoder graphs (default %(default)s)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="merge this LoRA (diffusers, Wan-original/LightX2V or musubi layout; scale default 1) "
+                             "into the high-noise expert, or the only one; repeat to stack")
+    parser.add_argument("--lora-2", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="merge this LoRA into the low-noise expert (transformer_2); repeat to stack")
+    parser.add_argument("--schedule", choices=schedule_names(), default=BASE,
+                        help="the artifact's default schedule: base (the model's own scheduler and recipe) or a "
+                             "distilled preset such as lightning-4step (4 Euler steps, no CFG, shift 5) for the "
+                             "Lightning/LightX2V LoRAs (default %(default)s)")
     parser.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from wanrt.export.exporter import export_pipeline
+    from wanrt.export.lora import parse_lora
 
+    loras = ([parse_lora(text, "transformer") for text in args.lora]
+             + [parse_lora(text, "transformer_2") for text in args.lora_2])
     manifest = export_pipeline(args.model, args.out, progress=lambda msg: print(msg, file=sys.stderr),
-                               dtype=args.dtype, vae_dtype=args.vae_dtype)
+                               dtype=args.dtype, vae_dtype=args.vae_dtype, loras=loras, schedule=args.schedule)
     worst: dict[str, float] = {}
     for check in manifest.parity:  # fp32 graphs, then the lowered ones, each against fp32 PyTorch
         dtype = check.get("dtype", "fp32")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import gc
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,12 @@ from wanrt.engine.artifact import (
     sha256_file,
     write_manifest,
 )
+from wanrt.engine.defaults import ModelDefaults
+from wanrt.engine.schedules import BASE
 from wanrt.engine.spec import ModelSpec, spec_from_diffusers
 from wanrt.errors import ModelFormatError
 from wanrt.export import onnx_io
+from wanrt.export.lora import LoraFile, merge_loras
 from wanrt.publish import destination, publishing
 
 Progress = Callable[[str], None]
@@ -34,12 +37,16 @@ def export_pipeline(
     progress: Progress | None = None,
     dtype: str = "fp32",
     vae_dtype: str = "fp32",
+    loras: Sequence[LoraFile] = (),
+    schedule: str = BASE,
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
 
     ``dtype`` is the compute precision of the text encoder and experts, ``vae_dtype`` the VAE decoder's
-    (export/precision.py); graph inputs and outputs are fp32 whatever they are.
+    (export/precision.py); graph inputs and outputs are fp32 whatever they are. ``loras`` are merged into their
+    experts before export (export/lora.py); ``schedule`` is the artifact's default schedule (engine/schedules.py),
+    recorded with the model's recipe as the manifest's request defaults.
     """
     from wanrt.export.precision import VAE_DTYPES, check_dtype
 
@@ -48,15 +55,21 @@ def export_pipeline(
     say = progress or (lambda _message: None)
     model_dir = Path(model_dir)
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
+    defaults = model_defaults(model_dir, spec, schedule)  # so do a bad recipe and a schedule the model cannot run
+    for lora in loras:
+        if lora.expert not in spec.experts:
+            raise ModelFormatError(f"{lora.path}: the model has no {lora.expert!r} (--lora-2 is for the low-noise "
+                                   "expert of a two-expert model)")
     out_dir = destination(out_dir)
     with publishing(out_dir) as partial:  # a half-written artifact is never left behind
-        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype))
+        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype),
+                                list(loras), defaults)
     say(f"wrote {out_dir}")
     return manifest
 
 
 def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
-                 dtypes: tuple[str, str]) -> Manifest:
+                 dtypes: tuple[str, str], loras: list[LoraFile], defaults: ModelDefaults) -> Manifest:
     from wanrt.export.text_encoder import export_text_encoder
     from wanrt.export.transformer import export_expert
 
@@ -70,10 +83,13 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
     dtype, vae_dtype = dtypes
     exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold, dtype=dtype))
     _release()
+    merged: list[dict[str, Any]] = []
     for name in spec.experts:
-        say(f"{name}: export and parity check")
+        mine = [lora for lora in loras if lora.expert == name]
+        say(f"{name}: {'merge ' + str(len(mine)) + ' LoRA, ' if mine else ''}export and parity check")
+        merge = (lambda module, mine=mine: merged.extend(merge_loras(module, mine))) if mine else None
         exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold,
-                                      dtype=dtype))
+                                      dtype=dtype, merge=merge))
         _release()  # each real expert is 14B parameters: never hold two
     say("vae decoder: export and parity check")
     vae = _export_vae(model_dir, art_dir, threshold, vae_dtype)
@@ -95,9 +111,32 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
         versions=_versions(),
         parity=parity,
         created_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        defaults=defaults,
+        loras=merged or None,
     )
     write_manifest(art_dir, manifest)
     return manifest
+
+
+def model_defaults(model_dir: Path, spec: ModelSpec, schedule: str) -> ModelDefaults:
+    """The request defaults an export records: the model's recipe, with ``schedule``'s steps and guidance when
+    it is a preset; a preset whose expert split differs from its authors' on this model is refused."""
+    from wanrt.engine.defaults import defaults_from_recipe, recipe_for
+    from wanrt.engine.schedules import PRESETS, check_schedule, make_scheduler
+
+    try:
+        check_schedule(schedule)
+    except ValueError as err:
+        raise ModelFormatError(str(err)) from None
+    defaults = defaults_from_recipe(recipe_for(model_dir, spec), spec, schedule)
+    preset = PRESETS.get(schedule)
+    if preset is not None and preset.expert_steps is not None and len(spec.experts) == 2:
+        timesteps = make_scheduler(spec.scheduler_config, schedule, preset.steps).timesteps
+        high = sum(spec.expert_for(float(t)) == spec.experts[0] for t in timesteps)
+        if (high, len(timesteps) - high) != preset.expert_steps:
+            raise ModelFormatError(f"schedule {schedule}: this model's boundary gives {high} high-noise and "
+                                   f"{len(timesteps) - high} low-noise steps, its authors use {preset.expert_steps}")
+    return defaults
 
 
 def _export_vae(model_dir: Path, art_dir: Path, threshold: int, dtype: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,15 @@ def export_expert(
     *,
     external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
     dtype: str = "fp32",
+    merge: Callable[[torch.nn.Module], None] | None = None,
 ) -> onnx_io.ExportedGraph:
-    """Exports and verifies expert ``name`` (``transformer`` or ``transformer_2``) to ``<name>.onnx``."""
+    """Exports and verifies expert ``name`` (``transformer`` or ``transformer_2``) to ``<name>.onnx``;
+    ``merge`` changes the loaded diffusers module in place first (LoRAs: export/lora.py)."""
     from wanrt.export.precision import EXPERT_FP32
 
     module = load_expert(model_dir, name)
+    if merge is not None:
+        merge(module.transformer)
     # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
     max_patches = int(module.transformer.config.rope_max_seq_len)
     pt, ph, pw = spec.patch_size

@@ -92,7 +92,7 @@ class WanrtServer:
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
-                                  self.admission),
+                                  self.admission, defaults=first.defaults, step_cache=config.step_cache),
             self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)

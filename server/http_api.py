@@ -34,7 +34,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.request import GenerationRequest, Limits
+from wanrt.engine.schedules import check_schedule
 from wanrt.errors import InsufficientMemoryError, InvalidRequestError, WanrtError
 from wanrt.server.auth import TokenStore
 from wanrt.server.config import HostPort
@@ -49,8 +51,8 @@ log = logging.getLogger("wanrt.server.http")
 # Token permissions: a token that may call Generate may create, watch, fetch and delete its own videos.
 TOKEN_METHOD = "Generate"
 _INT_FIELDS = ("frames", "steps", "seed", "fps")
-_FLOAT_FIELDS = ("guidance", "guidance_2")
-_TEXT_FIELDS = ("prompt", "negative_prompt", "model", "size", "seconds")
+_FLOAT_FIELDS = ("guidance", "guidance_2", "shift", "step_cache")
+_TEXT_FIELDS = ("prompt", "negative_prompt", "model", "size", "seconds", "schedule")
 _FIELDS = _TEXT_FIELDS + _INT_FIELDS + _FLOAT_FIELDS
 _SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 _MAX_LIST = 100
@@ -116,7 +118,8 @@ class VideoAsk:
     seconds_given: str | None  # as the client wrote it, for error messages
 
 
-def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> VideoAsk:
+def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits, defaults: ModelDefaults | None = None, *,
+                     step_cache: float | None = None) -> VideoAsk:
     """Field by field, strictly: an unknown or mistyped field is a 400 naming it."""
     for key in body:
         if key == "input_reference":
@@ -126,7 +129,7 @@ def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> V
     if "prompt" not in body:
         raise InvalidRequestError("prompt", "is required")
     values: dict[str, Any] = {}
-    for name in ("prompt", "negative_prompt"):
+    for name in ("prompt", "negative_prompt", "schedule"):
         if name in body:
             values[name] = _text(name, body[name])
     model = body.get("model")
@@ -145,6 +148,9 @@ def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> V
             raise InvalidRequestError("size", f"must be WIDTHxHEIGHT, e.g. {DEFAULTS.width}x{DEFAULTS.height}; "
                                               f"got {size!r}")
         values["width"], values["height"] = int(match.group(1)), int(match.group(2))
+    if "schedule" in values:
+        check_schedule(values["schedule"])
+    base = GenerationRequest.defaults() if defaults is None else defaults.request(schedule=values.get("schedule"))
     seconds = body.get("seconds")
     if seconds is not None:
         if "frames" in values:
@@ -152,8 +158,10 @@ def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> V
         duration = _number("seconds", seconds)
         if duration <= 0:
             raise InvalidRequestError("seconds", f"must be greater than 0, got {seconds!r}")
-        values["frames"] = frames_for_seconds(duration, values.get("fps", DEFAULTS.fps), limits)
-    request = GenerationRequest(**values)
+        values["frames"] = frames_for_seconds(duration, values.get("fps", base.fps), limits)
+    if "guidance" in values and "guidance_2" not in values:
+        values["guidance_2"] = None  # follows the guidance given, not the model's pair
+    request = dataclasses.replace(base, **{"step_cache": step_cache, **values})
     return VideoAsk(request, f"{request.width}x{request.height}", None if seconds is None else str(seconds))
 
 
@@ -334,7 +342,8 @@ class VideosApi:
                 raise InvalidRequestError("x-client-request-id",
                                           f"must be at most {MAX_CLIENT_REQUEST_ID} printable ASCII characters")
             body = await self._read_body(request)
-            ask = parse_video_body(body, self.model_name, self.service.facts.limits)
+            facts = self.service.facts
+            ask = parse_video_body(body, self.model_name, facts.limits, facts.defaults, step_cache=facts.step_cache)
             try:
                 self.service.check_request(ask.request, MP4, call.record)
             except InvalidRequestError as err:
