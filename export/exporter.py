@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import gc
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from wanrt.engine.artifact import (
 from wanrt.engine.spec import ModelSpec, spec_from_diffusers
 from wanrt.errors import ModelFormatError
 from wanrt.export import onnx_io
+from wanrt.export.onnx_io import release
 from wanrt.publish import destination, publishing
 
 Progress = Callable[[str], None]
@@ -34,29 +34,34 @@ def export_pipeline(
     progress: Progress | None = None,
     dtype: str = "fp32",
     vae_dtype: str = "fp32",
+    device: str = "cpu",
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
 
-    ``dtype`` is the compute precision of the text encoder and experts, ``vae_dtype`` the VAE decoder's
-    (export/precision.py); graph inputs and outputs are fp32 whatever they are.
+    ``dtype`` is the compute precision of the text encoder and experts (each is loaded in it, as diffusers and
+    transformers run it), ``vae_dtype`` the VAE decoder's (export/precision.py); graph inputs and outputs are
+    fp32 whatever they are. ``device``: where PyTorch runs (loading, tracing, the parity references) and where
+    onnxruntime checks parity (``cuda``: onnxruntime-gpu's CUDA provider).
     """
+    from wanrt.engine.device import parse_device
     from wanrt.export.precision import VAE_DTYPES, check_dtype
 
     check_dtype("dtype", dtype)
     check_dtype("vae_dtype", vae_dtype, VAE_DTYPES)
+    device = str(parse_device(device))
     say = progress or (lambda _message: None)
     model_dir = Path(model_dir)
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
     out_dir = destination(out_dir)
     with publishing(out_dir) as partial:  # a half-written artifact is never left behind
-        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype))
+        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype), device)
     say(f"wrote {out_dir}")
     return manifest
 
 
 def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
-                 dtypes: tuple[str, str]) -> Manifest:
+                 dtypes: tuple[str, str], device: str) -> Manifest:
     from wanrt.export.text_encoder import export_text_encoder
     from wanrt.export.transformer import export_expert
 
@@ -66,18 +71,19 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
     shutil.copyfile(model_dir / "scheduler" / "scheduler_config.json", art_dir / SCHEDULER_CONFIG_NAME)
 
     exported: list[onnx_io.ExportedGraph] = []
-    say("text_encoder: export and parity check")
     dtype, vae_dtype = dtypes
-    exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold, dtype=dtype))
-    _release()
+    say(f"text_encoder: load ({dtype}, {device})")
+    exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold, dtype=dtype,
+                                        device=device, progress=say))
+    release(device)
     for name in spec.experts:
-        say(f"{name}: export and parity check")
+        say(f"{name}: load ({dtype}, {device})")
         exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold,
-                                      dtype=dtype))
-        _release()  # each real expert is 14B parameters: never hold two
+                                      dtype=dtype, device=device, progress=say))
+        release(device)  # each real expert is 14B parameters: never hold two
     say("vae decoder: export and parity check")
     vae = _export_vae(model_dir, art_dir, threshold, vae_dtype)
-    _release()
+    release()
 
     graphs = {g.name: g.manifest_entry() for g in exported}
     graphs["vae_decoder_init"] = vae.pop("init")
@@ -108,12 +114,6 @@ def _export_vae(model_dir: Path, art_dir: Path, threshold: int, dtype: str) -> d
 
     vae = AutoencoderKLWan.from_pretrained(model_dir / "vae", local_files_only=True, torch_dtype=torch.float32)
     return export_vae_decoder(vae.eval(), art_dir, external_data_threshold=threshold, dtype=dtype)
-
-
-def _release() -> None:
-    # The exported module is unreachable once its export function returns; collect now, not at some later
-    # allocation, so peak memory stays at one model.
-    gc.collect()
 
 
 def _write_tokenizer(tokenizer_dir: Path, dest: Path, text_length: int) -> None:
