@@ -20,14 +20,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda or cuda:N: where PyTorch loads and traces each network and where parity is "
                              "checked (cuda: onnxruntime-gpu's CUDA provider); default %(default)s")
+    parser.add_argument("--memory-budget", default=None,
+                        help="host memory the export may use, e.g. 200G (default: the cgroup limit or physical "
+                             "memory, less a reserve); the export refuses at start what its plan says exceeds it")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (host and GPU memory, disk, time per graph) and exit: 0 fits, 2 not")
     parser.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from wanrt.export.exporter import export_pipeline
+    from wanrt.engine.budget import parse_size
+    from wanrt.export.exporter import check_plan, export_pipeline
 
+    budget = parse_size("memory_budget", args.memory_budget) if args.memory_budget else None
+    if args.dry_run:
+        print(check_plan(args.model, args.out, dtype=args.dtype, vae_dtype=args.vae_dtype, device=args.device,
+                         memory_budget=budget))
+        return 0
     manifest = export_pipeline(args.model, args.out, progress=lambda msg: print(msg, file=sys.stderr),
-                               dtype=args.dtype, vae_dtype=args.vae_dtype, device=args.device)
+                               dtype=args.dtype, vae_dtype=args.vae_dtype, device=args.device,
+                               memory_budget=budget)
     worst: dict[str, float] = {}
     for check in manifest.parity:  # each graph against PyTorch in its own precision
         dtype = check.get("dtype", "fp32")

@@ -35,6 +35,7 @@ def export_pipeline(
     dtype: str = "fp32",
     vae_dtype: str = "fp32",
     device: str = "cpu",
+    memory_budget: int | None = None,
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
@@ -43,7 +44,12 @@ def export_pipeline(
     transformers run it), ``vae_dtype`` the VAE decoder's (export/precision.py); graph inputs and outputs are
     fp32 whatever they are. ``device``: where PyTorch runs (loading, tracing, the parity references) and where
     onnxruntime checks parity (``cuda``: onnxruntime-gpu's CUDA provider).
+
+    Before anything is written, the plan (wanrt.plan) of this export is checked against this machine (host
+    memory: ``memory_budget`` or the cgroup/physical limit less a reserve; free disk at ``out_dir``; the GPU's
+    free memory for ``cuda``): InsufficientMemoryError names the option that would fit.
     """
+    from wanrt.engine.backends.onnxruntime import return_freed_memory
     from wanrt.engine.device import parse_device
     from wanrt.export.precision import VAE_DTYPES, check_dtype
 
@@ -54,10 +60,30 @@ def export_pipeline(
     model_dir = Path(model_dir)
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
     out_dir = destination(out_dir)
+    say(check_plan(model_dir, out_dir, dtype=dtype, vae_dtype=vae_dtype, device=device, memory_budget=memory_budget))
+    return_freed_memory()  # a freed shard or module goes back to the system, not to the heap's free lists
     with publishing(out_dir) as partial:  # a half-written artifact is never left behind
         manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype), device)
     say(f"wrote {out_dir}")
     return manifest
+
+
+def check_plan(model_dir: Path, out_dir: Path, *, dtype: str, vae_dtype: str, device: str,
+               memory_budget: int | None = None) -> str:
+    """Refuses (InsufficientMemoryError) an export its plan says this machine cannot hold; else a one-line
+    summary of the plan."""
+    from wanrt.plan.checkpoint import read_checkpoint
+    from wanrt.plan.refusal import refuse_unless_fits, this_machine
+    from wanrt.plan.report import export_alternatives
+    from wanrt.plan.stages import duration, export_plan, gb
+
+    checkpoint = read_checkpoint(model_dir)
+    plan = export_plan(checkpoint, dtype=dtype, vae_dtype=vae_dtype, device=device)
+    machine = this_machine(out_dir, device=device, host_bytes=memory_budget)
+    refuse_unless_fits(plan, machine, export_alternatives(checkpoint, dtype=dtype, vae_dtype=vae_dtype, device=device))
+    return (f"plan: host peak {gb(plan.host_bytes)} of {gb(machine.host_bytes)}"
+            + (f", GPU {gb(plan.gpu_bytes)}" if plan.gpu_bytes else "")
+            + f", writes {gb(plan.disk_bytes)}, {duration(plan.seconds)}")
 
 
 def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
