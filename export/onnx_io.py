@@ -215,8 +215,14 @@ class ExportedGraph:
                 **self.precision}
 
 
+# Precisions a network is traced in directly (loaded in it as diffusers/transformers run it). fp16 is traced in fp32
+# and lowered by AutoCast with export/precision.py's rules: the exporter's fp16 UMT5 graph mixes fp16 and fp32
+# operands in one Mul (torch.onnx 2.13), which onnxruntime refuses.
+TRACED_DTYPES = ("fp32", "bf16")
+
+
 def export_verified(
-    load: Callable[[], torch.nn.Module],
+    load: Callable[[str], torch.nn.Module],
     name: str,
     out_dir: Path,
     example: Mapping[str, np.ndarray],
@@ -227,29 +233,31 @@ def export_verified(
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD_BYTES,
     require_fused_attention: bool = False,
     dtype: str = "fp32",
+    fp32_rules: tuple[Any, ...] = (),
     device: str = "cpu",
     progress: Progress | None = None,
 ) -> ExportedGraph:
-    """Loads the module (``load()``, already in ``dtype`` on ``device``), exports it to ``out_dir/<name>.onnx``
-    and checks parity on every feed in ``parity_feeds``, for the graph and its onnxruntime attention form if any.
+    """Loads the module (``load(dtype)``, on ``device``), exports it to ``out_dir/<name>.onnx`` and checks parity
+    on every feed in ``parity_feeds``, for the graph and its onnxruntime attention form if any.
 
     One graph's weights are in memory once: PyTorch's outputs on the parity feeds are computed first, the module
-    is dropped once the graph is written, and only then do onnxruntime sessions open. A bf16/fp16 module
-    exports as it runs in diffusers/transformers (its ``_keep_in_fp32_modules`` in fp32, the casts its code
-    makes), and is checked against itself with the dtype's limit (precision.PARITY_LIMITS); graph inputs and
-    outputs are fp32 whatever the dtype (the module wrappers cast). ``example`` and each feed are keyed by the
-    module's forward argument names, in call order; those names become the graph's input names.
+    is dropped once the graph is written, and only then do onnxruntime sessions open. A bf16 module exports as it
+    runs in diffusers/transformers (its ``_keep_in_fp32_modules`` in fp32, the casts its code makes) and is
+    checked against itself with bf16's limit (precision.PARITY_LIMITS); fp16 is traced in fp32, checked, lowered
+    (``fp32_rules`` say what stays fp32) and checked again against the fp32 outputs. Graph inputs and outputs
+    are fp32 whatever the dtype (the module wrappers cast). ``example`` and each feed are keyed by the module's
+    forward argument names, in call order; those names become the graph's input names.
     """
-    from wanrt.export.precision import PARITY_LIMITS, check_dtype, describe_precision, fp32_modules
+    from wanrt.export.precision import PARITY_LIMITS, check_dtype, describe_precision, fp32_modules, lower_graph
 
     check_dtype("dtype", dtype)
     say = progress or (lambda _message: None)
     path = Path(out_dir) / f"{name}.onnx"
-    tolerance = PARITY_LIMITS[dtype]
-    module = load()
+    traced = dtype if dtype in TRACED_DTYPES else "fp32"
+    module = load(traced)
     say(f"{name}: PyTorch reference at {len(parity_feeds)} parity shapes")
     expected = [reference_outputs(module, feeds, device) for feeds in parity_feeds]
-    kept = fp32_modules(module) if dtype != "fp32" else ()
+    kept = fp32_modules(module) if traced != "fp32" else ()
     say(f"{name}: ONNX export")
     args = tuple(torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in example.values())
     files = export_graph(module, args, path, input_names=list(example),
@@ -257,14 +265,19 @@ def export_verified(
                          external_data_threshold=external_data_threshold)
     del module, args
     release(device)
-    say(f"{name}: parity check ({dtype} graph vs {dtype} PyTorch)")
+    say(f"{name}: parity check ({traced} graph vs {traced} PyTorch)")
 
-    def check(graph: Path) -> list[ParityResult]:
-        return [compare(graph, feeds, want, tolerance=tolerance, dtype=dtype, reference=dtype, device=device)
+    def check(graph: Path, graph_dtype: str = traced) -> list[ParityResult]:
+        return [compare(graph, feeds, want, tolerance=PARITY_LIMITS[graph_dtype], dtype=graph_dtype,
+                        reference=traced, device=device)
                 for feeds, want in zip(parity_feeds, expected, strict=True)]
 
     parity = check(path)
-    precision = describe_precision(path, dtype, kept) if dtype != "fp32" else {"dtype": "fp32"}
+    precision = describe_precision(path, traced, kept) if traced != "fp32" else {"dtype": "fp32"}
+    if traced != dtype:
+        say(f"{name}: lowered to {dtype}, parity check against fp32 PyTorch")
+        precision = lower_graph(path, dtype, fp32_rules, external_data=len(files) > 1).as_dict()
+        parity += check(path, dtype)
     # Only an fp32 graph gets the onnxruntime form (the low-precision graphs keep the standard one everywhere).
     entry, variant_parity = attention.record(path, check, required=require_fused_attention,
                                              onnxruntime_form=dtype == "fp32")

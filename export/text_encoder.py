@@ -60,6 +60,8 @@ def export_text_encoder(
     ``device``."""
     from transformers import UMT5Config
 
+    from wanrt.export.precision import TEXT_ENCODER_FP32
+
     vocab = int(UMT5Config.from_pretrained(Path(model_dir) / "text_encoder", local_files_only=True).vocab_size)
     max_length = max(512, spec.text_length)
     batch = Dim("batch", min=1, max=MAX_BATCH)
@@ -68,13 +70,14 @@ def export_text_encoder(
     # Example sizes avoid 0 and 1, which torch.export would specialise into constants.
     example = _feeds(vocab, batch=2, length=16, seed=0)
     return onnx_io.export_verified(
-        lambda: load_text_encoder(model_dir, dtype, device), GRAPH_NAME, out_dir, example,
+        lambda traced: load_text_encoder(model_dir, traced, device), GRAPH_NAME, out_dir, example,
         output_names=["last_hidden_state"],
         dynamic_shapes={"input_ids": axes, "attention_mask": axes},
         # Shapes differ from the example: one short prompt alone, and a CFG pair at the serving length.
         parity_feeds=[_feeds(vocab, batch=1, length=7, seed=1), _feeds(vocab, batch=2, length=spec.text_length,
                                                                        seed=2)],
-        external_data_threshold=external_data_threshold, dtype=dtype, device=device, progress=progress,
+        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=TEXT_ENCODER_FP32, device=device,
+        progress=progress,
     )
 
 

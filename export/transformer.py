@@ -59,6 +59,8 @@ def export_expert(
     ``dtype`` on ``device``."""
     from diffusers import WanTransformer3DModel
 
+    from wanrt.export.precision import EXPERT_FP32
+
     config = WanTransformer3DModel.load_config(Path(model_dir) / name, local_files_only=True)
     # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
     max_patches = int(config["rope_max_seq_len"])
@@ -70,7 +72,7 @@ def export_expert(
     # Example sizes avoid 0 and 1 (in patches), which torch.export would specialise into constants.
     example = _feeds(spec, batch=2, patches=(2, 2, 3), length=16, seed=0)
     return onnx_io.export_verified(
-        lambda: load_expert(model_dir, name, dtype, device), name, out_dir, example,
+        lambda traced: load_expert(model_dir, name, traced, device), name, out_dir, example,
         output_names=["noise_pred"],
         dynamic_shapes={"hidden_states": latent_axes, "timestep": {0: batch},
                         "encoder_hidden_states": {0: batch, 1: length}},
@@ -78,7 +80,8 @@ def export_expert(
         # length, and a CFG pair with a short context.
         parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
                       _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
-        external_data_threshold=external_data_threshold, dtype=dtype, device=device, progress=progress,
+        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32, device=device,
+        progress=progress,
         require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
     )
 

@@ -1,7 +1,8 @@
 """bf16/fp16 graphs (export/precision.py): fp32 I/O, what stays fp32, parity with PyTorch and with diffusers.
 
-The text encoder and experts are traced from the module loaded in the dtype (as diffusers/transformers run it) and
-checked against that module; the VAE decoder is exported fp32 and lowered (AutoCast), checked against fp32 PyTorch.
+bf16 text encoder and experts are traced from the module loaded in bf16 (as diffusers/transformers run it) and
+checked against that module; fp16 graphs and the VAE decoder are exported fp32 and lowered (AutoCast, the rules of
+export/precision.py), checked against fp32 PyTorch.
 
 onnxruntime's CPU provider runs the fp16 graphs but has no bf16 MatMul or Conv; bf16 graphs run here emulated
 (precision.emulate_bf16: bf16 roundings, fp32 arithmetic), cross-checked against ONNX's reference evaluator.
@@ -83,12 +84,12 @@ def test_manifest_records_dtype_and_parity(fixture, dtypes, request):
             continue
         graph = manifest.graphs[name]
         assert 0 < graph["low_precision_compute_nodes"] <= graph["compute_nodes"], name
-        if vae:  # exported fp32, checked, lowered, checked again against fp32 PyTorch
+        if vae or dtype == "fp16":  # exported fp32, checked, lowered, checked again against fp32 PyTorch
             fp32 = [p for p in checks if p["dtype"] == "fp32"]
             assert len(fp32) >= 2 and all(p["max_rel_error"] <= 1e-4 for p in fp32), name
             lowered = [p for p in checks if p["dtype"] == dtype]
             assert len(lowered) == len(fp32) and {p["reference"] for p in lowered} == {"fp32"}, name
-        else:  # traced in dtype, checked against the same module in dtype; no fp32 copy ever exists
+        else:  # traced in bf16, checked against the same module in bf16; no fp32 copy ever exists
             lowered = checks
             assert len(lowered) >= 2 and {(p["dtype"], p["reference"]) for p in lowered} == {(dtype, dtype)}, name
             island = "DenseReluDense.wo" if name == "text_encoder" else "time_embedder.linear_1"
@@ -124,17 +125,18 @@ def _compute_types(model: onnx.ModelProto) -> dict[str, set[tuple[str, int]]]:
 
 
 def test_what_stays_fp32(fp16_artifact, bf16_artifact):
-    """diffusers' and transformers' fp32 islands are fp32 in the graphs, the heavy products are low precision: the
-    graph computes what diffusers' bf16/fp16 module computes (``_keep_in_fp32_modules``, its ``.float()`` norms)."""
+    """diffusers' and transformers' fp32 islands are fp32 in the graphs, the heavy products are low precision. bf16
+    graphs compute what diffusers' bf16 module computes (``_keep_in_fp32_modules``, its ``.float()`` norms); fp16
+    graphs follow export/precision.py's rules, which also keep the embeddings fp32 (diffusers' layerwise casting)."""
+    embeddings = ("patch_embedding", "condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1")
     for art, dtype in ((fp16_artifact, "fp16"), (bf16_artifact, "bf16")):
         low = LOW[dtype]
         dit = _compute_types(_graph(art, "transformer"))
         for module in ("blocks.N.attn1.to_q", "blocks.N.attn2.to_k", "blocks.N.attn1.to_out.0", "blocks.N.ffn.net.2",
-                       "blocks.N.attn1", "proj_out", "patch_embedding", "condition_embedder.time_proj",
-                       "condition_embedder.text_embedder.linear_1"):
+                       "blocks.N.attn1", "proj_out", *(embeddings if dtype == "bf16" else ())):
             assert {t for _, t in dit[module]} == {low}, f"{dtype} {module}: {dit[module]}"
         for module in ("blocks.N.norm1", "blocks.N.norm2", "blocks.N.norm3", "norm_out",
-                       "condition_embedder.time_embedder.linear_1"):
+                       "condition_embedder.time_embedder.linear_1", *(embeddings if dtype == "fp16" else ())):
             assert {t for _, t in dit[module]} == {FLOAT}, f"{dtype} {module}: {dit[module]}"
         t5 = _compute_types(_graph(art, "text_encoder"))
         assert {t for _, t in t5["encoder.block.N.layer.1.DenseReluDense.wo"]} == {FLOAT}
@@ -320,7 +322,7 @@ def _diffusers(model_dir: Path, dtype: str, guidance: float, guidance_2: float |
 # uint8 levels per pixel, end to end against diffusers run in the artifact's dtype (max, mean); and against diffusers
 # fp32, no further than diffusers' own low-precision run is from it, plus MARGIN_MEAN. The graphs compute what
 # diffusers' bf16/fp16 modules compute; fp32 artifacts stay within (3, 0.5) of diffusers fp32 (test_parity.py).
-SAME_DTYPE_LIMITS = {"fp16": (6, 0.5), "bf16": (6, 0.5)}
+SAME_DTYPE_LIMITS = {"fp16": (6, 0.5), "bf16": (6, 0.5)}  # measured: see the printed line
 MARGIN_MEAN = 0.15
 TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
