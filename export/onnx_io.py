@@ -115,6 +115,7 @@ def fold_weight_transposes(model: Any) -> int:
         graph.register_initializer(value)
         if not source.uses():
             graph.initializers.pop(source.name)
+            source.const_value = None  # the exporter's records outlive the graph (see _drop_weights)
         folded += 1
     return folded
 
