@@ -78,12 +78,14 @@ def plan_all(checkpoint: Checkpoint, machine: Machine, *, dtype: str = "bf16", e
         export_alternatives(checkpoint, dtype=dtype, device=export_device))
     if quantize:
         device = "cuda" if route == "torch" else "cpu"
-        add(quantize_plan(checkpoint, mode=quantize, route=route, device=device, calibration=calibration),
+        add(quantize_plan(checkpoint, mode=quantize, route=route, device=device, calibration=calibration,
+                          gpu_tflops=machine.gpu_tflops),
             quantize_alternatives(checkpoint, mode=quantize, route=route, device=device, calibration=calibration))
     add(build_plan(checkpoint, precision=precision, serving=serving), [])
     if machine.gpu_bytes is not None:
         try:
-            plan, _ = serve_plan(checkpoint, precision=precision, serving=serving, gpu_bytes=machine.gpu_bytes)
+            plan, _ = serve_plan(checkpoint, precision=precision, serving=serving, gpu_bytes=machine.gpu_bytes,
+                                 gpu_tflops=machine.gpu_tflops)
             add(plan, [])
         except InvalidRequestError as err:
             rows.append({"stage": "serve", "settings": f"{precision} engines", "fits": False,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wanrt.benchmarks.flops import TEXT_LENGTH, DitShape, forward_flops
+from wanrt.benchmarks.peaks import GPU_BF16_TFLOPS as GPU_BF16_TFLOPS_TABLE
 from wanrt.engine.tensorrt import memory as trt_memory
 from wanrt.plan.checkpoint import DTYPE_BYTES, Checkpoint, Component
 
@@ -44,6 +45,7 @@ TRACE_S_PER_LAYER = 20.0
 # of it: benchmarks/peaks.py); CPU fp32 throughput of a server for parity and ONNX-route calibration.
 GPU_EFFICIENCY = 0.4
 CPU_TFLOPS = 1.0
+GPU_BF16_TFLOPS = dict(GPU_BF16_TFLOPS_TABLE)["H100"]  # dense bf16 peak of an H100/H200 SXM
 # PyTorch eager keeps more alive than the TensorRT activation model of engine/tensorrt/memory.py (unfused
 # kernels; ModelOpt's calibrators take |x| of each quantized input): twice it, assumed.
 EAGER_ACTIVATION_FACTOR = 2
@@ -68,7 +70,7 @@ class Machine:
     host_bytes: int
     gpu_bytes: int | None = None
     disk_bytes: int | None = None
-    gpu_tflops: float = 989.4  # dense bf16 peak of an H100/H200 SXM (benchmarks/peaks.py)
+    gpu_tflops: float = GPU_BF16_TFLOPS
     cpu_tflops: float = CPU_TFLOPS
 
 
@@ -198,7 +200,7 @@ class Calibration:
 
 
 def quantize_plan(checkpoint: Checkpoint | Any, *, mode: str = "fp8", route: str = "torch", device: str = "cuda",
-                  calibration: Calibration | None = None) -> StagePlan:
+                  calibration: Calibration | None = None, gpu_tflops: float = GPU_BF16_TFLOPS) -> StagePlan:
     """`wanrt quantize`, the call for i25b's quantize to make at its start (see plan/README.md).
 
     ``route="torch"``: ModelOpt PTQ on one bf16 expert at a time on ``device`` (weights + ModelOpt's quantizer
@@ -228,7 +230,7 @@ def quantize_plan(checkpoint: Checkpoint | Any, *, mode: str = "fp8", route: str
         for expert in checkpoint.experts:
             weights = expert.bytes_in("bf16")
             state = _quantizer_state(expert, mode)
-            seconds = per_expert_flops / (machine_tflops(on_gpu) * 1e12)
+            seconds = per_expert_flops / ((gpu_tflops * GPU_EFFICIENCY if on_gpu else CPU_TFLOPS) * 1e12)
             graphs[expert.name] = _resident(
                 expert.name, weights, on_gpu,
                 [("activations at the calibration shape", activations), ("ModelOpt quantizer state", state),
@@ -256,11 +258,6 @@ def quantize_plan(checkpoint: Checkpoint | Any, *, mode: str = "fp8", route: str
              "activations: twice engine/tensorrt/memory.py's TensorRT activation model (PyTorch eager, "
              "calibrators), attention tiled (flash/cuDNN SDPA, linear in tokens)")
     return StagePlan("quantize", settings, graphs, disk, notes)
-
-
-def machine_tflops(on_gpu: bool, machine: Machine | None = None) -> float:
-    machine = machine or Machine(0)
-    return machine.gpu_tflops * GPU_EFFICIENCY if on_gpu else machine.cpu_tflops
 
 
 def _resident(name: str, weights: int, on_gpu: bool, extra: Sequence[tuple[str, int]], seconds: float,
@@ -373,7 +370,7 @@ def build_plan(checkpoint: Checkpoint | Any, *, precision: str = "fp8", serving:
 
 
 def serve_plan(checkpoint: Checkpoint | Any, *, precision: str = "fp8", serving: Serving | None = None,
-               gpu_bytes: int) -> tuple[StagePlan, Any]:
+               gpu_bytes: int, gpu_tflops: float = GPU_BF16_TFLOPS) -> tuple[StagePlan, Any]:
     """`wanrt serve` on TensorRT: engine/tensorrt/memory.py's plan (raises its InvalidRequestError, which names
     --residency or --weight-streaming-budget, when nothing fits) and a clip's order-of-magnitude time."""
     checkpoint = _checkpoint(checkpoint)
@@ -384,7 +381,7 @@ def serve_plan(checkpoint: Checkpoint | Any, *, precision: str = "fp8", serving:
     shape = DitShape.from_config(checkpoint.experts[0].config)
     tokens = trt_memory.dit_tokens(serving.frames, serving.height, serving.width, patch=shape.patch_size)
     speedup = 2.0 if precision in ("fp8", "int8") else 1.0  # 8-bit tensor cores: twice bf16's peak
-    seconds = serving.steps * 2 * forward_flops(shape, tokens).total / (989.4e12 * GPU_EFFICIENCY * speedup)
+    seconds = serving.steps * 2 * forward_flops(shape, tokens).total / (gpu_tflops * 1e12 * GPU_EFFICIENCY * speedup)
     largest = max(e.weights for e in engines)
     streamed = 0
     if memory_plan.residency == "streaming":
