@@ -72,11 +72,13 @@ def check_plan(model_dir: Path, out_dir: Path, *, dtype: str, vae_dtype: str, de
                memory_budget: int | None = None) -> str:
     """Refuses (InsufficientMemoryError) an export its plan says this machine cannot hold; else a one-line
     summary of the plan."""
+    from wanrt.engine.device import parse_device
     from wanrt.plan.checkpoint import read_checkpoint
     from wanrt.plan.refusal import refuse_unless_fits, this_machine
     from wanrt.plan.report import export_alternatives
     from wanrt.plan.stages import duration, export_plan, gb
 
+    device = str(parse_device(device))
     checkpoint = read_checkpoint(model_dir)
     plan = export_plan(checkpoint, dtype=dtype, vae_dtype=vae_dtype, device=device)
     machine = this_machine(out_dir, device=device, host_bytes=memory_budget)
