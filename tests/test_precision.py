@@ -319,11 +319,11 @@ def _diffusers(model_dir: Path, dtype: str, guidance: float, guidance_2: float |
     return np.round(np.asarray(video, dtype=np.float32) * 255.0).astype(np.uint8)
 
 
-# uint8 levels per pixel, end to end against diffusers run in the artifact's dtype (max, mean); and against diffusers
-# fp32, no further than diffusers' own low-precision run is from it, plus MARGIN_MEAN. The graphs compute what
-# diffusers' bf16/fp16 modules compute; fp32 artifacts stay within (3, 0.5) of diffusers fp32 (test_parity.py).
-SAME_DTYPE_LIMITS = {"fp16": (6, 0.5), "bf16": (6, 0.5)}  # measured: see the printed line
-MARGIN_MEAN = 0.15
+# uint8 levels per pixel (max, mean), end to end against diffusers fp32 and against diffusers run in the artifact's
+# dtype (which also runs its latents, scheduler and VAE in that dtype; wanrt keeps them fp32 unless --vae-dtype).
+# fp32 artifacts stay within (3, 0.5) of diffusers fp32 (test_parity.py). Measured: fp16 (+ bf16 VAE) (4, 0.30) and
+# (4, 0.31); bf16 (1, 0.08) and (4, 0.43), diffusers' own bf16 run being (4, 0.43) from its fp32 run.
+E2E_LIMITS = {"fp16": (6, 0.5), "bf16": (6, 0.5)}
 TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -345,7 +345,7 @@ def test_end_to_end_against_diffusers(fixture, model_fixture, dtype, guidance, r
     manifest = json.loads((art / MANIFEST_NAME).read_text())
     print(f"{dtype} artifact (VAE {manifest['graphs']['vae_decoder_step']['dtype']}), uint8 levels (max, mean): "
           f"vs diffusers {dtype} {ours_same}, vs diffusers fp32 {ours_fp32}; diffusers {dtype} vs fp32 {theirs_fp32}")
-    limit_max, limit_mean = SAME_DTYPE_LIMITS[dtype]
-    assert ours_same[0] <= limit_max and ours_same[1] < limit_mean
-    assert ours_fp32[1] <= theirs_fp32[1] + MARGIN_MEAN
+    limit_max, limit_mean = E2E_LIMITS[dtype]
+    for levels_off in (ours_fp32, ours_same):
+        assert levels_off[0] <= limit_max and levels_off[1] < limit_mean
     assert ours.std() > 5
