@@ -58,21 +58,21 @@ def _percentiles(latencies: list[float]) -> dict[str, float]:
 def bench_serving(model: Path, request: GenerationRequest, *, backend: str = "onnxruntime", device: str = "cpu",
                   repeats: int = 3, per_client: int = 2, concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
     from wanrt.engine.loader import load_pipeline
-    from wanrt.engine.request import clip_settings
-    from wanrt.engine.video import encode_mp4
+    from wanrt.engine.video import encode_mp4, read_mp4_metadata
     from wanrt.server.client import Client
 
     pipeline = load_pipeline(model, backend, device=device)
 
-    def in_process() -> bytes:  # the server writes the clip's settings into its MP4: so does this
-        return b"".join(encode_mp4(pipeline.generate(request), request.fps,
-                                   metadata=clip_settings(request, pipeline.identity)))
+    def in_process(metadata: dict | None = None) -> bytes:
+        return b"".join(encode_mp4(pipeline.generate(request), request.fps, metadata=metadata))
 
     result: dict[str, Any] = {"model": str(model), "backend": backend, "device": device}
     with serve(model, backend, device, queue_size=max(concurrency) * per_client) as address:
         client = Client(address, insecure=True)
         # Warm-up, and the check that both paths make the same clip (else the comparison would mean nothing).
-        result["identical_output"] = client.generate(request).video == in_process()
+        served_clip = client.generate(request).video
+        # The server writes what made the clip into its MP4 (its model's defaults filled in): so does this one.
+        result["identical_output"] = served_clip == in_process(read_mp4_metadata(served_clip))
         local, remote = [], []
         for _ in range(repeats):  # alternated, so load drifts on the machine hit both alike
             start = time.perf_counter()

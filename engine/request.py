@@ -9,7 +9,9 @@ import secrets
 
 import numpy as np
 
+from wanrt.engine.schedules import check_schedule, check_shift
 from wanrt.engine.shapes import MAX_FRAMES, WAN_TEMPORAL_STRIDE, latent_shape
+from wanrt.engine.step_cache import check_threshold
 from wanrt.errors import InvalidRequestError
 
 MAX_PROMPT_BYTES = 4096
@@ -47,6 +49,11 @@ class GenerationRequest:
     seed: int = 0
     fps: int = 16
     latents: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    # None: the model's default schedule (its manifest's defaults), and that schedule's own shift.
+    schedule: str | None = None
+    shift: float | None = None
+    # Adaptive step cache threshold (engine/step_cache.py); None or 0: every step runs the network.
+    step_cache: float | None = None
 
     @classmethod
     def defaults(cls) -> GenerationRequest:
@@ -87,6 +94,12 @@ class GenerationRequest:
             _check_float("guidance_2", self.guidance_2, limits.max_guidance)
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("fps", self.fps, 1, limits.max_fps)
+        if self.schedule is not None:
+            check_schedule(self.schedule)
+        if self.shift is not None:
+            check_shift(self.shift)
+        if self.step_cache is not None:
+            check_threshold(self.step_cache)
         if self.latents is not None:
             self._check_latents()
 
@@ -138,13 +151,14 @@ def model_name(identity: dict[str, str]) -> str:
 
 def clip_settings(request: GenerationRequest, identity: dict[str, str]) -> dict[str, object]:
     """What made a clip, returned with it on every API and written into its MP4 (engine/video.py): the prompts'
-    sha256, the seed, size, frames, steps, guidance and the model's identity. Deterministic: the same request on
-    the same model gives the same settings (and so the same bytes)."""
+    sha256, the seed, size, frames, steps, guidance, schedule, shift, step cache and the model's identity.
+    Deterministic: the same request on the same model gives the same settings (and so the same bytes)."""
     return {"prompt_sha256": sha256_text(request.prompt),
             "negative_prompt_sha256": sha256_text(request.negative_prompt), "seed": request.seed,
             "size": f"{request.width}x{request.height}", "width": request.width, "height": request.height,
             "frames": request.frames, "fps": request.fps, "steps": request.steps, "guidance": request.guidance,
-            "guidance_2": request.effective_guidance_2, "latents_given": request.latents is not None,
+            "guidance_2": request.effective_guidance_2, "schedule": request.schedule, "shift": request.shift,
+            "step_cache": request.step_cache, "latents_given": request.latents is not None,
             "model": model_name(identity), "identity": dict(identity)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +17,32 @@ MAX_BATCH = 2  # CFG: conditional and unconditional prediction in one call
 
 
 class ExpertGraph(torch.nn.Module):
-    """One expert with positional tensor inputs and the noise prediction as its only output."""
+    """One expert with positional fp32 tensor inputs and the fp32 noise prediction as its only output; inside, the
+    expert runs in its own dtype (the casts become the graph's first and last nodes)."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.transformer = transformer
+        self.dtype = dtype
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.transformer(hidden_states=hidden_states, timestep=timestep,
-                                encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        # The timestep stays fp32: diffusers casts it to its fp32 time_embedder itself.
+        return self.transformer(hidden_states=hidden_states.to(self.dtype), timestep=timestep,
+                                encoder_hidden_states=encoder_hidden_states.to(self.dtype),
+                                return_dict=False)[0].float()
 
 
-def load_expert(model_dir: Path, name: str) -> ExpertGraph:
+def load_expert(model_dir: Path, name: str, dtype: str = "fp32", device: str = "cpu") -> ExpertGraph:
+    """Expert ``name`` as diffusers loads it in ``dtype`` (its ``_keep_in_fp32_modules`` stay fp32), on ``device``."""
     from diffusers import WanTransformer3DModel
 
-    # float32 whatever the checkpoint's dtype: the graph is the fp32 reference; engines lower precision later.
+    from wanrt.export.precision import torch_dtype
+
     transformer = WanTransformer3DModel.from_pretrained(Path(model_dir) / name, local_files_only=True,
-                                                        torch_dtype=torch.float32)
-    return ExpertGraph(transformer.eval()).eval()
+                                                        torch_dtype=torch_dtype(dtype),
+                                                        device_map=None if device == "cpu" else device)
+    return ExpertGraph(transformer.eval(), torch_dtype(dtype)).eval()
 
 
 def export_expert(
@@ -45,13 +53,25 @@ def export_expert(
     *,
     external_data_threshold: int = onnx_io.EXTERNAL_DATA_THRESHOLD_BYTES,
     dtype: str = "fp32",
+    device: str = "cpu",
+    progress: onnx_io.Progress | None = None,
+    merge: Callable[[torch.nn.Module], None] | None = None,
 ) -> onnx_io.ExportedGraph:
-    """Exports and verifies expert ``name`` (``transformer`` or ``transformer_2``) to ``<name>.onnx``."""
+    """Exports and verifies expert ``name`` (``transformer`` or ``transformer_2``) to ``<name>.onnx``, loaded in
+    ``dtype`` on ``device``; ``merge`` changes the loaded diffusers module in place first (LoRAs: export/lora.py)."""
+    from diffusers import WanTransformer3DModel
+
     from wanrt.export.precision import EXPERT_FP32
 
-    module = load_expert(model_dir, name)
+    def load(traced: str) -> ExpertGraph:
+        module = load_expert(model_dir, name, traced, device)
+        if merge is not None:
+            merge(module.transformer)
+        return module
+
+    config = WanTransformer3DModel.load_config(Path(model_dir) / name, local_files_only=True)
     # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
-    max_patches = int(module.transformer.config.rope_max_seq_len)
+    max_patches = int(config["rope_max_seq_len"])
     pt, ph, pw = spec.patch_size
     batch = Dim("batch", min=1, max=MAX_BATCH)
     length = Dim("text_length", min=1, max=max(512, spec.text_length))
@@ -60,7 +80,7 @@ def export_expert(
     # Example sizes avoid 0 and 1 (in patches), which torch.export would specialise into constants.
     example = _feeds(spec, batch=2, patches=(2, 2, 3), length=16, seed=0)
     return onnx_io.export_verified(
-        module, name, out_dir, example,
+        load, name, out_dir, example,
         output_names=["noise_pred"],
         dynamic_shapes={"hidden_states": latent_axes, "timestep": {0: batch},
                         "encoder_hidden_states": {0: batch, 1: length}},
@@ -68,7 +88,8 @@ def export_expert(
         # length, and a CFG pair with a short context.
         parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
                       _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
-        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32,
+        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32, device=device,
+        progress=progress,
         require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
     )
 

@@ -96,7 +96,7 @@ class WanrtServer:
         # Every API (gRPC here, HTTP in http_edge.py) takes its calls through this one front door.
         self.door = FrontDoor(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
-                                  self.admission),
+                                  self.admission, defaults=first.defaults, step_cache=config.step_cache),
             self.audit, self.metrics, tokens=self.tokens, keep_prompt_text=config.audit_prompts,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)

@@ -75,6 +75,10 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-bytes", type=int, help="largest request message (default: sized for "
                                                                "latents at the largest allowed size)")
     add_memory_budget_argument(parser)
+    parser.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
+                        help="adaptive step cache for requests that do not set step_cache: reuse an expert's last "
+                             "call while the estimated change stays under THRESHOLD (0-1; default off). Check a "
+                             "threshold with `wanrt eval --against full` first")
     parser.set_defaults(handler=_serve)
 
 
@@ -100,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         health_socket=args.health_socket, http_listen=args.http_listen,
         http_keep_seconds=args.http_keep_seconds, http_keep_bytes=args.http_keep_bytes,
         memory_budget=None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget),
+        step_cache=args.step_cache,
     ).validated()  # before the (slow) model load: a wrong flag fails in a second, not after minutes
 
     stop = threading.Event()

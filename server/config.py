@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wanrt.engine.device import parse_device
 from wanrt.engine.loader import BACKENDS
+from wanrt.engine.step_cache import check_threshold
 from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import ConfigError
 
@@ -135,6 +136,7 @@ class ServerConfig:
     health_listen: str | None = None
     health_socket: Path | None = None
     memory_budget: int | None = None  # bytes; default: the cgroup limit, else physical memory, less a reserve
+    step_cache: float | None = None  # adaptive step cache threshold for requests that do not set one (None: off)
 
     @property
     def maxima(self) -> dict[str, int]:
@@ -212,6 +214,11 @@ class ServerConfig:
             _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
         if self.memory_budget is not None:
             _check_int("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
+        if self.step_cache is not None:
+            try:
+                check_threshold(self.step_cache)
+            except InvalidRequestError as err:
+                raise ConfigError("step_cache", err.message) from None
         return self
 
     def provenance_key(self) -> object | None:

@@ -31,12 +31,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wanrt.engine.request import GenerationRequest
 from wanrt.engine.shapes import WAN_NATIVE_FPS
 from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import VideoNotFoundError, VideoNotReadyError
-from wanrt.server.frontdoor import Ask, AuditedCall, Caller, CallStatus, Code, FrontDoor
-from wanrt.server.http_api import frames_from_seconds
+from wanrt.server.frontdoor import Ask, AuditedCall, Caller, CallStatus, Code, Duration, FrontDoor
 from wanrt.server.http_edge import AsciiJSONResponse, HttpApi, parse_model
 from wanrt.server.http_videos import StoredVideo, VideoStore
 from wanrt.server.protocol import MP4
@@ -94,9 +92,12 @@ class SynthesisParameters(BaseModel):
     prompt_extend: bool | None = None
     watermark: bool | None = None
     guidance_scale: float | None = None
-    # wanrt's own: denoising steps and the low-noise expert's guidance (Wan2.2 A14B).
+    # wanrt's own: denoising steps, the low-noise expert's guidance (Wan2.2 A14B), schedule, shift, step cache.
     steps: int | None = None
     guidance_scale_2: float | None = None
+    schedule: str | None = None
+    shift: float | None = None
+    step_cache: float | None = None
 
 
 class SynthesisBody(BaseModel):
@@ -111,7 +112,8 @@ class SynthesisBody(BaseModel):
 _FIELD_NAMES = {"prompt": "input.prompt", "negative_prompt": "input.negative_prompt", "height": "parameters.size",
                 "width": "parameters.size", "frames": "parameters.duration", "fps": "parameters.frame_rate",
                 "seed": "parameters.seed", "guidance": "parameters.guidance_scale",
-                "guidance_2": "parameters.guidance_scale_2", "steps": "parameters.steps"}
+                "guidance_2": "parameters.guidance_scale_2", "steps": "parameters.steps",
+                "schedule": "parameters.schedule", "shift": "parameters.shift", "step_cache": "parameters.step_cache"}
 
 
 def _unknown(field: str) -> str:
@@ -137,31 +139,32 @@ def ask_from_body(body: SynthesisBody, door: FrontDoor, client_request_id: str) 
     if p.watermark:
         raise InvalidRequestError("parameters.watermark", "must be false: wanrt draws no visible watermark; a "
                                                           "server with provenance on marks every video with C2PA")
-    defaults = GenerationRequest.defaults()
     values: dict[str, Any] = {"prompt": body.input.prompt}
     names = dict(_FIELD_NAMES)
     if body.input.negative_prompt is not None:
         values["negative_prompt"] = body.input.negative_prompt
     for name, given in (("seed", p.seed), ("steps", p.steps), ("guidance", p.guidance_scale),
-                        ("guidance_2", p.guidance_scale_2)):
+                        ("guidance_2", p.guidance_scale_2), ("schedule", p.schedule), ("shift", p.shift),
+                        ("step_cache", p.step_cache)):
         if given is not None:
             values[name] = given
-    values["width"], values["height"], size_field = _size(p)
-    names["height"] = names["width"] = size_field
+    size = _size(p)
+    if size is not None:
+        values["width"], values["height"], size_field = size
+        names["height"] = names["width"] = size_field
     if p.frame_rate is not None:
         if not 1 <= p.frame_rate <= limits.max_fps:
             raise InvalidRequestError("parameters.frame_rate", f"{p.frame_rate} fps is not a rate this model makes: "
                                       f"1 to {limits.max_fps} frames per second (it was trained at "
                                       f"{WAN_NATIVE_FPS}; other rates play its motion faster or slower)")
         values["fps"] = p.frame_rate
-    if p.duration is not None:
-        values["frames"] = frames_from_seconds("parameters.duration", p.duration, values.get("fps", defaults.fps),
-                                               "parameters.frame_rate")
-    return Ask(GenerationRequest(**values), MP4, client_request_id, "x-client-request-id", names)
+    duration = None if p.duration is None else Duration("parameters.duration", p.duration, "parameters.frame_rate")
+    return Ask(door.request_from(values, duration=duration, names=names), MP4, client_request_id,
+               "x-client-request-id", names)
 
 
-def _size(p: SynthesisParameters) -> tuple[int, int, str]:
-    """(width, height, the field they came from): ``size``, else ``resolution``, else the engine's default."""
+def _size(p: SynthesisParameters) -> tuple[int, int, str] | None:
+    """(width, height, the field they came from): ``size``, else ``resolution``; None: the model's default."""
     chosen: tuple[int, int, str] | None = None
     if p.size is not None:
         match = _SIZE.match(p.size)
@@ -179,9 +182,6 @@ def _size(p: SynthesisParameters) -> tuple[int, int, str]:
             raise InvalidRequestError("parameters.resolution", f"{p.resolution} disagrees with size {p.size}")
         if chosen is None:
             chosen = (width, height, "parameters.resolution")
-    if chosen is None:
-        defaults = GenerationRequest.defaults()
-        chosen = (defaults.width, defaults.height, "parameters.size")
     return chosen
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,10 @@ from typing import Any
 import numpy as np
 
 from wanrt.engine.admission import Admission
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits, clip_settings, model_name, sha256_text
+from wanrt.engine.schedules import check_schedule
+from wanrt.engine.shapes import frames_for_seconds
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
 from wanrt.server.audit import AuditLog
@@ -225,6 +229,16 @@ class Ask:
 
 
 @dataclasses.dataclass(frozen=True)
+class Duration:
+    """A clip's length as an HTTP client gives it (seconds, as a number or text), made a frame count at the
+    request's frame rate; ``field``/``fps_field`` name the two in refusals."""
+
+    field: str
+    seconds: float | str
+    fps_field: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelFacts:
     """What the front door knows about the loaded model."""
 
@@ -233,6 +247,8 @@ class ModelFacts:
     identity: dict[str, str]
     max_request_bytes: int
     admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
+    defaults: ModelDefaults | None = None  # what unset request fields take (None: wanrt's preview defaults)
+    step_cache: float | None = None  # the server's step cache threshold for requests that do not set one
 
 
 class FrontDoor:
@@ -277,6 +293,30 @@ class FrontDoor:
 
     # --- a generation -------------------------------------------------------------------------------------------
 
+    def request_from(self, values: dict[str, Any], *, duration: Duration | None = None,
+                     names: dict[str, str] | None = None) -> GenerationRequest:
+        """The request a transport's given fields ask for: the rest from the model's defaults (those of the
+        schedule named), the step cache from the server's setting (``serve --step-cache``)."""
+        try:
+            schedule = values.get("schedule")
+            if schedule is not None:
+                check_schedule(schedule)
+            facts = self.facts
+            base = GenerationRequest.defaults() if facts.defaults is None else facts.defaults.request(
+                schedule=schedule)
+            values = dict(values)
+            if duration is not None:
+                values["frames"] = frames_from_seconds(duration.field, duration.seconds,
+                                                       values.get("fps", base.fps), duration.fps_field)
+            if "guidance" in values and "guidance_2" not in values:
+                values["guidance_2"] = None  # follows the guidance given, not the model's pair
+            return dataclasses.replace(base, **{"step_cache": facts.step_cache, **values})
+        except InvalidRequestError as err:
+            names = names or {}
+            if err.field in names:
+                raise InvalidRequestError(names[err.field], err.message) from None
+            raise
+
     def admit(self, call: AuditedCall, ask: Ask) -> Job:
         """Every check a job passes, then the queue: raises the typed error of the first check that fails. The
         audit record gets the request's parameters first, so a refusal is recorded with what was asked."""
@@ -317,7 +357,8 @@ class FrontDoor:
 
     def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
         """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
-        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
+        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames,
+                  "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved}
         if self.provenance is None:
             return output, None
         from wanrt import __version__
@@ -339,6 +380,22 @@ class FrontDoor:
             "defaults": {name: getattr(defaults, name) for name in
                          ("frames", "height", "width", "steps", "guidance", "seed", "fps")},
         }
+
+
+def frames_from_seconds(field: str, seconds: float | str, fps: int, fps_field: str) -> int:
+    """A duration (a number or text) as the nearest valid frame count; absurd ones are refused here, before the
+    arithmetic can overflow (1e308 s)."""
+    try:
+        length = float(seconds)
+    except ValueError:
+        raise InvalidRequestError(field, f"must be a number, got {seconds!r}") from None
+    if not math.isfinite(length) or length <= 0:
+        raise InvalidRequestError(field, f"must be a finite number greater than 0, got {seconds!r}")
+    if not 1 <= fps <= 1000:
+        raise InvalidRequestError(fps_field, f"must be between 1 and 1000 frames per second, got {fps}")
+    if length > 3600:
+        raise InvalidRequestError(field, f"{seconds} s is longer than any clip this server makes")
+    return frames_for_seconds(length, fps)
 
 
 def renamed(error: InvalidRequestError, names: dict[str, str], request: GenerationRequest,

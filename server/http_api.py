@@ -9,7 +9,6 @@ paginated), ``GET /v1/videos/{id}``, ``GET /v1/videos/{id}/content``, ``DELETE /
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import uuid
@@ -22,10 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wanrt.engine.request import GenerationRequest
-from wanrt.engine.shapes import frames_for_seconds
 from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import VideoNotReadyError
-from wanrt.server.frontdoor import Ask, AuditedCall, Caller, CallStatus, Code
+from wanrt.server.frontdoor import Ask, AuditedCall, Caller, CallStatus, Code, Duration, FrontDoor
 from wanrt.server.http_edge import AsciiJSONResponse, HttpApi, parse_json_object, parse_model, read_body, read_form
 from wanrt.server.http_videos import StoredVideo
 from wanrt.server.protocol import MP4
@@ -76,19 +74,22 @@ class VideoBody(BaseModel):
     guidance_2: float | None = None
     seed: int | None = Field(None, description="-1: the server chooses one (reported back)")
     fps: int | None = None
+    schedule: str | None = None  # "base" or a distilled preset (engine/schedules.py); unset: the model's
+    shift: float | None = None
+    step_cache: float | None = None  # adaptive step cache threshold; unset: the server's
 
 
 # What the front door's checks name, as this API's client gave it.
 _FIELD_NAMES = {"height": "size", "width": "size"}
 
 
-def ask_from_body(body: VideoBody, model_name: str, client_request_id: str) -> Ask:
-    """The engine request a body asks for, with the names its fields had (``size`` for width and height,
-    ``seconds`` for frames when the client gave seconds)."""
-    if body.model is not None and body.model != model_name:
-        raise InvalidRequestError("model", f"this server serves {model_name!r}, not {body.model!r}")
-    values = {name: getattr(body, name) for name in ("prompt", "negative_prompt", "frames", "steps", "guidance",
-                                                     "guidance_2", "seed", "fps") if getattr(body, name) is not None}
+def ask_from_body(body: VideoBody, door: FrontDoor, client_request_id: str) -> Ask:
+    """The engine request a body asks for (unset fields: the model's defaults), with the names its fields had
+    (``size`` for width and height, ``seconds`` for frames when the client gave seconds)."""
+    if body.model is not None and body.model != door.model_name:
+        raise InvalidRequestError("model", f"this server serves {door.model_name!r}, not {body.model!r}")
+    values = {name: value for name, value in body.model_dump(exclude={"model", "size", "seconds"}).items()
+              if value is not None}
     names = dict(_FIELD_NAMES)
     if body.size is not None:
         match = _SIZE.match(body.size)
@@ -96,28 +97,13 @@ def ask_from_body(body: VideoBody, model_name: str, client_request_id: str) -> A
             raise InvalidRequestError("size", f"must be WIDTHxHEIGHT, e.g. {_DEFAULTS.width}x{_DEFAULTS.height}; "
                                               f"got {body.size!r}")
         values["width"], values["height"] = int(match.group(1)), int(match.group(2))
+    duration = None
     if body.seconds is not None:
         if body.frames is not None:
             raise InvalidRequestError("seconds", "give seconds or frames, not both")
-        values["frames"] = frames_from_seconds("seconds", body.seconds, values.get("fps", _DEFAULTS.fps), "fps")
+        duration = Duration("seconds", body.seconds, "fps")
         names["frames"] = "seconds"
-    return Ask(GenerationRequest(**values), MP4, client_request_id, "x-client-request-id", names)
-
-
-def frames_from_seconds(field: str, seconds: float | str, fps: int, fps_field: str) -> int:
-    """A duration (as a number or text) as the nearest valid frame count; absurd ones are refused here, before
-    the arithmetic can overflow (1e308 s)."""
-    try:
-        duration = float(seconds)
-    except ValueError:
-        raise InvalidRequestError(field, f"must be a number, got {seconds!r}") from None
-    if not math.isfinite(duration) or duration <= 0:
-        raise InvalidRequestError(field, f"must be a finite number greater than 0, got {seconds!r}")
-    if not 1 <= fps <= 1000:
-        raise InvalidRequestError(fps_field, f"must be between 1 and 1000 frames per second, got {fps}")
-    if duration > 3600:
-        raise InvalidRequestError(field, f"{seconds} s is longer than any clip this server makes")
-    return frames_for_seconds(duration, fps)
+    return Ask(door.request_from(values, duration=duration), MP4, client_request_id, "x-client-request-id", names)
 
 
 def video_object(video: StoredVideo, model_name: str) -> dict[str, Any]:
@@ -164,7 +150,7 @@ class OpenAiApi(HttpApi):
     async def create(self, request: Request) -> Response:
         async def work(caller: Caller, call: AuditedCall) -> Response:
             body = await self._read_video_body(request)
-            ask = ask_from_body(body, self.door.model_name, request.headers.get("x-client-request-id", ""))
+            ask = ask_from_body(body, self.door, request.headers.get("x-client-request-id", ""))
             job = await run_in_threadpool(self.door.admit, call, ask)
             request_ = job.request
             video = StoredVideo(id=call.id, owner=caller.principal, api=API, created_at=int(time.time()),

@@ -114,6 +114,7 @@ class VideoGenerationService:
     def _model_info(self) -> pb.ModelInfo:
         door = self.door
         facts, limits, spec = door.facts, door.reported_limits, door.facts.spec
+        base = DEFAULTS if facts.defaults is None else facts.defaults.request()
         return pb.ModelInfo(
             identity=facts.identity,
             limits=pb.Limits(max_frames=limits.max_frames, frame_multiple=limits.frame_multiple,
@@ -121,9 +122,10 @@ class VideoGenerationService:
                              size_multiple=limits.size_multiple, max_steps=limits.max_steps,
                              max_guidance=limits.max_guidance, max_fps=limits.max_fps,
                              max_prompt_bytes=MAX_PROMPT_BYTES, max_request_bytes=facts.max_request_bytes),
-            defaults=pb.Defaults(frames=DEFAULTS.frames, height=DEFAULTS.height, width=DEFAULTS.width,
-                                 steps=DEFAULTS.steps, guidance=DEFAULTS.guidance, seed=DEFAULTS.seed,
-                                 fps=DEFAULTS.fps),
+            defaults=pb.Defaults(frames=base.frames, height=base.height, width=base.width, steps=base.steps,
+                                 guidance=base.guidance, seed=base.seed, fps=base.fps,
+                                 guidance_2=base.effective_guidance_2, schedule=base.schedule or "",
+                                 shift=base.shift or 0.0),
             experts=list(spec.experts), boundary_ratio=spec.boundary_ratio or 0.0,
             latent_channels=spec.latent_channels, vae_scale_temporal=spec.vae_scale_temporal,
             vae_scale_spatial=spec.vae_scale_spatial, workers=door.jobs.workers, queue_size=door.jobs.queue_size,
@@ -139,7 +141,8 @@ class VideoGenerationService:
         self._call_opened(+1)
         try:
             message = parse_message(raw, pb.GenerateRequest)
-            request, video_format = request_from_proto(message)
+            facts = self.door.facts
+            request, video_format = request_from_proto(message, facts.defaults, step_cache=facts.step_cache)
             job = self.door.admit(call, Ask(request, video_format, message.client_request_id))
             # A cancel or deadline must reach a queued job too, which sends nothing we could fail to yield.
             if not context.add_callback(lambda: job.cancel("client")):
@@ -202,7 +205,9 @@ class VideoGenerationService:
             job_id=job.id, video_sha256=done.sha256, video_bytes=done.nbytes, format=FORMAT_ENUMS[job.format],
             frames=done.frames, height=request.height, width=request.width, fps=request.fps, steps=request.steps,
             seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
-            identity=self.door.facts.identity, client_request_id=client_request_id,
+            identity=self.door.facts.identity, client_request_id=client_request_id, dit_calls=done.dit_calls,
+            dit_calls_saved=done.dit_calls_saved, schedule=request.schedule or "", shift=request.shift or 0.0,
+            step_cache=request.step_cache or 0.0,
             prompt_sha256=settings.get("prompt_sha256", ""),
             negative_prompt_sha256=settings.get("negative_prompt_sha256", ""), guidance=request.guidance,
             guidance_2=request.effective_guidance_2, model=self.door.model_name,

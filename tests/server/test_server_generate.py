@@ -49,10 +49,14 @@ def test_clip_arrives_decodes_and_digests_agree(served, pipeline):
     assert [s for s in stages if s[0] == "decode"] == [("decode", 1), ("decode", 2)]
 
     # The same request in-process gives the very same bytes: the server adds transport, nothing else.
-    local = b"".join(encode_mp4(pipeline.generate(request), request.fps,
-                               metadata=clip_settings(request, pipeline.identity)))
+    # The MP4 carries what made it: the request as sent, with what the server filled from the model's defaults.
+    settings = read_mp4_metadata(result.video)
+    sent = clip_settings(request, pipeline.identity)
+    assert {k: v for k, v in settings.items() if k not in ("schedule", "shift")} == \
+        {k: v for k, v in sent.items() if k not in ("schedule", "shift")}
+    assert settings["schedule"] == (result.schedule or None)  # the schedule the server filled in, if any
+    local = b"".join(encode_mp4(pipeline.generate(request), request.fps, metadata=settings))
     assert hashlib.sha256(local).hexdigest() == result.sha256
-    assert read_mp4_metadata(result.video) == clip_settings(request, pipeline.identity)  # what made it
     assert result.prompt_sha256 == hashlib.sha256(request.prompt.encode()).hexdigest()
     assert result.guidance == request.guidance and result.guidance_2 == request.effective_guidance_2
     assert result.model == pipeline.identity["model"].rsplit("/", 1)[-1] and not result.seed_chosen_by_server
@@ -150,7 +154,7 @@ def test_onnxruntime_backend_serves_the_exported_artifact(tiny_artifact_dir, tmp
     assert result.identity["backend"] == "onnxruntime"
     assert result.identity["manifest_sha256"] == ort_pipeline.identity["manifest_sha256"]
     local = b"".join(encode_mp4(ort_pipeline.generate(request), request.fps,
-                               metadata=clip_settings(request, ort_pipeline.identity)))
+                               metadata=read_mp4_metadata(result.video)))  # what the server filled in included
     assert hashlib.sha256(local).hexdigest() == result.sha256 == hashlib.sha256(result.video).hexdigest()
 
 
