@@ -34,12 +34,14 @@ def export_pipeline(
     progress: Progress | None = None,
     dtype: str = "fp32",
     vae_dtype: str = "fp32",
+    experts: bool = True,
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
 
     ``dtype`` is the compute precision of the text encoder and experts, ``vae_dtype`` the VAE decoder's
-    (export/precision.py); graph inputs and outputs are fp32 whatever they are.
+    (export/precision.py); graph inputs and outputs are fp32 whatever they are. ``experts=False`` leaves the DiT
+    experts out (`wanrt quantize`'s torch route exports them itself, quantized).
     """
     from wanrt.export.precision import VAE_DTYPES, check_dtype
 
@@ -50,13 +52,14 @@ def export_pipeline(
     spec = spec_from_diffusers(model_dir)  # a non-Wan folder fails here, before anything is written
     out_dir = destination(out_dir)
     with publishing(out_dir) as partial:  # a half-written artifact is never left behind
-        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype))
+        manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype),
+                                experts)
     say(f"wrote {out_dir}")
     return manifest
 
 
 def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
-                 dtypes: tuple[str, str]) -> Manifest:
+                 dtypes: tuple[str, str], experts: bool = True) -> Manifest:
     from wanrt.export.text_encoder import export_text_encoder
     from wanrt.export.transformer import export_expert
 
@@ -70,7 +73,7 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
     dtype, vae_dtype = dtypes
     exported.append(export_text_encoder(model_dir, art_dir, spec, external_data_threshold=threshold, dtype=dtype))
     _release()
-    for name in spec.experts:
+    for name in spec.experts if experts else ():
         say(f"{name}: export and parity check")
         exported.append(export_expert(model_dir, art_dir, spec, name, external_data_threshold=threshold,
                                       dtype=dtype))

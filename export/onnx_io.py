@@ -185,10 +185,10 @@ def export_verified(
         path, lambda variant: [check_parity(variant, module, f, tolerance=tolerance) for f in parity_feeds],
         required=require_fused_attention, onnxruntime_form=dtype == "fp32")
     return ExportedGraph(name, tuple(files), tuple(example), tuple(output_names),
-                         _shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry, precision)
+                         shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry, precision)
 
 
-def _shape_ranges(example: Mapping[str, np.ndarray],
+def shape_ranges(example: Mapping[str, np.ndarray],
                   dynamic_shapes: Mapping[str, Mapping[int, Any]]) -> dict[str, dict[str, list[int]]]:
     ranges = {}
     for input_name, tensor in example.items():

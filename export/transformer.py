@@ -16,16 +16,26 @@ MAX_BATCH = 2  # CFG: conditional and unconditional prediction in one call
 
 
 class ExpertGraph(torch.nn.Module):
-    """One expert with positional tensor inputs and the noise prediction as its only output."""
+    """One expert with positional tensor inputs and the noise prediction as its only output.
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    ``compute_dtype`` (a bf16 module, as diffusers loads it): the fp32 latents and text embeddings are cast to
+    it on the way in and the prediction back to fp32 on the way out, as WanPipeline does, so the graph's inputs
+    and outputs stay fp32 whatever it computes in.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.transformer = transformer
+        self.compute_dtype = compute_dtype
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.transformer(hidden_states=hidden_states, timestep=timestep,
-                                encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        if self.compute_dtype is not None:
+            hidden_states = hidden_states.to(self.compute_dtype)
+            encoder_hidden_states = encoder_hidden_states.to(self.compute_dtype)
+        out = self.transformer(hidden_states=hidden_states, timestep=timestep,
+                               encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return out if self.compute_dtype is None else out.float()
 
 
 def load_expert(model_dir: Path, name: str) -> ExpertGraph:
@@ -50,20 +60,11 @@ def export_expert(
     from wanrt.export.precision import EXPERT_FP32
 
     module = load_expert(model_dir, name)
-    # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
-    max_patches = int(module.transformer.config.rope_max_seq_len)
-    pt, ph, pw = spec.patch_size
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    length = Dim("text_length", min=1, max=max(512, spec.text_length))
-    latent_axes = {0: batch, 2: _patched("latent_frames", pt, max_patches),
-                   3: _patched("latent_height", ph, max_patches), 4: _patched("latent_width", pw, max_patches)}
-    # Example sizes avoid 0 and 1 (in patches), which torch.export would specialise into constants.
-    example = _feeds(spec, batch=2, patches=(2, 2, 3), length=16, seed=0)
+    example, dynamic_shapes = export_inputs(spec, module.transformer)
     return onnx_io.export_verified(
         module, name, out_dir, example,
         output_names=["noise_pred"],
-        dynamic_shapes={"hidden_states": latent_axes, "timestep": {0: batch},
-                        "encoder_hidden_states": {0: batch, 1: length}},
+        dynamic_shapes=dynamic_shapes,
         # Shapes differ from the example and each other: a single-frame unguided call at the serving text
         # length, and a CFG pair with a short context.
         parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
@@ -71,6 +72,22 @@ def export_expert(
         external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32,
         require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
     )
+
+
+def export_inputs(spec: ModelSpec, transformer: Any) -> tuple[dict[str, np.ndarray], dict[str, dict[int, Any]]]:
+    """The example inputs an expert is traced with and its dynamic axes (batch 1-2, any whole number of patches
+    up to the rotary tables' length, text up to 512 tokens)."""
+    # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
+    max_patches = int(transformer.config.rope_max_seq_len)
+    pt, ph, pw = spec.patch_size
+    batch = Dim("batch", min=1, max=MAX_BATCH)
+    length = Dim("text_length", min=1, max=max(512, spec.text_length))
+    latent_axes = {0: batch, 2: _patched("latent_frames", pt, max_patches),
+                   3: _patched("latent_height", ph, max_patches), 4: _patched("latent_width", pw, max_patches)}
+    # Example sizes avoid 0 and 1 (in patches), which torch.export would specialise into constants.
+    example = _feeds(spec, batch=2, patches=(2, 2, 3), length=16, seed=0)
+    return example, {"hidden_states": latent_axes, "timestep": {0: batch},
+                     "encoder_hidden_states": {0: batch, 1: length}}
 
 
 def _patched(name: str, patch: int, max_patches: int) -> Any:
