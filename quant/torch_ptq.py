@@ -61,6 +61,10 @@ def quantize(expert: Any, recipe: TorchRecipe, forward_loop: Callable[[Any], Non
     """Inserts ModelOpt's quantizers into ``expert`` (in place) and calibrates them with ``forward_loop``."""
     import modelopt.torch.quantization as mtq
 
+    blocks = len(getattr(expert, "blocks", ()))
+    if blocks and set(range(blocks)) <= set(recipe.high_precision_blocks):
+        raise QuantizationError(f"all {blocks} blocks are kept in high precision by --high-precision-blocks "
+                                f"{','.join(map(str, recipe.high_precision_blocks))}: nothing to quantize")
     mtq.quantize(expert, recipe.modelopt_config(), forward_loop)
     ranges = read_ranges(expert, recipe)
     if not ranges.linears:
