@@ -69,9 +69,9 @@ def encode_prompts(model_dir: Path, prompts: Sequence[str], *, device: str, nega
     return Prompts(tuple(embeds), negative)
 
 
-def start(model_dir: Path, shape: CalibrationShape, seed: int, spec: Any) -> Handoff:
+def start(model_dir: Path, shape: CalibrationShape, seed: int, spec: Any, latents: Any = None) -> Handoff:
     """A fresh clip: the scheduler from the folder's config set to ``shape.steps``, Gaussian latents from
-    ``seed`` (drawn on the CPU, so a seed gives the same clip on every device)."""
+    ``seed`` (drawn on the CPU, so a seed gives the same clip on every device) unless ``latents`` are given."""
     import torch
     from diffusers import UniPCMultistepScheduler
 
@@ -80,8 +80,11 @@ def start(model_dir: Path, shape: CalibrationShape, seed: int, spec: Any) -> Han
     scheduler.set_begin_index(0)
     latent_shape = (1, spec.latent_channels, (shape.frames - 1) // spec.vae_scale_temporal + 1,
                     shape.height // spec.vae_scale_spatial, shape.width // spec.vae_scale_spatial)
-    latents = torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
-    return Handoff(latents, scheduler, 0)
+    if latents is None:
+        latents = torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+    elif tuple(latents.shape) != latent_shape:
+        raise ValueError(f"latents of shape {tuple(latents.shape)} for a clip of latent shape {latent_shape}")
+    return Handoff(latents.float(), scheduler, 0)
 
 
 def owner(spec: Any, timestep: float) -> str:

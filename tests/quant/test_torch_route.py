@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import onnx
