@@ -231,6 +231,14 @@ def main() -> int:
                       "--reference", str(art), "--report", str(work / "verify.json"))
         report["steps"]["verify"] = {"rc": rc, "stderr": err[-2000:],
                                      "report": json.loads((work / "verify.json").read_text()) if rc == 0 else None}
+        # The same engines against the model itself in bf16 torch (the reference at A14B size; here on the CPU).
+        source = json.loads((art / "manifest.json").read_text())["source_model"]["path"]
+        rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "1", "--steps", "2",
+                      "--torch-reference", source, "--report", str(work / "verify-torch.json"))
+        report["steps"]["verify_torch"] = {
+            "rc": rc, "stderr": err[-2000:],
+            "report": json.loads((work / "verify-torch.json").read_text()) if (work / "verify-torch.json").exists()
+            else None}
         # A threshold no clip can meet (PSNR is capped at 100 dB): verify must exit 1 and say why.
         rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "1", "--steps", "1",
                       "--min-psnr", "101", "--report", str(work / "verify-strict.json"))
