@@ -77,12 +77,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _eager_fp8() -> None:
+    """ModelOpt's FP8 fake quantization in plain torch ops instead of its CUDA extension, which it compiles with
+    ninja and nvcc on first use (minutes, where the toolchain exists): a bounded run on a lent GPU."""
+    import modelopt.torch.quantization.tensor_quant as tensor_quant
+
+    tensor_quant.get_cuda_ext_fp8 = lambda raise_if_failed=False: None
+
+
 def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, clips: int, steps: int,
-        device: str) -> dict[str, Any]:
+        device: str, eager_fp8: bool = False) -> dict[str, Any]:
     import torch
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel  # noqa: F401 - before the stand-ins
 
     stubbed = _stub_unused_imports()  # diffusers has looked for scipy already; ModelOpt is imported after this
+    if eager_fp8:
+        _eager_fp8()
 
     from wanrt.benchmarks.synthetic import build_expert, expert_config
     from wanrt.engine.spec import ModelSpec
@@ -92,7 +102,9 @@ def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, cli
     from wanrt.quant.torch_recipe import CalibrationShape, TorchRecipe
 
     result: dict[str, Any] = {"layers": layers, "video": [frames, height, width], "clips": clips, "steps": steps,
-                              "device": device, "stubbed_imports": stubbed, "torch": torch.__version__}
+                              "device": device, "stubbed_imports": stubbed, "torch": torch.__version__,
+                              "fp8_fake_quant": "torch eager ops" if eager_fp8 or not device.startswith("cuda")
+                              else "ModelOpt CUDA extension if it compiles, else torch eager ops"}
     if device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(torch.device(device))
         torch.cuda.reset_peak_memory_stats()
@@ -192,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default=None, help="default cuda when there is one")
+    parser.add_argument("--eager-fp8", action="store_true",
+                        help="ModelOpt's FP8 fake quantization in torch ops, not its JIT-compiled CUDA extension")
     args = parser.parse_args(argv)
     import torch
 
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = run(args.out, layers=args.layers, frames=args.frames, height=args.height, width=args.width,
-                 clips=args.clips, steps=args.steps, device=device)
+                 clips=args.clips, steps=args.steps, device=device, eager_fp8=args.eager_fp8)
     result["total_s"] = time.perf_counter() - started
     path = args.out / "quantize_timing.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
