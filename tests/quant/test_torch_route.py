@@ -156,6 +156,7 @@ def test_softmax_emulation_changes_the_attention_output():
     assert 1e-4 < diff < 0.1, diff  # E4M3 probabilities: a visible but small change
 
 
+@pytest.mark.slow
 def test_int8_smoothquant_keeps_the_scale_as_a_mul_and_no_attention_qdq(tmp_path):
     import torch
 
