@@ -101,6 +101,11 @@ def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, cli
     from wanrt.quant import qdq_graph, torch_ptq, trajectories
     from wanrt.quant.torch_recipe import CalibrationShape, TorchRecipe
 
+    path = out_dir / "quantize_timing.json"
+
+    def save() -> None:  # after every phase: a run stopped by a time limit still leaves what it measured
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
     result: dict[str, Any] = {"layers": layers, "video": [frames, height, width], "clips": clips, "steps": steps,
                               "device": device, "stubbed_imports": stubbed, "torch": torch.__version__,
                               "fp8_fake_quant": "torch eager ops" if eager_fp8 or not device.startswith("cuda")
@@ -113,6 +118,7 @@ def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, cli
     expert = build_expert(config, device, torch.bfloat16)
     _sync(device)
     result["build_s"] = time.perf_counter() - t0
+    save()
     result["expert_bf16_gib"] = sum(p.numel() * p.element_size() for p in expert.parameters()) / 1024**3
     spec = ModelSpec(experts=("transformer",), boundary_ratio=None, scheduler_config={}, latent_channels=16,
                      patch_size=(1, 2, 2), vae_scale_temporal=4, vae_scale_spatial=8, latents_mean=(0.0,) * 16,
@@ -149,6 +155,7 @@ def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, cli
     result["calibrate_s"] = time.perf_counter() - t0
     result["calibration_calls"] = calls[0]
     result["quantized"] = ranges.summary()
+    save()
     x = torch.randn(2, *latent[1:], generator=g).to(device, torch.bfloat16)
     t = torch.full((2,), 900.0, device=device)
     e = torch.cat([text[0], negative]).to(device)
@@ -162,6 +169,7 @@ def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, cli
                 _sync(device)
                 result[f"call_{label}_s"] = time.perf_counter() - t0
     del x, e
+    save()
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         example, shapes = export_inputs(spec, expert)
         module = ExpertGraph(expert, compute_dtype=torch.bfloat16)
@@ -171,6 +179,7 @@ def run(out_dir: Path, *, layers: int, frames: int, height: int, width: int, cli
             onnx_io.export_graph(module, args, Path(scratch) / "bf16.onnx", input_names=list(example),
                                  output_names=["noise_pred"], dynamic_shapes=shapes, external_data_threshold=0)
         result["export_s"] = time.perf_counter() - t0
+        save()
         t0 = time.perf_counter()
         qdq = qdq_graph.insert_qdq(Path(scratch) / "bf16.onnx", Path(scratch) / "q.onnx", ranges,
                                    recipe.placement_rules())
