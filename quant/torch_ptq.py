@@ -66,11 +66,32 @@ def quantize(expert: Any, recipe: TorchRecipe, forward_loop: Callable[[Any], Non
         raise QuantizationError(f"all {blocks} blocks are kept in high precision by --high-precision-blocks "
                                 f"{','.join(map(str, recipe.high_precision_blocks))}: nothing to quantize")
     mtq.quantize(expert, recipe.modelopt_config(), forward_loop)
+    snap_ranges(expert, recipe.mode)
     ranges = read_ranges(expert, recipe)
     if not ranges.linears:
         raise QuantizationError("ModelOpt quantized no layer: every block is kept in high precision by "
                                 f"--high-precision-blocks {','.join(map(str, recipe.high_precision_blocks))}")
     return ranges
+
+
+def snap_ranges(expert: Any, mode: str) -> None:
+    """Moves every calibrated range to the nearest one whose scale (range / 448 for E4M3, / 127 for INT8) bf16
+    holds exactly. The graph stores its scales in bf16, the activations' type (an fp32 scale would make each
+    DequantizeLinear output fp32); snapped, ModelOpt's fake quantization and the graph round every value on the
+    same grid. Unsnapped, the two grids differ by up to 2^-9 and put values in different FP8 bins: measured,
+    two equally good quantizations about as far apart as either is from bf16, so the report would not measure the
+    graph that is shipped."""
+    import torch
+
+    qmax = FP8_MAX if mode == "fp8" else INT8_MAX
+    for module in expert.modules():
+        if type(module).__name__ != "TensorQuantizer" or not module.is_enabled or module.amax is None:
+            continue
+        amax = module.amax
+        scale = (amax.float() / qmax).to(torch.bfloat16).float()
+        # Replaces the buffer rather than copying into it: ModelOpt keeps it in the module's dtype (bf16), and
+        # 448 x a bf16 value needs 11 significant bits.
+        module._amax = scale * qmax
 
 
 def read_ranges(expert: Any, recipe: TorchRecipe) -> CalibratedRanges:
