@@ -34,8 +34,9 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     add_trust_argument(parser)
     parser.add_argument("--require-selinux-type", metavar="TYPE", default=os.environ.get("WANRT_REQUIRE_SELINUX_TYPE"),
-                        help="refuse to start unless this process runs under this SELinux type, enforced "
-                             "(e.g. wanrt_container_t; default $WANRT_REQUIRE_SELINUX_TYPE)")
+                        help="refuse to start unless this process runs under this SELinux type and a canary the "
+                             "policy must deny is denied (e.g. wanrt_container_t; default "
+                             "$WANRT_REQUIRE_SELINUX_TYPE; see `wanrt confinement`)")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
                              "default cpu")
@@ -117,7 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.require_selinux_type:
         from wanrt.trust.confinement import require_selinux_type
 
-        require_selinux_type(args.require_selinux_type)
+        confined = require_selinux_type(args.require_selinux_type)
+        logging.getLogger("wanrt.server").info("confinement: %s", confined.describe())
     check_trusted(config.model, args.trust)
     pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight

@@ -81,6 +81,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chain.set_defaults(handler=_audit_verify)
     _register_qualify(subparsers)
 
+    confinement = subparsers.add_parser(
+        "confinement", help="show how this process is confined (SELinux context, selinuxfs, canary)",
+        description="Prints, as one JSON line, what `serve --require-selinux-type` looks at: the process's SELinux "
+                    "context, selinuxfs' enforce flag when visible, and the canary (a TCP connect to 127.0.0.1:50051 "
+                    "that the wanrt policy denies with EACCES). With --require-selinux-type, exit 2 with the likely "
+                    "cause unless the process runs as that type and the canary is denied. Run it in the container: "
+                    "docker compose exec wanrt wanrt confinement")
+    confinement.add_argument("--require-selinux-type", metavar="TYPE", default=None)
+    confinement.set_defaults(handler=_confinement)
+
 
 def _guard_with_trust(parser: argparse.ArgumentParser) -> None:
     """Adds --trust to another stage's command that takes ``--engines`` or ``--model``: the folder's signature is
@@ -144,6 +154,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
     report = verify_chain(args.files, keys, expect_head=expect)
     print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
           f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
+    return 0
+
+
+def _confinement(args: argparse.Namespace) -> int:
+    import json
+
+    from wanrt.trust.confinement import inspect, require_selinux_type
+
+    found = require_selinux_type(args.require_selinux_type) if args.require_selinux_type else inspect()
+    print(json.dumps({"context": found.context, "type": found.type, "enforce": found.enforce,
+                      "canary_errno": found.canary_errno, "canary_denied": found.canary_denied,
+                      "summary": found.describe()}))
     return 0
 
 
