@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -54,18 +55,20 @@ DANGEROUS_CAPS2 = ["mac_admin", "mac_override", "syslog", "bpf", "perfmon", "che
                    "wake_alarm", "audit_read", "block_suspend"]
 # Types the domain may write files in (any boolean): outputs, the audit log (append), scratch. Not the image's
 # container_file_t, which it executes.
-WRITE_ALLOWED = ["wanrt_output_t", "wanrt_audit_t", "wanrt_tmp_t"]
-# What the base policy grants every process type through the `domain` attribute (cannot be subtracted, and
-# none of it reaches storage or code the container holds): writing its own /proc/<pid>/attr files (the type
-# is the process's own), /dev/zero and the controlling terminal, and execmod on textrel_shlib_t (host
-# libraries with text relocations: no file in the container carries that type, the image is container_file_t).
-EVERY_DOMAIN_WRITES = [DOMAIN]
-EVERY_DOMAIN_DEVICES = ["zero_device_t", "devtty_t"]
-EVERY_DOMAIN_EXECMOD = ["textrel_shlib_t"]
-# Device nodes the domain may open/read/write/ioctl/map (any boolean): the GPU type, the harmless standard
-# nodes, and the nodes the engine creates inside the container (they carry its mount label, container_file_t).
-DEVICES_ALLOWED = ["xserver_misc_device_t", "null_device_t", "urandom_device_t", "random_device_t", "container_file_t",
-                   *EVERY_DOMAIN_DEVICES]
+# And its own /proc/<pid> entries (the process's own type, no storage): the platform's `allow domain self:file`
+# reaches the goals expanded, with the domain itself as source.
+WRITE_ALLOWED = ["wanrt_output_t", "wanrt_audit_t", "wanrt_tmp_t", DOMAIN]
+# What the platform grants EVERY process type: rules whose source is the policy-wide `domain` attribute, or a
+# set attribute the compiler made from it (CIL's "<module>_typeattr_N", e.g. `domain -{ some_t }`). No module can
+# subtract them and they are the same for every confined service on that OS (RHEL 10: read abrt_t's /proc
+# entries, append to inherited temporary files, mmap under domain_can_mmap_files ...; refpolicy: /dev/zero, the
+# controlling tty). The goals judge what is above that floor: the wanrt module's own rules and every other
+# attribute the domain holds (S6 pins that list, so no attribute can bring rules in unseen). The floor is
+# counted and printed, and listed by --floor.
+PLATFORM_ATTRS = ["domain"]
+DEVICES_ALLOWED = ["xserver_misc_device_t", "null_device_t", "urandom_device_t", "random_device_t", "container_file_t"]
+# Attributes the domain may hold: the platform's, and MCS constraint (S6).
+DOMAIN_ATTRS = ["domain", "mcs_constrained_type", "mlsrangetrans"]
 # The only socket classes the domain may use: TCP (its own ports, N4/N5) and unix sockets.
 SOCKETS_ALLOWED = ["tcp_socket", "unix_stream_socket", "unix_dgram_socket"]
 # The runtimes' attributes: container-selinux (RHEL) and refpolicy (Debian); each policy has one of them.
@@ -93,6 +96,8 @@ GOALS: list[Goal] = [
                              "can_load_kernmodule", "can_load_policy", "can_setenforce",
                              "can_write_shadow_passwords", "kern_unconfined", "sysctl_type"]}),
     Goal("S2", "domain is not permissive", "not_permissive", {"type": DOMAIN}),
+    Goal("S6", "the domain holds no attribute but the platform's (domain, set attributes) and MCS", "attrs_only",
+         {"type": DOMAIN, "allowed": DOMAIN_ATTRS}),
     Goal("S3", "content and port types are file/port types", "attrs_each",
          {"types": {"wanrt_model_t": ["file_type"], "wanrt_output_t": ["file_type"],
                     "wanrt_secret_t": ["file_type"], "wanrt_audit_t": ["file_type", "logfile"],
@@ -185,7 +190,7 @@ GOALS: list[Goal] = [
           "optional": True}),
     Goal("N13", "file writes only to wanrt_output_t, wanrt_tmp_t and wanrt_audit_t (append), under any boolean",
          "only", {"classes": ["file"], "perms": ["write", "append", "create"], "targets": "*",
-                  "target_allow": WRITE_ALLOWED + EVERY_DOMAIN_WRITES, "mode": "any"}),
+                  "target_allow": WRITE_ALLOWED, "mode": "any"}),
     Goal("N14", "no policy/kernel control (load_policy, setenforce, setbool, module load)", "must_not",
          {"targets": "*", "classes": ["security", "system"],
           "perms": ["load_policy", "setenforce", "setbool", "setsecparam", "module_load", "module_request",
@@ -200,7 +205,7 @@ GOALS: list[Goal] = [
     Goal("W1", "no type both writable and executable (never executes what it can write)", "write_xor_exec", {}),
     Goal("X1", "no execmem, execstack, execheap, nor execmod on any file", "must_not_each",
          {"pairs": [([DOMAIN], "process", ["execmem", "execstack", "execheap"], []),
-                    ("*", "file", ["execmod"], EVERY_DOMAIN_EXECMOD)]}),
+                    ("*", "file", ["execmod"], [])]}),
     Goal("X2", "no socket class but TCP and unix sockets (no udp, raw, packet, netlink, sctp, vsock ...)",
          "sockets_only", {"allowed": SOCKETS_ALLOWED}),
     Goal("X3", "no read or search of other processes' /proc entries (any domain but its own)", "must_not",
@@ -215,6 +220,10 @@ def _conditional(rule: object) -> object | None:
         return rule.conditional
     except Exception:  # noqa: BLE001 - setools.exception.RuleNotConditional
         return None
+
+
+def _is_platform(source: str) -> bool:
+    return source in PLATFORM_ATTRS or re.fullmatch(r"\w+_typeattr_\d+", source) is not None
 
 
 class GoalError(Exception):
@@ -236,8 +245,12 @@ class Checker:
         # (target type, class) -> perm -> list of grants; a grant is None (unconditional) or
         # (boolean expression text, enabled with default booleans?)
         self.access: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        self.floor: list[str] = []  # the platform's rules for every process type (PLATFORM_ATTRS)
         for rule in setools.TERuleQuery(self.p, ruletype=["allow"], source=DOMAIN,
                                         source_indirect=True).results():
+            if _is_platform(str(rule.source)):
+                self.floor.append(str(rule))
+                continue
             cls = str(rule.tclass)
             cond = _conditional(rule)
             if cond is None:
@@ -301,6 +314,10 @@ class Checker:
             attrs = {str(x) for x in t.attributes()}
             problems += [f"{name} lacks attribute {x}" for x in want if x not in attrs]
         return problems
+
+    def k_attrs_only(self, a: dict) -> list[str]:
+        attrs = {str(x) for x in self.p.lookup_type(a["type"]).attributes()}
+        return [f"has attribute {x}" for x in sorted(attrs) if x not in a["allowed"] and not _is_platform(x)]
 
     def k_not_permissive(self, a: dict) -> list[str]:
         return [f"{a['type']} is permissive"] if self.p.lookup_type(a["type"]).ispermissive else []
@@ -470,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("policy", help="binary policy (policy.33) with the wanrt module linked in")
     ap.add_argument("--file-contexts", help="file_contexts of the same store (enables the F goals)")
     ap.add_argument("--json", help="write the results here as JSON")
+    ap.add_argument("--floor", action="store_true",
+                    help="also list the platform's rules for every process type (not judged by the goals)")
     args = ap.parse_args(argv)
     try:
-        results = Checker(args.policy).run()
+        checker = Checker(args.policy)
+        results = checker.run()
         if args.file_contexts:
             results += fcontext_results(args.file_contexts)
     except ImportError as exc:
@@ -488,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"        - {prob}")
         if len(r["problems"]) > 20:
             print(f"        ... {len(r['problems']) - 20} more")
+    hint = "" if args.floor else " (--floor lists them)"
+    print(f"platform floor: {len(checker.floor)} rules the policy grants every process type (attribute "
+          f"{'/'.join(PLATFORM_ATTRS)} and its set attributes), outside the goals{hint}")
+    if args.floor:
+        print("\n".join(f"    {rule}" for rule in sorted(checker.floor)))
     failed = [r["id"] for r in results if not r["ok"]]
     if failed:
         print(f"selinux goals: {len(failed)} of {len(results)} FAILED: {', '.join(failed)}")
