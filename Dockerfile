@@ -99,9 +99,10 @@ RUN compat="$(find /usr/local/cuda/compat -maxdepth 1 -type d -name 'lib*' 2>/de
     && LD_LIBRARY_PATH="${compat}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" /opt/wanrt/bin/python -c \
        'import pycuda, pycuda.driver; from wanrt.engine.tensorrt.engine import tensorrt_module; \
 print("TensorRT", tensorrt_module().__version__, "pycuda", pycuda.VERSION_TEXT)'
-# CycloneDX SBOM of what the image holds: OS packages (dpkg) and every Python distribution the venv sees.
-COPY deploy/docker/sbom.py /usr/local/share/wanrt/sbom.py
-RUN /opt/wanrt/bin/python /usr/local/share/wanrt/sbom.py --out /opt/wanrt/share/sbom.cdx.json \
+# CycloneDX SBOM of what the image holds: OS packages (dpkg) and every Python distribution the venv sees. The
+# generator is mounted from the builder for this step only.
+RUN --mount=type=bind,from=gpu-builder,source=/src/deploy/docker/sbom.py,target=/tmp/sbom.py \
+    /opt/wanrt/bin/python /tmp/sbom.py --out /opt/wanrt/share/sbom.cdx.json \
         --name wanrt-gpu --version "${WANRT_VERSION}" --timestamp "${BUILD_DATE}"
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -173,9 +174,10 @@ COPY --from=cpu-builder /opt/wanrt /opt/wanrt
 RUN ln -s "$(/opt/wanrt/bin/python -c 'from wanrt.reef import default_model_dir; print(default_model_dir())')" \
           /opt/wanrt/reef-model \
     && test -f /opt/wanrt/reef-model/manifest.json
-# CycloneDX SBOM of what the image holds: OS packages (dpkg) and every Python distribution the venv sees.
-COPY deploy/docker/sbom.py /usr/local/share/wanrt/sbom.py
-RUN /opt/wanrt/bin/python /usr/local/share/wanrt/sbom.py --out /opt/wanrt/share/sbom.cdx.json \
+# CycloneDX SBOM of what the image holds: OS packages (dpkg) and every Python distribution the venv sees. The
+# generator is mounted from the builder for this step only.
+RUN --mount=type=bind,from=cpu-builder,source=/src/deploy/docker/sbom.py,target=/tmp/sbom.py \
+    /opt/wanrt/bin/python /tmp/sbom.py --out /opt/wanrt/share/sbom.cdx.json \
         --name wanrt-cpu --version "${WANRT_VERSION}" --timestamp "${BUILD_DATE}"
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -457,7 +457,7 @@ def _fake_node(tmp_path: Path, enabled: bool = True) -> tuple[dict, Path]:
 
 
 def test_installer_loads_the_module_once_with_the_nodes_semodule(tmp_path):
-    script = ["bash", str(REPO / "deploy/selinux-installer/install-module.sh")]
+    script = ["bash", str(REPO / "selinux/install-module.sh")]
     env, host = _fake_node(tmp_path)
     first = subprocess.run(script, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
