@@ -38,6 +38,13 @@ tree="$workdir/policy"
 rm -rf "$tree"
 cp -a "$policy_src" "$tree"
 cp "$container_src"/container.{te,if,fc} "$tree/policy/modules/contrib/"
+# container-selinux's own spec file prepares its sources for RHEL <= 9 (no user_namespace class, /var/run file
+# contexts): do the same when the policy tree is one of those.
+if ! grep -qw user_namespace "$tree/policy/flask/security_classes"; then
+    sed -i '/user_namespace/d' "$tree/policy/modules/contrib/container.te"
+    sed -i 's|^/run/|/var/run/|' "$tree/policy/modules/contrib/container.fc"
+    echo "check-selinux-rhel: RHEL <= 9 policy: container-selinux prepared as its spec does (no user_namespace)"
+fi
 grep -q '^container = ' "$tree/policy/modules.conf" || printf '\ncontainer = module\n' >>"$tree/policy/modules.conf"
 opts=(NAME=targeted TYPE=mcs DISTRO=redhat UBAC=n DIRECT_INITRC=n MONOLITHIC=n MLS_CATS=1024 MCS_CATS=1024
       UNK_PERMS=allow PYTHON=/usr/bin/python3)
@@ -59,12 +66,14 @@ mkdir -p "$root/etc/selinux/targeted" "$root/var/lib/selinux/targeted"
 printf 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' >"$root/etc/selinux/config"
 mapfile -t modules < <(find "$tree" -maxdepth 1 -name '*.pp' ! -name base.pp | sort)
 bash "$repo/selinux/build.sh" "$workdir/wanrt" >/dev/null
-# The distribution links as it ships (expand-check=0, Fedora's default); wanrt.cil then links with the base
-# policy's neverallow assertions checked over the whole result (expand-check=1).
-for step in "0 -X 100 -i $tree/base.pp ${modules[*]}" "1 -X 400 -i $workdir/wanrt/wanrt.cil"; do
-    printf 'module-store = direct\nexpand-check = %s\n' "${step%% *}" >"$root/etc/selinux/semanage.conf"
+# Linked as RHEL ships it (expand-check=0): container-selinux's own module does not pass the base policy's
+# neverallow assertions (container_device_t and friends on device_node), so a whole-policy neverallow check
+# cannot pass on RHEL whatever wanrt does. The wanrt module's rules are checked against neverallows on Debian
+# (deploy/ci/check-selinux.sh), and here by the goal table.
+printf 'module-store = direct\nexpand-check = 0\n' >"$root/etc/selinux/semanage.conf"
+for step in "-X 100 -i $tree/base.pp ${modules[*]}" "-X 400 -i $workdir/wanrt/wanrt.cil"; do
     # shellcheck disable=SC2086 # the module lists are word lists on purpose
-    if ! semodule -p "$root" -s targeted -n ${step#* } >"$workdir/link.log" 2>&1; then
+    if ! semodule -p "$root" -s targeted -n $step >"$workdir/link.log" 2>&1; then
         tail -n 20 "$workdir/link.log" >&2
         echo "check-selinux-rhel: linking failed" >&2
         exit 3
