@@ -6,6 +6,7 @@ The linking runs (deploy/ci/check-selinux.sh, ~7 s CPU each, four in parallel) a
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -197,3 +198,19 @@ def test_install_refuses_a_docker_engine_without_selinux(tmp_path) -> None:
     env = _fake_docker(tmp_path, '["name=seccomp,profile=builtin","name=selinux"]')
     confined = subprocess.run(script, capture_output=True, text=True, env=env)
     assert confined.returncode == 0, confined.stderr
+
+
+RHEL_SOURCES = (os.environ.get("WANRT_RHEL_POLICY_SRC"), os.environ.get("WANRT_CONTAINER_SELINUX_SRC"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(RHEL_SOURCES), reason="needs WANRT_RHEL_POLICY_SRC (fedora-selinux/selinux-policy, branch "
+                    "c10s or c9s) and WANRT_CONTAINER_SELINUX_SRC (containers/container-selinux) checkouts: CI cannot "
+                    "reach GitHub; the recorded results are in selinux/README.md")
+def test_every_goal_holds_on_rhel_policy_with_container_selinux(tmp_path) -> None:
+    policy_src, container_src = RHEL_SOURCES
+    proc = subprocess.run(["bash", str(REPO / "deploy/ci/check-selinux-rhel.sh"), "--policy-src", policy_src,
+                           "--container-selinux", container_src, "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert re.search(r"selinux goals: all \d+ hold", proc.stdout)
