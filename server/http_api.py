@@ -528,7 +528,7 @@ class HttpListener:
     def reload_tls(self, cert: Path, key: Path, ca: Path | None) -> None:
         """New handshakes use the new certificate; a reloaded client CA is added to the trusted ones (OpenSSL
         cannot drop a CA from a live context: removing one takes a restart)."""
-        context = self._server.config.ssl
+        context = getattr(self._server.config, "ssl", None)  # set by uvicorn when the server loads its config
         if context is not None:
             context.load_cert_chain(str(cert), str(key))
             if ca is not None:
