@@ -4,8 +4,10 @@ step of a drain (stop admitting, let admitted jobs finish), on a real server run
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -111,7 +113,8 @@ def test_reload_swaps_tokens_and_certificates_without_dropping_a_job(pipeline, t
     shutil.copy(first_certs.server_key, key)
     tokens = tmp_path / "tokens.jsonl"
     old = new_token(tokens, "batch")
-    with running_server(pipeline, tmp_path, tls_cert=cert, tls_key=key, tokens=tokens) as served:
+    with running_server(pipeline, tmp_path, tls_cert=cert, tls_key=key, tokens=tokens,
+                        http_listen="127.0.0.1:0") as served:
         old_client = served.client(ca=first_certs.ca, token=old)
         outcome, started = {}, threading.Event()
         worker = _generate_in_thread(old_client, LONG, outcome, started)
@@ -138,6 +141,11 @@ def test_reload_swaps_tokens_and_certificates_without_dropping_a_job(pipeline, t
         with served.client(ca=first_certs.ca, token=new) as client, pytest.raises(RemoteError) as untrusted:
             client.health(timeout=5)  # the old CA no longer verifies the server's certificate
         assert untrusted.value.code == "UNAVAILABLE" and "handshake" in str(untrusted.value).lower()
+        # The HTTPS listener too: the new certificate and the new token.
+        assert _https_status(served.server.http.port, second_certs.ca, new) == 200
+        assert _https_status(served.server.http.port, second_certs.ca, old) == 401
+        with pytest.raises(ssl.SSLError):
+            _https_status(served.server.http.port, first_certs.ca, new)
 
         # A broken file is refused on reload and what is in use stays.
         tokens.write_text("{not json\n")
@@ -148,6 +156,16 @@ def test_reload_swaps_tokens_and_certificates_without_dropping_a_job(pipeline, t
             assert client.generate(TINY).frames == 1
     statuses = [r["status"] for r in served.audit() if r["method"] == "Generate"]
     assert statuses.count("OK") == 3 and "UNAUTHENTICATED" in statuses
+
+
+def _https_status(port: int, ca, token: str) -> int:
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                             context=ssl.create_default_context(cafile=str(ca)))
+    try:
+        connection.request("GET", "/v1/videos", headers={"Authorization": f"Bearer {token}"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def test_stop_admitting_keeps_admitted_jobs_and_liveness(pipeline, tmp_path):
