@@ -41,6 +41,7 @@ def export_pipeline(
     schedule: str = BASE,
     device: str = "cpu",
     memory_budget: int | None = None,
+    experts: bool = True,
 ) -> Manifest:
     """Exports every network of the Wan pipeline in ``model_dir`` to ONNX, verifies each against PyTorch, and
     publishes the artifact at ``out_dir`` (which must not exist or be empty) only if all of it succeeded.
@@ -51,6 +52,7 @@ def export_pipeline(
     onnxruntime checks parity (``cuda``: onnxruntime-gpu's CUDA provider). ``loras`` are merged into their
     experts before export (export/lora.py); ``schedule`` is the artifact's default schedule
     (engine/schedules.py), recorded with the model's recipe as the manifest's request defaults.
+    ``experts=False`` leaves the DiT experts out (`wanrt quantize`'s torch route exports them itself, quantized).
 
     Before anything is written, the plan (wanrt.plan) of this export is checked against this machine (host
     memory: ``memory_budget`` or the cgroup/physical limit less a reserve; free disk at ``out_dir``; the GPU's
@@ -77,7 +79,7 @@ def export_pipeline(
     return_freed_memory()  # a freed shard or module goes back to the system, not to the heap's free lists
     with publishing(out_dir) as partial:  # a half-written artifact is never left behind
         manifest = _export_into(model_dir, partial, spec, external_data_threshold, say, (dtype, vae_dtype), device,
-                                list(loras), defaults)
+                                list(loras), defaults, experts)
     say(f"wrote {out_dir}")
     return manifest
 
@@ -103,7 +105,8 @@ def check_plan(model_dir: Path, out_dir: Path, *, dtype: str, vae_dtype: str, de
 
 
 def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int, say: Progress,
-                 dtypes: tuple[str, str], device: str, loras: list[LoraFile], defaults: ModelDefaults) -> Manifest:
+                 dtypes: tuple[str, str], device: str, loras: list[LoraFile], defaults: ModelDefaults,
+                 experts: bool = True) -> Manifest:
     from wanrt.export.text_encoder import export_text_encoder
     from wanrt.export.transformer import export_expert
 
@@ -119,7 +122,7 @@ def _export_into(model_dir: Path, art_dir: Path, spec: ModelSpec, threshold: int
                                         device=device, progress=say))
     release(device)
     merged: list[dict[str, Any]] = []
-    for name in spec.experts:
+    for name in spec.experts if experts else ():
         mine = [lora for lora in loras if lora.expert == name]
         say(f"{name}: {'merge ' + str(len(mine)) + ' LoRA, ' if mine else ''}load ({dtype}, {device})")
         merge = (lambda module, mine=mine: merged.extend(merge_loras(module, mine))) if mine else None

@@ -283,7 +283,7 @@ def export_verified(
     entry, variant_parity = attention.record(path, check, required=require_fused_attention,
                                              onnxruntime_form=dtype == "fp32")
     return ExportedGraph(name, tuple(files), tuple(example), tuple(output_names),
-                         _shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry, precision)
+                         shape_ranges(example, dynamic_shapes), tuple(parity + variant_parity), entry, precision)
 
 
 def release(device: str = "cpu") -> None:
@@ -295,7 +295,7 @@ def release(device: str = "cpu") -> None:
         torch.cuda.empty_cache()
 
 
-def _shape_ranges(example: Mapping[str, np.ndarray],
+def shape_ranges(example: Mapping[str, np.ndarray],
                   dynamic_shapes: Mapping[str, Mapping[int, Any]]) -> dict[str, dict[str, list[int]]]:
     ranges = {}
     for input_name, tensor in example.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +17,26 @@ MAX_BATCH = 2  # CFG: conditional and unconditional prediction in one call
 
 
 class ExpertGraph(torch.nn.Module):
-    """One expert with positional fp32 tensor inputs and the fp32 noise prediction as its only output; inside, the
-    expert runs in its own dtype (the casts become the graph's first and last nodes)."""
+    """One expert with positional tensor inputs and the noise prediction as its only output.
 
-    def __init__(self, transformer: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    ``compute_dtype`` (a bf16 module, as diffusers loads it): the fp32 latents and text embeddings are cast to
+    it on the way in and the prediction back to fp32 on the way out, as WanPipeline does, so the graph's inputs
+    and outputs stay fp32 whatever it computes in.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.transformer = transformer
-        self.dtype = dtype
+        self.compute_dtype = compute_dtype
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        # The timestep stays fp32: diffusers casts it to its fp32 time_embedder itself.
-        return self.transformer(hidden_states=hidden_states.to(self.dtype), timestep=timestep,
-                                encoder_hidden_states=encoder_hidden_states.to(self.dtype),
-                                return_dict=False)[0].float()
+        if self.compute_dtype is not None:
+            hidden_states = hidden_states.to(self.compute_dtype)
+            encoder_hidden_states = encoder_hidden_states.to(self.compute_dtype)
+        out = self.transformer(hidden_states=hidden_states, timestep=timestep,
+                               encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return out if self.compute_dtype is None else out.float()
 
 
 def load_expert(model_dir: Path, name: str, dtype: str = "fp32", device: str = "cpu") -> ExpertGraph:
@@ -69,7 +75,26 @@ def export_expert(
             merge(module.transformer)
         return module
 
-    config = WanTransformer3DModel.load_config(Path(model_dir) / name, local_files_only=True)
+    example, dynamic_shapes = export_inputs(
+        spec, WanTransformer3DModel.load_config(Path(model_dir) / name, local_files_only=True))
+    return onnx_io.export_verified(
+        load, name, out_dir, example,
+        output_names=["noise_pred"],
+        dynamic_shapes=dynamic_shapes,
+        # Shapes differ from the example and each other: a single-frame unguided call at the serving text
+        # length, and a CFG pair with a short context.
+        parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
+                      _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
+        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32, device=device,
+        progress=progress,
+        require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
+    )
+
+
+def export_inputs(spec: ModelSpec,
+                  config: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict[int, Any]]]:
+    """The example inputs an expert (of this diffusers ``config``) is traced with and its dynamic axes (batch 1-2,
+    any whole number of patches up to the rotary tables' length, text up to 512 tokens)."""
     # Rotary tables hold rope_max_seq_len positions per axis: more patches than that cannot be embedded.
     max_patches = int(config["rope_max_seq_len"])
     pt, ph, pw = spec.patch_size
@@ -79,19 +104,8 @@ def export_expert(
                    3: _patched("latent_height", ph, max_patches), 4: _patched("latent_width", pw, max_patches)}
     # Example sizes avoid 0 and 1 (in patches), which torch.export would specialise into constants.
     example = _feeds(spec, batch=2, patches=(2, 2, 3), length=16, seed=0)
-    return onnx_io.export_verified(
-        load, name, out_dir, example,
-        output_names=["noise_pred"],
-        dynamic_shapes={"hidden_states": latent_axes, "timestep": {0: batch},
-                        "encoder_hidden_states": {0: batch, 1: length}},
-        # Shapes differ from the example and each other: a single-frame unguided call at the serving text
-        # length, and a CFG pair with a short context.
-        parity_feeds=[_feeds(spec, batch=1, patches=(1, 1, 2), length=spec.text_length, seed=1),
-                      _feeds(spec, batch=2, patches=(3, 3, 2), length=7, seed=2)],
-        external_data_threshold=external_data_threshold, dtype=dtype, fp32_rules=EXPERT_FP32, device=device,
-        progress=progress,
-        require_fused_attention=True,  # self- and cross-attention as the Attention operator, no Softmax left
-    )
+    return example, {"hidden_states": latent_axes, "timestep": {0: batch},
+                     "encoder_hidden_states": {0: batch, 1: length}}
 
 
 def _patched(name: str, patch: int, max_patches: int) -> Any:

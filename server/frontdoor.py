@@ -264,7 +264,7 @@ class FrontDoor:
         self.metrics = metrics
         self.tokens = tokens
         self.keep_prompt_text = keep_prompt_text
-        self.draining = draining  # set on SIGTERM: no new job is admitted
+        self.draining = draining  # set on SIGUSR1 (stop admitting) and SIGTERM: no new job is admitted
         self.on_audit_failure = on_audit_failure
         self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
         self.limits = facts.limits  # requests are checked against these (the model's, tightened by --max-*)
@@ -286,6 +286,11 @@ class FrontDoor:
         except AuditFailed:
             return AUDIT_FAILED
         return status
+
+    def use_tokens(self, tokens: TokenStore) -> None:
+        """A reloaded token file (SIGHUP): calls that start from now on, on every API, are checked against it. One
+        reference swap: a call sees the old store or the new one, never a mix; admitted calls are not checked again."""
+        self.tokens = tokens
 
     def check_open(self) -> None:
         if self.draining():

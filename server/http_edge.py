@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -295,6 +296,16 @@ class HttpListener:
             time.sleep(0.01)
         if not self._server.started:
             raise ConfigError("http_listen", "the HTTP server did not start (see the log)")
+
+    def reload_tls(self, cert: Path, key: Path, ca: Path | None) -> None:
+        """New handshakes use the new certificate; a reloaded client CA is added to the trusted ones (OpenSSL
+        cannot drop a CA from a live context: removing one takes a restart). Tokens need nothing here: both APIs
+        read the front door's store at each call."""
+        context = getattr(self._server.config, "ssl", None)  # set by uvicorn when the server loads its config
+        if context is not None:
+            context.load_cert_chain(str(cert), str(key))
+            if ca is not None:
+                context.load_verify_locations(cafile=str(ca))
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import dashscope
 import pytest
 import requests
 from dashscope import VideoSynthesis
-from server_testkit import TINY, read_audit, running_server, serve_process, wait_until
+from server_testkit import TINY, make_certs, read_audit, running_server, serve_process, wait_until
 
 from wanrt.engine.video import read_mp4_metadata
 from wanrt.server.auth import hash_token
+from wanrt.server.errors import RemoteError
 
 ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef"
 SERVER_BACKENDS = ("onnxruntime",)  # the subject is the API over the shared front door: one backend shows it
 # The cheapest real job (TINY: 1 frame, 16x16, 1 step, no guidance) as DashScope parameters.
 TINY_PARAMETERS = {"size": "16*16", "duration": 0.05, "steps": 1, "guidance_scale": 1.0}
+LONG_PARAMETERS = {"size": "64*64", "duration": 0.5, "steps": 100, "guidance_scale": 4.0}  # seconds of work
 SYNTHESIS = "/api/v1/services/aigc/video-generation/video-synthesis"
 
 
@@ -90,8 +93,7 @@ def test_video_url_is_bound_to_its_caller_and_signed(served):
 
 
 def test_sdk_cancel(served):
-    long = {"size": "64*64", "duration": 0.5, "steps": 100, "guidance_scale": 4.0}
-    created = _sdk_create(served, **long)
+    created = _sdk_create(served, **LONG_PARAMETERS)
     task = created.output.task_id
     assert wait_until(lambda: VideoSynthesis.fetch(task, api_key=ALICE).output.task_status == "RUNNING", 30)
     cancelled = VideoSynthesis.cancel(task, api_key=ALICE)
@@ -141,10 +143,9 @@ def test_sdk_auth_model_and_sync_errors(served):
 
 
 def test_queue_full_is_throttling(served):
-    long = {"size": "64*64", "duration": 0.5, "steps": 100, "guidance_scale": 4.0}
-    running = _sdk_create(served, **long).output.task_id
-    queued = _sdk_create(served, **long).output.task_id  # queue_size=1
-    refused = _sdk_create(served, **long)
+    running = _sdk_create(served, **LONG_PARAMETERS).output.task_id
+    queued = _sdk_create(served, **LONG_PARAMETERS).output.task_id  # queue_size=1
+    refused = _sdk_create(served, **LONG_PARAMETERS)
     assert refused.status_code == 429 and refused.code == "Throttling"
     for task in (queued, running):
         VideoSynthesis.cancel(task, api_key=ALICE)
@@ -220,3 +221,71 @@ def test_wanrt_serve_speaks_dashscope_beside_openai(tiny_artifact_dir, tmp_path)
         assert process.process.wait(30) == 0
     (record,) = [r for r in read_audit(process.audit_log) if r["request_id"] == done.output.task_id]
     assert record["output"]["sha256"] == hashlib.sha256(data).hexdigest() and record["api"] == "dashscope"
+
+
+def test_reload_and_stop_admission_reach_every_api(pipeline, tmp_path):
+    """SIGHUP's new certificate and rotated token, and preStop's stop of admission, act at the one front door and
+    listener: DashScope, OpenAI-HTTP and gRPC see the same swap and the same refusal, each in its own shape, while
+    a task admitted before both runs on and is fetched by the same token id's new token."""
+    first, second = make_certs(tmp_path / "ca1"), make_certs(tmp_path / "ca2")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key, tokens = live / "tls.crt", live / "tls.key", tmp_path / "tokens.jsonl"
+    shutil.copy(first.server_cert, cert)
+    shutil.copy(first.server_key, key)
+    old, new = "old-token-0123456789abcdef", "new-token-0123456789abcdef"
+    tokens.write_text(json.dumps({"id": "batch", "sha256": hash_token(old)}) + "\n")
+    with running_server(pipeline, tmp_path, tls_cert=cert, tls_key=key, tokens=tokens,
+                        http_listen="127.0.0.1:0") as served:
+        base = f"https://127.0.0.1:{served.server.http.port}"
+
+        def http(method: str, path: str, token: str, ca, **kwargs) -> requests.Response:
+            return requests.request(method, base + path, headers={"Authorization": f"Bearer {token}",
+                                                                  "X-DashScope-Async": "enable"},
+                                    verify=str(ca), timeout=30, **kwargs)
+
+        def create(token: str, ca, parameters: dict) -> requests.Response:
+            body = {"model": served.server.door.model_name, "input": {"prompt": TINY.prompt},
+                    "parameters": parameters}
+            return http("POST", SYNTHESIS, token, ca, json=body)
+
+        def status(token: str) -> str:
+            return http("GET", f"/api/v1/tasks/{task}", token, second.ca).json()["output"]["task_status"]
+
+        task = create(old, first.ca, LONG_PARAMETERS).json()["output"]["task_id"]
+        assert wait_until(lambda: http("GET", f"/api/v1/tasks/{task}", old, first.ca).json()["output"]
+                          ["task_status"] == "RUNNING", 30)
+
+        # Rotation without overlap and a certificate from another CA, then the reload.
+        tokens.write_text(json.dumps({"id": "batch", "sha256": hash_token(new)}) + "\n")
+        shutil.copy(second.server_cert, cert)
+        shutil.copy(second.server_key, key)
+        assert served.server.reload() == {"tls": "changed", "tokens": 1, "errors": []}
+        with pytest.raises(requests.exceptions.SSLError):  # the old CA no longer verifies the listener
+            http("GET", f"/api/v1/tasks/{task}", new, first.ca)
+        refused = http("GET", f"/api/v1/tasks/{task}", old, second.ca)
+        assert refused.status_code == 401 and refused.json()["code"] == "InvalidApiKey"
+        refused = http("GET", "/v1/models", old, second.ca)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+        with served.client(ca=second.ca, token=old) as client, pytest.raises(RemoteError) as grpc_refused:
+            client.describe()
+        assert grpc_refused.value.code == "UNAUTHENTICATED"
+        assert status(new) == "RUNNING"  # the principal is the token id: the new token sees the task
+
+        served.server.stop_admitting()
+        refused = create(new, second.ca, TINY_PARAMETERS)
+        assert refused.status_code == 503 and refused.json()["code"] == "ServiceUnavailable"
+        openai_body = {"prompt": TINY.prompt, "size": "16x16", "frames": 1, "steps": 1, "guidance": 1.0}
+        refused = http("POST", "/v1/videos", new, second.ca, json=openai_body)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+        with served.client(ca=second.ca, token=new) as client, pytest.raises(RemoteError) as grpc_refused:
+            client.generate(TINY)
+        assert grpc_refused.value.code == "UNAVAILABLE"
+
+        assert wait_until(lambda: status(new) == "SUCCEEDED", 120)
+        url = http("GET", f"/api/v1/tasks/{task}", new, second.ca).json()["output"]["video_url"]
+        video = requests.get(url, headers={"Authorization": f"Bearer {new}"}, verify=str(second.ca), timeout=30)
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    records = [r for r in served.audit() if r["method"] == "Generate"]
+    assert [r["status"] for r in records if r["request_id"] == task] == ["OK"]
+    assert [r["api"] for r in records if r["status"] == "UNAVAILABLE"] == ["dashscope", "openai", "grpc"]

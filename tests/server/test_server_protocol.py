@@ -43,8 +43,8 @@ def intercepted(store: TokenStore, method: str, metadata: tuple, seen: list) -> 
     def continuation(_details):
         return grpc.unary_stream_rpc_method_handler(behaviour)
 
-    return TokenInterceptor(store).intercept_service(continuation, Details(f"/wanrt.v1.VideoGeneration/{method}",
-                                                                           metadata))
+    details = Details(f"/wanrt.v1.VideoGeneration/{method}", metadata)
+    return TokenInterceptor(lambda: store).intercept_service(continuation, details)
 
 
 def test_an_allowed_call_reaches_the_servicer_with_the_token_id_checked_once():
