@@ -82,7 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     from wanrt.engine.budget import parse_size
     from wanrt.engine.loader import load_pipelines
     from wanrt.server.app import WanrtServer
-    from wanrt.trust.cli import check_trusted
+    from wanrt.trust.cli import trusted_check
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -118,8 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
         from wanrt.trust.confinement import require_selinux_type
 
         require_selinux_type(args.require_selinux_type)
-    check_trusted(config.model, args.trust)
-    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel)
+    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel,
+                               check=trusted_check(args.trust))
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wanrt.engine.model_files import ManifestCheck
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:
@@ -13,16 +17,27 @@ def add_trust_argument(parser: argparse.ArgumentParser) -> None:
                              "$WANRT_TRUST, os.pathsep-separated); unsigned or changed folders are refused")
 
 
-def check_trusted(model: Path, trust: list[Path] | None) -> None:
-    """Before anything loads: with trusted keys configured, refuses a model folder they did not sign (exit 2).
+def trusted_check(trust: list[Path] | None) -> ManifestCheck | None:
+    """With trusted keys configured (``--trust`` or $WANRT_TRUST), the check the loader runs on the model
+    folder's manifest bytes before it reads anything else (a folder they did not sign exits 2); None without.
 
-    The loader then hashes every file against the (now authenticated) manifest before any network loads."""
+    The loader then reads every file once, inside the folder, hashed against that authenticated manifest."""
+    from wanrt.trust.folders import manifest_check
+    from wanrt.trust.keys import trusted_keys
+
+    keys = trusted_keys(trust)
+    return manifest_check(keys) if keys else None
+
+
+def check_trusted(model: Path, trust: list[Path] | None) -> None:
+    """For a command that reads the folder itself (after this check): refuses a folder the trusted keys did
+    not sign, hashing every file. Serving paths use ``trusted_check`` instead, which checks the bytes they load."""
     from wanrt.trust.folders import verify_folder
     from wanrt.trust.keys import trusted_keys
 
     keys = trusted_keys(trust)
     if keys:
-        verify_folder(Path(model), keys, deep=False)
+        verify_folder(Path(model), keys, deep=True)
 
 
 def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +198,7 @@ def _qualify(args: argparse.Namespace) -> int:
     from wanrt.engine.loader import load_pipeline
     from wanrt.errors import InvalidRequestError, SignatureError
     from wanrt.trust import qualify
-    from wanrt.trust.folders import verify_folder
+    from wanrt.trust.folders import manifest_check, verify_folder
     from wanrt.trust.keys import load_signer, trusted_keys
 
     model = args.model or args.engines
@@ -194,7 +209,7 @@ def _qualify(args: argparse.Namespace) -> int:
         raise SignatureError("qualify checks the model's signature: pass --trust KEY.pub or set WANRT_TRUST")
 
     def loader(path: Path, backend_: str, device_: str) -> object:
-        return load_pipeline(path, backend_, device=device_)
+        return load_pipeline(path, backend_, device=device_, check=manifest_check(keys))
 
     if args.record_reference is not None:
         verify_folder(model, keys, deep=True)
