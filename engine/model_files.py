@@ -33,6 +33,10 @@ CHUNK_BYTES = 8 << 20
 
 
 
+class MissingFileError(ArtifactError):
+    """A file the folder should hold is not there (as opposed to there but refused: a link, not a file)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FileBytes:
     """A file's content as read, and the sha256 of exactly those bytes."""
@@ -80,7 +84,7 @@ class ModelFolder:
     def exists(self, rel: str) -> bool:
         try:
             fd = self._open(rel)
-        except ArtifactError:
+        except MissingFileError:
             return False
         os.close(fd)
         return True
@@ -150,7 +154,7 @@ class ModelFolder:
         try:
             return os.open(name, flags | os.O_CLOEXEC, dir_fd=parent)
         except FileNotFoundError:
-            raise ArtifactError(f"{self.where(rel)} is missing") from None
+            raise MissingFileError(f"{self.where(rel)} is missing") from None
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR) and self.strict:
                 raise ArtifactError(f"{self.where(rel)}: {name} is a symbolic link; with --trust every file is "
