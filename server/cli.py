@@ -65,7 +65,11 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     add_provenance_arguments(parser)
     parser.add_argument("--audit-signing-key", type=Path, help="key (`wanrt keygen`) that signs audit checkpoints")
     parser.add_argument("--audit-checkpoint-every", type=int, default=0, metavar="N",
-                        help="with --audit-signing-key: a signed checkpoint after every N records")
+                        help="with --audit-signing-key: a signed checkpoint after every N records (also at start, "
+                             "rotation and shutdown)")
+    parser.add_argument("--audit-head-sink", metavar="FILE|syslog[:ADDRESS]", default=None,
+                        help="with --audit-signing-key: also write every signed head here (a file on another "
+                             "mount, or syslog/journald), for `wanrt audit verify --heads`")
     parser.add_argument("--queue-size", type=int, default=8, help="jobs waiting beyond the running ones")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long jobs may take to finish before they are cancelled")
@@ -93,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
         audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
+        audit_head_sink=args.audit_head_sink,
         c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,

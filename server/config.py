@@ -115,6 +115,7 @@ class ServerConfig:
     audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
     audit_checkpoint_every: int = 0  # with audit_signing_key: a signed checkpoint every N records
     audit_signing_key: Path | None = None
+    audit_head_sink: str | None = None  # a file, or syslog[:ADDRESS]: every signed head written there too
     c2pa_cert: Path | None = None  # with c2pa_key: every MP4 result carries a signed C2PA sidecar manifest
     c2pa_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
@@ -276,12 +277,13 @@ class ServerConfig:
             raise ConfigError("audit_log", f"{path} exists and is not a regular file")
         if not path.parent.is_dir():
             raise ConfigError("audit_log", f"directory {path.parent} does not exist")
-        try:
-            with open(path, "a", encoding="utf-8"):
-                pass
-        except OSError as err:
-            raise ConfigError("audit_log", f"cannot append to {path}: {err.strerror}") from None
+        # Checked without creating anything: the log is created when the server starts, 0600 and with its first
+        # record in it (server/audit.py), so a start refused later leaves no file behind.
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+        if not writable:
+            raise ConfigError("audit_log", f"cannot append to {path}: permission denied")
         _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
+        self._check_head_sink(path)
         if (self.audit_signing_key is None) != (self.audit_checkpoint_every == 0):
             raise ConfigError("audit_signing_key", "and --audit-checkpoint-every N (N > 0) go together")
         if self.audit_signing_key is not None:
@@ -292,6 +294,29 @@ class ServerConfig:
                 load_signer(_readable_file("audit_signing_key", self.audit_signing_key))
             except SignatureError as err:
                 raise ConfigError("audit_signing_key", str(err)) from None
+
+
+    def _check_head_sink(self, audit_log: Path) -> None:
+        if self.audit_head_sink is None:
+            return
+        if self.audit_signing_key is None:
+            raise ConfigError("audit_head_sink", "holds signed heads: it needs --audit-signing-key")
+        from wanrt.server.audit_sink import check_file_sink, same_mount, syslog_target
+
+        target = self.audit_head_sink
+        if target == "syslog" or target.startswith("syslog:"):
+            syslog_target(target)
+            return
+        sink = Path(target.removeprefix("file:"))
+        check_file_sink(sink)
+        if sink.resolve() == audit_log.resolve():
+            raise ConfigError("audit_head_sink", "must not be the audit log itself")
+        if same_mount(sink, audit_log):
+            import logging
+
+            logging.getLogger("wanrt.server").warning(
+                "--audit-head-sink %s is on the audit log's file system: whoever can rewrite the log there can "
+                "likely rewrite the heads too (put it on another mount, or use syslog)", sink)
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

@@ -93,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chain.add_argument("--expect-head", metavar="SEQ:SHA256",
                        help="a head the server logged (\"audit checkpoint\" / \"audit log closed\"): the chain "
                             "must contain it, so records removed from the end are detected")
+    chain.add_argument("--heads", type=Path, metavar="SINK",
+                       help="the second sink's file (--audit-head-sink; for syslog, `journalctl -t wanrt-audit -o "
+                            "cat`): its latest signed head must be in the chain (needs --trust)")
+    chain.add_argument("--live", action="store_true",
+                       help="a running server's log: records after the last signed checkpoint are reported as "
+                            "unanchored instead of refused")
     chain.set_defaults(handler=_audit_verify)
     _register_qualify(subparsers)
 
@@ -146,7 +152,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from wanrt.errors import InvalidRequestError
-    from wanrt.server.audit_chain import ChainHead, verify_chain
+    from wanrt.server.audit_chain import ChainHead, read_heads, verify_chain
     from wanrt.trust.keys import trusted_keys
 
     expect = None
@@ -156,9 +162,19 @@ def _audit_verify(args: argparse.Namespace) -> int:
             raise InvalidRequestError("expect_head", f"must be SEQ:SHA256, got {args.expect_head!r}")
         expect = ChainHead(int(seq), digest)
     keys = trusted_keys(args.trust)
-    report = verify_chain(args.files, keys, expect_head=expect)
+    if args.heads is not None and not keys:
+        raise InvalidRequestError("heads", "are signed: give --trust KEY.pub to check them")
+    heads = read_heads(args.heads, keys) if args.heads is not None else []
+    report = verify_chain(args.files, keys, expect_head=expect, heads=heads, live=args.live)
     print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
           f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
+    if not report.signed:
+        print("signatures not checked (no --trust): anyone able to write the file could have rewritten it whole")
+    else:
+        print(f"anchored by signed checkpoints up to seq {report.anchored_to}")
+    for first, last in report.unanchored:
+        print(f"UNANCHORED: seq {first}..{last} (no signed checkpoint vouches for them: a crash, or a running "
+              "server's newest records)")
     return 0
 
 
