@@ -84,13 +84,13 @@ class AuditLog:
             log.warning("audit log %s is mode %o: others may read the audit trail (chmod 600 it)", self.path, mode)
         return os.fdopen(fd, "a", encoding="utf-8")
 
-    def _create(self, line: tuple[str, ChainHead, dict | None]) -> None:
+    def _create(self, line: tuple[str, ChainHead, str]) -> None:
         """Creates the file holding its first record, mode 0600, atomically; then opens it for appending."""
-        text, head, statement = line
+        text, head, kind = line
         create_complete(self.path, (text + "\n").encode())
         self._head = head
         self._file = self._open()
-        self._to_sink(statement)
+        self._to_sink(kind)
 
     @property
     def head(self) -> ChainHead:
@@ -105,31 +105,33 @@ class AuditLog:
                 self._event("checkpoint", "periodic")
                 log.info("audit checkpoint: seq %d sha256 %s", self._head.seq, self._head.sha256)
 
-    def _event_line(self, event: str, kind: str, *, file_start: bool = False) -> tuple[str, ChainHead, dict | None]:
-        """A chain event's line (signed when there is a key), the head it makes, and its signed statement."""
+    def _event_line(self, event: str, kind: str, *, file_start: bool = False) -> tuple[str, ChainHead, str]:
+        """A chain event's line (signed when there is a key) and the head it makes."""
         record: dict[str, Any] = {"time": utc_now(), "event": event, "kind": kind,
                                   "checkpoint_every": self._checkpoint_every, "file_start": file_start}
         if kind in ("genesis", "start"):
             record.update(self._meta)
-        statement = None
         if self._signer is not None:
             record["checkpoint"] = checkpoint_envelope(self._head, self._signer, kind, self._checkpoint_every,
                                                        file_start=file_start)
-            statement = {"seq": self._head.seq, "sha256": self._head.sha256, "kind": kind,
-                         "checkpoint": record["checkpoint"]}
         line = json.dumps({"seq": self._head.seq + 1, "prev": self._head.sha256, **record}, ensure_ascii=True,
                           separators=(",", ":"), allow_nan=False)
-        return line, ChainHead(self._head.seq + 1, record_hash(line.encode())), statement
+        return line, ChainHead(self._head.seq + 1, record_hash(line.encode())), kind
 
     def _event(self, event: str, kind: str, *, file_start: bool = False) -> None:
-        line, head, statement = self._event_line(event, kind, file_start=file_start)
+        line, head, kind = self._event_line(event, kind, file_start=file_start)
         self._write_line(line, head)
         self._since_checkpoint = 0
-        self._to_sink(statement)
+        self._to_sink(kind)
 
-    def _to_sink(self, statement: dict | None) -> None:
-        if statement is not None and self._sink is not None:
-            self._sink.write({"time": utc_now(), "log": str(self.path), **statement})
+    def _to_sink(self, kind: str) -> None:
+        """The head just written (the event line itself), signed, to the second sink: a log cut anywhere before
+        its end, even just its last event, no longer contains the sink's latest head."""
+        if self._sink is not None and self._signer is not None:
+            self._sink.write({"time": utc_now(), "log": str(self.path), "seq": self._head.seq,
+                              "sha256": self._head.sha256, "kind": kind,
+                              "checkpoint": checkpoint_envelope(self._head, self._signer, kind,
+                                                                self._checkpoint_every)})
 
     def _append(self, record: dict[str, Any]) -> None:
         fields = {k: v for k, v in record.items() if k not in ("seq", "prev")}
