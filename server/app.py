@@ -26,6 +26,7 @@ from wanrt.server.jobs import JobManager
 from wanrt.server.metrics import Metrics
 from wanrt.server.protocol import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MIN_PING_INTERVAL_MS, SERVER_SEND_BYTES
 from wanrt.server.service import ModelFacts, VideoGenerationService
+from wanrt.state import key_id
 
 log = logging.getLogger("wanrt.server")
 
@@ -84,7 +85,8 @@ class WanrtServer:
         self.memory_budget = None if self.admission is None else self.admission.budget.bytes
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
-        self.audit = open_audit_log(config)
+        prompt_key = config.prompt_key()
+        self.audit = open_audit_log(config, meta={"prompt_hmac_key_id": key_id(prompt_key)})
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
@@ -93,7 +95,7 @@ class WanrtServer:
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
                                   self.admission),
-            self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
+            self.audit, self.metrics, keep_prompt_text=config.audit_prompts, prompt_key=prompt_key,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS

@@ -232,8 +232,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(directory)
 
 
-def open_audit_log(config: Any) -> AuditLog:
-    """The server's audit log as ServerConfig describes it (path, optional signed checkpoints, second sink)."""
+def open_audit_log(config: Any, *, meta: dict[str, Any] | None = None) -> AuditLog:
+    """The server's audit log as ServerConfig describes it (path, optional signed checkpoints, second sink);
+    ``meta`` goes into its genesis and start records."""
     signer = None
     if config.audit_signing_key is not None:
         from wanrt.trust.keys import load_signer
@@ -241,7 +242,7 @@ def open_audit_log(config: Any) -> AuditLog:
         signer = load_signer(config.audit_signing_key)
     sink = HeadSink(config.audit_head_sink) if config.audit_head_sink else None
     return AuditLog(Path(config.audit_log), checkpoint_every=config.audit_checkpoint_every, signer=signer,
-                    head_sink=sink)
+                    head_sink=sink, meta=meta)
 
 
 def utc_now() -> str:

@@ -61,7 +61,10 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--insecure", action="store_true", help="plaintext; only allowed on a loopback address")
     parser.add_argument("--audit-log", type=Path, required=True, help="JSON-lines audit log, appended")
     parser.add_argument("--audit-prompts", action="store_true",
-                        help="keep prompt text in the audit log (default: SHA-256 only)")
+                        help="keep prompt text in the audit log (default: an HMAC only, see --audit-prompt-key)")
+    parser.add_argument("--audit-prompt-key", type=Path, default=None, metavar="FILE",
+                        help="secret (hex, 0600) prompts are audited under as HMAC-SHA256 (default: this "
+                             "installation's, made on first use in $WANRT_STATE_DIR)")
     add_provenance_arguments(parser)
     parser.add_argument("--audit-signing-key", type=Path, help="key (`wanrt keygen`) that signs audit checkpoints")
     parser.add_argument("--audit-checkpoint-every", type=int, default=0, metavar="N",
@@ -96,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
+        audit_prompt_key=args.audit_prompt_key,
         audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
         audit_head_sink=args.audit_head_sink,
         c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),

@@ -112,7 +112,8 @@ class ServerConfig:
     tokens: Path | None = None  # set: wanrt.v1 calls need a bearer token listed there (see auth.py)
     insecure: bool = False  # plaintext; only on loopback addresses
     audit_log: Path | None = None
-    audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
+    audit_prompts: bool = False  # keep prompt text in the audit log (default: its HMAC only)
+    audit_prompt_key: Path | None = None  # the HMAC key prompts are audited under (default: the installation's)
     audit_checkpoint_every: int = 0  # with audit_signing_key: a signed checkpoint every N records
     audit_signing_key: Path | None = None
     audit_head_sink: str | None = None  # a file, or syslog[:ADDRESS]: every signed head written there too
@@ -215,6 +216,17 @@ class ServerConfig:
             _check_int("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
         return self
 
+    def prompt_key(self) -> bytes:
+        """The key prompts are audited under: --audit-prompt-key (shared by replicas that must agree), else this
+        installation's own (wanrt/state.py), made on first use. Unusable: ConfigError, the server does not start."""
+        from wanrt.errors import StateError
+        from wanrt.state import read_secret, secret
+
+        try:
+            return read_secret(self.audit_prompt_key) if self.audit_prompt_key else secret("audit-prompts.key")
+        except StateError as err:
+            raise ConfigError("audit_prompt_key", str(err)) from None
+
     def provenance_key(self) -> object | None:
         """The C2PA signing key (checked like the TLS pair), or None when provenance is off."""
         from wanrt.errors import InvalidRequestError
@@ -284,6 +296,7 @@ class ServerConfig:
             raise ConfigError("audit_log", f"cannot append to {path}: permission denied")
         _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
         self._check_head_sink(path)
+        self.prompt_key()
         if (self.audit_signing_key is None) != (self.audit_checkpoint_every == 0):
             raise ConfigError("audit_signing_key", "and --audit-checkpoint-every N (N > 0) go together")
         if self.audit_signing_key is not None:

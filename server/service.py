@@ -152,7 +152,7 @@ class VideoGenerationService:
     checked it; without tokens configured there is no interceptor and no token id."""
 
     def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
-                 keep_prompt_text: bool = False,
+                 keep_prompt_text: bool = False, prompt_key: bytes,
                  draining: Callable[[], bool] = lambda: False,
                  on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
         self.jobs = jobs
@@ -160,6 +160,7 @@ class VideoGenerationService:
         self.audit = audit
         self.metrics = metrics
         self.keep_prompt_text = keep_prompt_text
+        self.prompt_key = prompt_key  # prompts are audited as HMACs under it (server/convert.py)
         self.draining = draining
         self.on_audit_failure = on_audit_failure
         self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
@@ -276,7 +277,8 @@ class VideoGenerationService:
     def check_request(self, request: GenerationRequest, video_format: str, record: dict[str, Any]) -> None:
         """Every check a job passes before it is queued, for either API; ``record`` (the audit line) gets the
         request's parameters first, so that a refusal is recorded with what was asked."""
-        record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
+        record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text,
+                                        prompt_key=self.prompt_key)
         request.validate(self.facts.limits)
         if self.provenance is not None and video_format != MP4:
             raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="a running server's log: records after the last signed checkpoint are reported as "
                             "unanchored instead of refused")
     chain.set_defaults(handler=_audit_verify)
+    prompt = audit_commands.add_parser("prompt-hmac", help="the HMAC a prompt is audited under, to find it in a log",
+                                       description="Prints HMAC-SHA256(key, prompt): the value of params.prompt_hmac "
+                                                   "(or negative_prompt_hmac) for that exact text.")
+    prompt.add_argument("prompt", help="the prompt text, exactly as sent")
+    prompt.add_argument("--key", type=Path, default=None,
+                        help="the server's --audit-prompt-key (default: this installation's key)")
+    prompt.set_defaults(handler=_audit_prompt_hmac)
     _register_qualify(subparsers)
 
 
@@ -175,6 +183,16 @@ def _audit_verify(args: argparse.Namespace) -> int:
     for first, last in report.unanchored:
         print(f"UNANCHORED: seq {first}..{last} (no signed checkpoint vouches for them: a crash, or a running "
               "server's newest records)")
+    return 0
+
+
+def _audit_prompt_hmac(args: argparse.Namespace) -> int:
+    from wanrt.server.convert import prompt_hmac
+    from wanrt.state import key_id, read_secret, secret
+
+    key = read_secret(args.key) if args.key is not None else secret("audit-prompts.key")
+    print(prompt_hmac(args.prompt, key))
+    print(f"key id {key_id(key)} (the audit log's genesis/start records name the key they use)", file=sys.stderr)
     return 0
 
 

@@ -85,7 +85,7 @@ def test_openai_sdk_creates_polls_downloads_and_deletes(served):
     (record,) = [r for r in audit_for(served, video.id) if r["method"] == "Generate"]
     assert record["status"] == "OK" and record["principal"] == "alice" and record["api"] == "http"
     assert hashlib.sha256(data).hexdigest() == record["output"]["sha256"] == content.response.headers["x-video-sha256"]
-    assert record["params"]["frames"] == 1 and record["params"]["prompt_sha256"]
+    assert record["params"]["frames"] == 1 and record["params"]["prompt_hmac"]
     assert served.metric("wanrt_requests_total", method="Generate", code="OK") == generated_before + 1
     # The same request over gRPC makes the same bytes: the same pipeline, encoder and seed.
     with served.client(token=ALICE) as grpc_client:
