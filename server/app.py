@@ -86,7 +86,11 @@ class WanrtServer:
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
         prompt_key = config.prompt_key()
-        self.audit = open_audit_log(config, meta={"prompt_hmac_key_id": key_id(prompt_key)})
+        provenance = config.provenance_key()
+        if provenance is None:
+            log.warning("provenance off (--no-provenance): videos carry no C2PA manifest (recorded in the audit log)")
+        self.audit = open_audit_log(config, meta={"prompt_hmac_key_id": key_id(prompt_key),
+                                                  "provenance": getattr(provenance, "origin", "off")})
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
@@ -96,7 +100,7 @@ class WanrtServer:
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
                                   self.admission),
             self.audit, self.metrics, keep_prompt_text=config.audit_prompts, prompt_key=prompt_key,
-            provenance=config.provenance_key(),
+            provenance=provenance,
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []

@@ -103,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
         audit_head_sink=args.audit_head_sink,
         c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
+        no_provenance=args.no_provenance,
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
         max_request_bytes=args.max_request_bytes, health_listen=args.health_listen,

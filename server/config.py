@@ -119,6 +119,7 @@ class ServerConfig:
     audit_head_sink: str | None = None  # a file, or syslog[:ADDRESS]: every signed head written there too
     c2pa_cert: Path | None = None  # with c2pa_key: every MP4 result carries a signed C2PA sidecar manifest
     c2pa_key: Path | None = None
+    no_provenance: bool = False  # opt out of C2PA (without c2pa_cert every MP4 is signed with the installation's)
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
     # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold. Unset on a
@@ -228,14 +229,22 @@ class ServerConfig:
             raise ConfigError("audit_prompt_key", str(err)) from None
 
     def provenance_key(self) -> object | None:
-        """The C2PA signing key (checked like the TLS pair), or None when provenance is off."""
-        from wanrt.errors import InvalidRequestError
+        """The C2PA signing key (checked like the TLS pair): the operator's, else this installation's own (made
+        on first use), or None with --no-provenance."""
+        from wanrt.errors import InvalidRequestError, StateError
+        from wanrt.trust.cli import installation_provenance_key
         from wanrt.trust.provenance import key_from_options
 
+        if self.no_provenance:
+            if self.c2pa_cert is not None or self.c2pa_key is not None:
+                raise ConfigError("no_provenance", "cannot be combined with --c2pa-cert/--c2pa-key")
+            return None
         try:
-            return key_from_options(self.c2pa_cert, self.c2pa_key)
+            return key_from_options(self.c2pa_cert, self.c2pa_key) or installation_provenance_key()
         except InvalidRequestError as err:
             raise ConfigError(err.field, err.message) from None
+        except StateError as err:
+            raise ConfigError("c2pa_cert", str(err)) from None
 
     def _check_transport(self, listen: HostPort) -> None:
         tls_given = [name for name in ("tls_cert", "tls_key", "client_ca") if getattr(self, name) is not None]
