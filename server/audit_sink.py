@@ -42,8 +42,10 @@ class HeadSink:
                     from None
             self._syslog.ident = f"{SYSLOG_IDENT}: "
         else:
+            from wanrt.server.config import check_appendable
+
             self._path = Path(target.removeprefix("file:"))
-            check_file_sink(self._path)
+            check_appendable("audit_head_sink", self._path)
 
     def write(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":"), sort_keys=True)
@@ -69,16 +71,6 @@ class _StrictSysLogHandler(logging.handlers.SysLogHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         raise  # noqa: PLE0704 (called from emit's except block: re-raises the send's error)
-
-
-def check_file_sink(path: Path) -> None:
-    if path.exists() and not path.is_file():
-        raise ConfigError("audit_head_sink", f"{path} exists and is not a regular file")
-    if not path.parent.is_dir():
-        raise ConfigError("audit_head_sink", f"directory {path.parent} does not exist")
-    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
-    if not writable:
-        raise ConfigError("audit_head_sink", f"cannot append to {path}: permission denied")
 
 
 def same_mount(a: Path, b: Path) -> bool:

@@ -294,15 +294,9 @@ class ServerConfig:
         if self.audit_log is None:
             raise ConfigError("audit_log", "is required: every request is recorded")
         path = Path(self.audit_log)
-        if path.exists() and not path.is_file():
-            raise ConfigError("audit_log", f"{path} exists and is not a regular file")
-        if not path.parent.is_dir():
-            raise ConfigError("audit_log", f"directory {path.parent} does not exist")
         # Checked without creating anything: the log is created when the server starts, 0600 and with its first
         # record in it (server/audit.py), so a start refused later leaves no file behind.
-        writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
-        if not writable:
-            raise ConfigError("audit_log", f"cannot append to {path}: permission denied")
+        check_appendable("audit_log", path)
         _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
         self._check_head_sink(path)
         self.prompt_key()
@@ -323,14 +317,14 @@ class ServerConfig:
             return
         if self.audit_signing_key is None:
             raise ConfigError("audit_head_sink", "holds signed heads: it needs --audit-signing-key")
-        from wanrt.server.audit_sink import check_file_sink, same_mount, syslog_target
+        from wanrt.server.audit_sink import same_mount, syslog_target
 
         target = self.audit_head_sink
         if target == "syslog" or target.startswith("syslog:"):
             syslog_target(target)
             return
         sink = Path(target.removeprefix("file:"))
-        check_file_sink(sink)
+        check_appendable("audit_head_sink", sink)
         if sink.resolve() == audit_log.resolve():
             raise ConfigError("audit_head_sink", "must not be the audit log itself")
         if same_mount(sink, audit_log):
@@ -339,6 +333,17 @@ class ServerConfig:
             logging.getLogger("wanrt.server").warning(
                 "--audit-head-sink %s is on the audit log's file system: whoever can rewrite the log there can "
                 "likely rewrite the heads too (put it on another mount, or use syslog)", sink)
+
+
+def check_appendable(field: str, path: Path) -> None:
+    """A file the server will append to (creating it if absent), checked without creating it."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(field, f"{path} exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise ConfigError(field, f"directory {path.parent} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise ConfigError(field, f"cannot append to {path}: permission denied")
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:
