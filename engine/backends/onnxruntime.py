@@ -168,7 +168,7 @@ class _GraphReader:
             raise ArtifactError(f"{self._folder.where(file)} is not an ONNX model: {err}") from None
         external = [t for t in _initializers(model) if t.data_location == onnx.TensorProto.EXTERNAL]
         estimate = self._scratch / "estimate" / f"{name}.onnx"
-        estimate.parent.mkdir(exist_ok=True)
+        estimate.parent.mkdir(parents=True, exist_ok=True)
         try:
             if not external:
                 estimate.write_bytes(graph.data)
