@@ -68,11 +68,11 @@ def child(mode: str, folder: Path, hashes: dict[str, str]) -> dict[str, float]:
     if mode == "path":
         session = ort.InferenceSession(str(folder / "graph.onnx"), options, providers=["CPUExecutionProvider"])
     elif mode == "verified":
-        from wanrt.engine.backends.onnxruntime import _GraphReader
+        from wanrt.engine.backends.onnxruntime import GraphReader
         from wanrt.engine.model_files import ModelFolder
 
         scratch = tempfile.mkdtemp(prefix="wanrt-bench-")
-        reader = _GraphReader(ModelFolder(folder, strict=True), hashes, Path(scratch))
+        reader = GraphReader(ModelFolder(folder, strict=True), hashes, Path(scratch))
 
         def make_options() -> object:
             fresh = ort.SessionOptions()

@@ -80,7 +80,7 @@ class OnnxRuntimeBackend:
         folder = folder if isinstance(folder, ModelFolder) else ModelFolder(Path(folder), strict=False)
         return_freed_memory()
         self._scratch = tempfile.TemporaryDirectory(prefix="wanrt-graphs-")
-        self._reader = _GraphReader(folder, file_hashes, Path(self._scratch.name))
+        self._reader = GraphReader(folder, file_hashes, Path(self._scratch.name))
 
         def make_options() -> object:
             options = session_options(session_config or {})
@@ -128,13 +128,13 @@ class OnnxRuntimeBackend:
 _INLINE_FOR_ESTIMATE = 64 * 1024
 
 
-class _GraphReader:
+class GraphReader:
     """Makes onnxruntime sessions from graph bytes read once through a ModelFolder.
 
     A graph with inline weights is handed over as bytes. A graph with external data: its weights are read
     (hashed) into one buffer per data file and given to onnxruntime as initializers that are views of that
     buffer, which onnxruntime uses in place (``SessionOptions.add_initializer``: no copy on the CPU; measured in
-    README.md, "What is verified is what is loaded"). onnxruntime still checks that an external-data file of
+    trust/README.md, "What is verified is what is loaded"). onnxruntime still checks that an external-data file of
     that name exists next to the graph, so the session is created from a private copy of the graph's own bytes
     beside an empty file of each name: a tensor left without its initializer would read from an empty file and
     fail, never load other bytes.

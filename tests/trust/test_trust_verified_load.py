@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from wanrt.engine.backends.onnxruntime import _GraphReader
+from wanrt.engine.backends.onnxruntime import GraphReader
 from wanrt.engine.model_files import ModelFolder
 from wanrt.errors import ArtifactError
 
@@ -53,8 +53,8 @@ def _drawn_graph(folder: Path, rng: np.random.Generator, *, misalign: int = 0,
                                                                                           "graph.onnx.data")}
 
 
-def _verified_session(folder: Path, hashes: dict[str, str], tmp: Path) -> tuple[object, _GraphReader]:
-    reader = _GraphReader(ModelFolder(folder, strict=True), hashes, tmp)
+def _verified_session(folder: Path, hashes: dict[str, str], tmp: Path) -> tuple[object, GraphReader]:
+    reader = GraphReader(ModelFolder(folder, strict=True), hashes, tmp)
     return reader.session("graph", "graph.onnx", ort.SessionOptions, ["CPUExecutionProvider"]), reader
 
 
