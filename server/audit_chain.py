@@ -286,7 +286,7 @@ def read_heads(path: Path, keys: Sequence[Any]) -> list[ChainHead]:
             continue
         where = f"{path}:{lineno}"
         try:
-            entry = json.loads(raw[start:])
+            entry = json.loads(raw[start:].rstrip("\0 \r"))
             statement = envelope.verify(entry["checkpoint"], keys, where)
         except (json.JSONDecodeError, KeyError, TypeError):
             raise AuditChainError(f"{where}: not a wanrt audit head") from None

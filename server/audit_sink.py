@@ -41,6 +41,7 @@ class HeadSink:
                 raise ConfigError("audit_head_sink", f"cannot reach syslog at {address}: {err.strerror or err}") \
                     from None
             self._syslog.ident = f"{SYSLOG_IDENT}: "
+            self._syslog.append_nul = False  # a NUL after the JSON would reach the journal's message
         else:
             from wanrt.server.config import check_appendable
 

@@ -232,3 +232,35 @@ def test_drawn_rewrites_of_drawn_logs_are_all_detected(tmp_path, keys):
             pytest.fail(f"seed {seed} case {case}: {done} was not detected")
         detected += 1
     assert detected >= 16
+
+
+def test_heads_reach_syslog_and_verify_from_its_lines(tmp_path, keys):
+    """The second sink as syslog (journald reads /dev/log): the same signed heads, one datagram each."""
+    import socket
+
+    address = str(tmp_path / "log.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)
+    receiver.settimeout(5)
+    try:
+        from wanrt.server.audit_sink import HeadSink
+
+        log = AuditLog(tmp_path / "audit2.jsonl", fsync=False, checkpoint_every=2, signer=keys[0],
+                       head_sink=HeadSink(f"syslog:{address}"))
+        for i in range(3):
+            log.write({"method": "Generate", "request_id": f"r{i}", "status": "OK"})
+        log.close()
+        received = []
+        while len(received) < 3:  # genesis, the periodic checkpoint after r1, shutdown
+            try:
+                received.append(receiver.recv(65536).decode())
+            except TimeoutError:
+                break
+    finally:
+        receiver.close()
+    assert received and all("wanrt-audit: {" in line for line in received)  # syslog's ident, then the JSON
+    journal = tmp_path / "journal.txt"
+    journal.write_text("\n".join(received) + "\n")
+    heads = read_heads(journal, [keys[1]])
+    report = verify_chain([tmp_path / "audit2.jsonl"], [keys[1]], heads=heads)
+    assert heads[0].seq == report.head.seq  # the shutdown checkpoint, the log's last line
