@@ -158,7 +158,7 @@ class AuditLog:
             if self._file is not None:
                 try:
                     self._event("checkpoint", "rotation")
-                except OSError as err:
+                except (OSError, ValueError) as err:  # ValueError: the file object was closed under us
                     log.critical("audit log rotation checkpoint failed: %s", err)
                 self._file.close()
                 self._file = None
@@ -184,7 +184,7 @@ class AuditLog:
             if self._file is not None:
                 try:
                     self._event("checkpoint", "shutdown")
-                except OSError as err:
+                except (OSError, ValueError) as err:  # ValueError: the file object was closed under us
                     log.critical("audit log shutdown checkpoint failed: %s", err)
                 self._file.close()
                 self._file = None
