@@ -17,6 +17,7 @@ import numpy as np
 
 from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, open_artifact
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.defaults import defaults_for_artifact
 from wanrt.engine.device import parse_device
 from wanrt.engine.model_files import ManifestCheck, ModelFolder, read_manifest_bytes
 from wanrt.engine.pipeline import VideoPipeline
@@ -264,4 +265,5 @@ def load_tensorrt_pipeline(engines_dir: Path, device: str, check: ManifestCheck 
     }
     return VideoPipeline(spec, PromptTokenizer(opened.tokenizer, spec.text_length,
                                                where=opened.artifact_folder.where(TOKENIZER_NAME)), backend,
-                         identity=identity, limits=engines.limits)
+                         identity=identity, limits=engines.limits,
+                         defaults=defaults_for_artifact(artifact.defaults, spec))
