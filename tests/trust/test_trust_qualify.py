@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import flip_byte
+from trust_tamper import flip_byte
 
 from wanrt.cli import main
 from wanrt.server.audit import AuditLog

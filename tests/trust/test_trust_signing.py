@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import flip_byte
+from trust_tamper import flip_byte
 
 from wanrt.cli import main
 from wanrt.errors import SignatureError
