@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import hmac
 import logging
 import math
 import time
@@ -24,7 +25,7 @@ import numpy as np
 
 from wanrt.engine.admission import Admission
 from wanrt.engine.defaults import ModelDefaults
-from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits, clip_settings, model_name, sha256_text
+from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits, clip_settings, model_name
 from wanrt.engine.schedules import check_schedule
 from wanrt.engine.shapes import frames_for_seconds
 from wanrt.engine.spec import ModelSpec
@@ -255,7 +256,7 @@ class FrontDoor:
     """Shared by every API of one server."""
 
     def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
-                 tokens: TokenStore | None = None, keep_prompt_text: bool = False,
+                 prompt_key: bytes, tokens: TokenStore | None = None, keep_prompt_text: bool = False,
                  draining: Callable[[], bool] = lambda: False,
                  on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
         self.jobs = jobs
@@ -264,9 +265,12 @@ class FrontDoor:
         self.metrics = metrics
         self.tokens = tokens
         self.keep_prompt_text = keep_prompt_text
+        self.prompt_key = prompt_key  # prompts are audited as HMACs under it (audit_params below)
         self.draining = draining  # set on SIGUSR1 (stop admitting) and SIGTERM: no new job is admitted
         self.on_audit_failure = on_audit_failure
-        self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
+        # A wanrt.trust.provenance.ProvenanceKey (the operator's or this installation's, its ``origin`` says which):
+        # MP4 results carry a signed C2PA manifest, a sidecar on gRPC, embedded in HTTP downloads. None: off.
+        self.provenance = provenance
         self.limits = facts.limits  # requests are checked against these (the model's, tightened by --max-*)
         # ... and the limits clients are told, lowered to what the memory budget can hold at all: a request within
         # the model's limits but over the budget is refused by admission, RESOURCE_EXHAUSTED naming what fits.
@@ -328,7 +332,8 @@ class FrontDoor:
         check_client_request_id(ask.client_request_id, call.record, ask.client_request_id_field)
         request = ask.request.with_seed_chosen()
         record = call.record
-        record["params"] = audit_params(request, ask.video_format, keep_text=self.keep_prompt_text)
+        record["params"] = audit_params(request, ask.video_format, keep_text=self.keep_prompt_text,
+                                        prompt_key=self.prompt_key)
         if request.seed != ask.request.seed:
             record["params"]["seed_chosen_by_server"] = True
         try:
@@ -346,7 +351,9 @@ class FrontDoor:
 
     def _check(self, request: GenerationRequest, video_format: str) -> None:
         request.validate(self.limits)
-        if self.provenance is not None and video_format != MP4:
+        # Only an operator's own key makes provenance a promise about every video; under the installation's
+        # default key raw frames are still served, audited as carrying none.
+        if getattr(self.provenance, "origin", None) == "operator" and video_format != MP4:
             raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "
                                                 "frames cannot carry: ask for MP4")
         if request.latents is not None:
@@ -361,18 +368,43 @@ class FrontDoor:
         return clip_settings(request, self.facts.identity)
 
     def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
-        """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
-        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames,
-                  "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved}
-        if self.provenance is None:
+        """A finished job's audit ``output`` and, for an MP4 when provenance is on, its signed C2PA sidecar
+        manifest (gRPC streams the video as made, so the manifest travels beside it)."""
+        output = self._output(job, done, done.sha256, done.nbytes)
+        if self.provenance is None or job.format != MP4:
+            output["provenance"] = "off" if self.provenance is None else "none (raw frames)"
             return output, None
         from wanrt import __version__
         from wanrt.trust.provenance import manifest_definition, sidecar
 
         definition = manifest_definition(self.facts.identity, job.id, wanrt_version=__version__)
         manifest = sidecar(video, self.provenance, definition)
-        output["c2pa_manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
+        output.update(provenance=self.provenance.origin, c2pa="sidecar",
+                      c2pa_manifest_sha256=hashlib.sha256(manifest).hexdigest())
         return output, manifest
+
+    def embedded_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes, bytes | None]:
+        """For a complete MP4 kept for download (OpenAI's /v1/videos, DashScope's video URL): the audit
+        ``output``, the file with its signed manifest embedded, and the manifest store; the video unchanged when
+        provenance is off. The audit's ``sha256`` is the file's as downloaded, ``unsigned_sha256`` the video's as
+        the pipeline made it (what gRPC returns for the same request)."""
+        if self.provenance is None or job.format != MP4:
+            return self.job_output(job, done, video)[0], video, None
+        from wanrt import __version__
+        from wanrt.trust.provenance import embed_bytes, manifest_definition
+
+        definition = manifest_definition(self.facts.identity, job.id, wanrt_version=__version__,
+                                         title=f"{job.id}.mp4")
+        signed, manifest = embed_bytes(video, self.provenance, definition)
+        output = self._output(job, done, hashlib.sha256(signed).hexdigest(), len(signed))
+        output.update(unsigned_sha256=done.sha256, provenance=self.provenance.origin, c2pa="embedded",
+                      c2pa_manifest_sha256=hashlib.sha256(manifest).hexdigest())
+        return output, signed, manifest
+
+    @staticmethod
+    def _output(job: Job, done: DoneEvent, sha256: str, nbytes: int) -> dict[str, Any]:
+        return {"sha256": sha256, "bytes": nbytes, "format": job.format, "frames": done.frames,
+                "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved}
 
     def model_card(self) -> dict[str, Any]:
         """The served model as the listing APIs describe it (limits as reported, the engine's defaults)."""
@@ -431,14 +463,22 @@ def rounded_timings(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in timings.items()}
 
 
-def audit_params(request: GenerationRequest, video_format: str, *, keep_text: bool) -> dict[str, Any]:
-    """The request as the audit log records it: prompts hashed unless the operator chose to keep them."""
+def prompt_hmac(text: str, key: bytes) -> str:
+    """HMAC-SHA256 of a prompt under the server's audit key: equal prompts match across the log, but a guessed
+    prompt cannot be confirmed from the log without the key (a plain sha256 could be)."""
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def audit_params(request: GenerationRequest, video_format: str, *, keep_text: bool,
+                 prompt_key: bytes) -> dict[str, Any]:
+    """The request as the audit log records it: prompts as HMACs, their text only if the operator chose to keep
+    it (--audit-prompts)."""
     params = {k: v for k, v in dataclasses.asdict(dataclasses.replace(request, latents=None)).items()
               if k not in ("prompt", "negative_prompt", "latents")}
     params["format"] = video_format
     for name in ("prompt", "negative_prompt"):
         text = getattr(request, name)
-        params[f"{name}_sha256"] = sha256_text(text)
+        params[f"{name}_hmac"] = prompt_hmac(text, prompt_key)
         if keep_text:
             params[name] = text
     if request.latents is not None:

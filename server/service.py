@@ -36,7 +36,7 @@ from wanrt.server.frontdoor import (
     status_for,
 )
 from wanrt.server.jobs import DataEvent, DoneEvent, FailedEvent, Job, ProgressEvent
-from wanrt.server.protocol import CHUNK_BYTES
+from wanrt.server.protocol import CHUNK_BYTES, MP4
 from wanrt.server.v1 import wanrt_pb2 as pb
 
 _STAGES = {"text": pb.STAGE_TEXT, "denoise": pb.STAGE_DENOISE, "decode": pb.STAGE_DECODE}
@@ -180,7 +180,7 @@ class VideoGenerationService:
                 for start in range(0, len(event.data), CHUNK_BYTES):
                     piece = event.data[start:start + CHUNK_BYTES]
                     yield pb.GenerateResponse(video=pb.VideoChunk(offset=offset, data=piece))
-                    if self.door.provenance is not None:
+                    if self.door.provenance is not None and job.format == MP4:
                         video.append(piece)
                     offset += len(piece)
             elif isinstance(event, DoneEvent):
