@@ -12,7 +12,9 @@ import torch
 
 from wanrt.errors import ExportVerificationError
 from wanrt.export import attention
+from wanrt.export.precision import PARITY_LIMITS, Rule, cpu_session, lower_graph
 from wanrt.export.scopes import SCOPE_METADATA_KEY
+from wanrt.measures import max_relative_error
 
 OPSET = attention.OPSET  # attention exports as one operator from this opset on (see attention.py)
 # protobuf refuses single messages over 2 GiB; ONNX's own rule is to move weights out beyond that.
@@ -88,13 +90,6 @@ class ParityResult:
                 "max_rel_error": self.max_rel_error, "tolerance": self.tolerance}
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Largest absolute difference relative to the reference's largest magnitude (scale-free, no 0/0)."""
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
-    return diff / max(scale, 1e-12)
-
-
 def check_parity(
     path: Path,
     module: torch.nn.Module,
@@ -105,14 +100,12 @@ def check_parity(
 ) -> ParityResult:
     """Runs the ONNX graph in onnxruntime on the CPU (bf16 graphs emulated: precision.emulate_bf16) and ``module``
     in PyTorch on the same inputs; raises on drift."""
-    from wanrt.export.precision import cpu_session
-
     got = cpu_session(path).run(None, dict(feeds))
     with torch.no_grad():
         expected = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
     if isinstance(expected, torch.Tensor):
         expected = (expected,)
-    worst = max(relative_error(g, e.numpy()) for g, e in zip(got, expected, strict=True))
+    worst = max(max_relative_error(g, e.numpy()) for g, e in zip(got, expected, strict=True))
     result = ParityResult(Path(path).name, {k: tuple(v.shape) for k, v in feeds.items()}, worst, dtype, tolerance)
     if not worst <= tolerance:
         raise ExportVerificationError(
@@ -175,8 +168,6 @@ def export_verified(
     parity = [check_parity(path, module, feeds, tolerance=tolerance) for feeds in parity_feeds]
     precision = {"dtype": "fp32"}
     if dtype != "fp32":
-        from wanrt.export.precision import lower_verified
-
         lowered, precision = lower_verified(path, module, parity_feeds, dtype, fp32_rules,
                                             external_data=len(files) > 1)
         parity += list(lowered)
@@ -197,3 +188,19 @@ def _shape_ranges(example: Mapping[str, np.ndarray],
         high = [int(dims[i].max) if i in dims else size for i, size in enumerate(tensor.shape)]
         ranges[input_name] = {"min": low, "max": high}
     return ranges
+
+
+Checked = tuple[tuple[ParityResult, ...], dict[str, Any]]  # (parity results, the graph's manifest fields)
+
+
+def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,
+                   external_data: bool, limits: Mapping[str, float] = PARITY_LIMITS) -> Checked:
+    """Lowers the verified fp32 graph at ``path`` (export/precision.py) and checks it against fp32 ``module`` on
+    every feed.
+
+    Returns the parity results and the graph's manifest fields; raises ExportVerificationError over the
+    dtype's limit in ``limits``.
+    """
+    lowering = lower_graph(path, dtype, rules, external_data=external_data)
+    parity = tuple(check_parity(path, module, feeds, tolerance=limits[dtype], dtype=dtype) for feeds in parity_feeds)
+    return parity, lowering.as_dict()

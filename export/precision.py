@@ -300,21 +300,3 @@ def cpu_session(path: Path, config: Mapping[str, str] | None = None) -> Any:
         onnx.save_model(emulate_bf16(path), os.fspath(emulated), save_as_external_data=True,
                         location=emulated.name + ".data", size_threshold=1024)
         return ort.InferenceSession(os.fspath(emulated), options, providers=["CPUExecutionProvider"])
-
-
-Checked = tuple[tuple[Any, ...], dict[str, Any]]  # (parity results, the graph's manifest fields)
-
-
-def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,
-                   external_data: bool, limits: Mapping[str, float] = PARITY_LIMITS) -> Checked:
-    """Lowers the verified fp32 graph at ``path`` and checks it against fp32 ``module`` on every feed.
-
-    Returns the parity results and the graph's manifest fields; raises ExportVerificationError over the
-    dtype's limit in ``limits``.
-    """
-    from wanrt.export import onnx_io
-
-    lowering = lower_graph(path, dtype, rules, external_data=external_data)
-    parity = tuple(onnx_io.check_parity(path, module, feeds, tolerance=limits[dtype], dtype=dtype)
-                   for feeds in parity_feeds)
-    return parity, lowering.as_dict()

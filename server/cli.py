@@ -19,10 +19,10 @@ from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from wanrt.server import client
+    from wanrt.server import client_cli
 
     _register_serve(subparsers)
-    client.register(subparsers)
+    client_cli.register(subparsers)
     _register_token(subparsers)
 
 
