@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import secrets
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
                         help="adaptive step cache: reuse an expert's last call while the estimated change stays "
                              "under THRESHOLD (0-1; default off, or the server's setting)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="noise seed (default: drawn at random and printed, so a clip can be made again)")
     parser.add_argument("--latents", type=Path, default=None,
                         help="initial noise .npy of shape (1, 16, (F-1)/4+1, H/8, W/8); overrides --seed")
     parser.add_argument("--fps", type=int, default=None, help="default: the model's")
@@ -71,6 +74,8 @@ def request_from_args(args: argparse.Namespace, defaults: ModelDefaults | None =
         raise InvalidRequestError("out", f"{args.out.parent} is not a directory")
     if args.out.is_dir():
         raise InvalidRequestError("out", f"{args.out} is a directory")
+    if args.seed is None:  # drawn once, kept on args: the same seed however often the request is built, and printed
+        args.seed = secrets.randbelow(2**32)
     base = GenerationRequest.defaults() if defaults is None else defaults.request(schedule=args.schedule)
     given = {name: getattr(args, name) for name in (*MODEL_DEFAULTED, "step_cache")
              if getattr(args, name) is not None}
@@ -80,8 +85,44 @@ def request_from_args(args: argparse.Namespace, defaults: ModelDefaults | None =
                                latents=latents, **given)
 
 
+def describe_defaults(defaults: ModelDefaults) -> str:
+    """One paragraph of a model's request defaults, as `--help` shows them."""
+    sizes = f" (sizes it was made for: {', '.join(defaults.sizes)})" if len(defaults.sizes) > 1 else ""
+    others = sorted(set(defaults.schedules) - {defaults.schedule})
+    return (f"{defaults.frames} frames at {defaults.width}x{defaults.height}{sizes}, {defaults.fps} fps; schedule "
+            f"{defaults.schedule} ({defaults.scheduler}): {defaults.steps} steps, guidance {defaults.guidance:g} / "
+            f"{defaults.guidance_2:g}, shift {defaults.shift:g}"
+            + (f"; other schedules: {', '.join(others)}" if others else "")
+            + (f" [recipe {defaults.recipe}]" if defaults.recipe else "")
+            + "; seed: random unless --seed, always printed")
+
+
+class _HelpWithModelDefaults(argparse.Action):
+    """``-h``: the options, then the defaults of the model ``--model`` (given before ``-h``) names, read from its
+    manifest or config without loading it, so `wanrt generate --model M -h` shows what M generates unasked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help, with the defaults of --model (give it first), and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from wanrt.engine.loader import model_defaults
+        from wanrt.errors import WanrtError
+
+        try:
+            model = _model_or_default(namespace)
+            parser.epilog = f"Defaults of {model} ({namespace.backend}): " + \
+                describe_defaults(model_defaults(model, namespace.backend))
+        except (WanrtError, OSError) as err:
+            parser.epilog = f"The model's defaults are not shown: {err}"
+        parser.print_help()
+        parser.exit()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate", help="generate a clip in this process")
+    parser = subparsers.add_parser("generate", help="generate a clip in this process", add_help=False)
+    parser.add_argument("-h", "--help", action=_HelpWithModelDefaults)
     parser.add_argument("--model", type=Path, default=os.environ.get("WANRT_MODEL") or None,
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
                              "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
@@ -147,6 +188,7 @@ def _generate(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    print(f"seed {request.seed}" if request.latents is None else f"noise from {args.latents}", file=sys.stderr)
     print(args.out)
     return 0
 

@@ -88,7 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             bar.close()
         partial.unlink(missing_ok=True)
     print(f"job {result.job_id}: {result.frames} frames, sha256 {result.sha256}, "
-          f"{result.timings['total_s']:.2f} s on the server", file=sys.stderr)
+          f"{result.timings['total_s']:.2f} s on the server, seed {message.seed}", file=sys.stderr)
     print(out)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,43 @@ def test_seed_reproduces_and_latents_override(tiny_artifact_dir, tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.array_equal(run("d", "--latents", str(tmp_path / "noise.npy")),
                           run("e", "--latents", str(tmp_path / "noise.npy"), "--seed", "99"))
+
+
+def test_unset_seed_is_drawn_printed_and_replays(tiny_artifact_dir, tmp_path, capsys):
+    """No --seed: each run draws its own and prints it on stderr; giving the printed seed makes the same clip."""
+    def run(name: str, *extra: str) -> tuple[np.ndarray, int]:
+        out = tmp_path / f"{name}.npy"
+        assert main(["generate", "--model", str(tiny_artifact_dir), "--prompt", "bubbles rise", *SMALL, *extra,
+                     "--out", str(out)]) == 0
+        seeds = re.findall(r"^seed (\d+)$", capsys.readouterr().err, re.M)
+        assert len(seeds) == 1
+        return np.load(out), int(seeds[0])
+
+    (a, seed_a), (b, seed_b) = run("a"), run("b")
+    assert seed_a != seed_b and not np.array_equal(a, b)  # two draws from 2**32 meet once in 4e9 runs
+    again, seed = run("again", "--seed", str(seed_a))
+    assert seed == seed_a and np.array_equal(again, a)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_help_shows_the_model_s_own_defaults(backend, tiny_artifact_dir, tiny_model_dir, capsys):
+    """`generate --model M -h` prints M's defaults (the manifest's, or the diffusers folder's recipe) without
+    loading it; a model it cannot read is named, and the help still prints."""
+    from wanrt.engine.loader import model_defaults
+
+    model = tiny_artifact_dir if backend == "onnxruntime" else tiny_model_dir
+    defaults = model_defaults(model, backend)
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--model", str(model), "--backend", backend, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--prompt" in text
+    assert (f"Defaults of {model} ({backend}): {defaults.frames} frames at {defaults.width}x{defaults.height}, "
+            f"{defaults.fps} fps; schedule {defaults.schedule} ({defaults.scheduler}): {defaults.steps} steps, "
+            f"guidance {defaults.guidance:g} / {defaults.guidance_2:g}") in text
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(model / "missing"), "--backend", backend, "-h"])
+    assert "The model's defaults are not shown:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
