@@ -120,6 +120,9 @@ class ServerConfig:
     c2pa_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
+    # The engine's kill deadline after it starts stopping the container (Kubernetes terminationGracePeriodSeconds):
+    # set, it replaces grace_seconds, and the jobs get what is left of it (app.WanrtServer.drain_grace).
+    stop_timeout: float | None = None
     # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold. Unset on a
     # CPU-only server: CPU_MAXIMA.
     max_frames: int | None = None
@@ -207,6 +210,10 @@ class ServerConfig:
         if not isinstance(self.grace_seconds, int | float) or not math.isfinite(self.grace_seconds) \
                 or self.grace_seconds < 0:
             raise ConfigError("grace_seconds", f"must be a finite number >= 0, got {self.grace_seconds!r}")
+        if self.stop_timeout is not None and (not isinstance(self.stop_timeout, int | float)
+                                              or not math.isfinite(self.stop_timeout) or self.stop_timeout <= 30):
+            raise ConfigError("stop_timeout", f"must be a number of seconds above 30 (the last 20 s are kept for "
+                                              f"shutting down), got {self.stop_timeout!r}")
         for name in LIMIT_OPTIONS:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1 << 20)

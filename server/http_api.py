@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -509,6 +510,7 @@ class HttpListener:
                                 keep_bytes=config.http_keep_bytes)
         api = VideosApi(server.service, self.store, tokens=server.tokens, max_request_bytes=server.max_request_bytes,
                         model_name=model_name(server.service.facts.identity), draining=server.service.draining)
+        self.api = api  # its token store is replaced on reload (WanrtServer.reload)
         self.address = config.http_address
         self._socket = bind_socket(self.address)
         self.port = int(self._socket.getsockname()[1])
@@ -531,6 +533,15 @@ class HttpListener:
             time.sleep(0.01)
         if not self._server.started:
             raise ConfigError("http_listen", "the HTTP server did not start (see the log)")
+
+    def reload_tls(self, cert: Path, key: Path, ca: Path | None) -> None:
+        """New handshakes use the new certificate; a reloaded client CA is added to the trusted ones (OpenSSL
+        cannot drop a CA from a live context: removing one takes a restart)."""
+        context = getattr(self._server.config, "ssl", None)  # set by uvicorn when the server loads its config
+        if context is not None:
+            context.load_cert_chain(str(cert), str(key))
+            if ca is not None:
+                context.load_verify_locations(cafile=str(ca))
 
     def stop(self) -> None:
         self._server.should_exit = True

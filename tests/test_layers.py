@@ -3,18 +3,19 @@
 The layers, top to bottom (a module may import its own layer and those below):
 
     commands      what a user runs: `wanrt` and each stage's subcommands (cli.py), the `python -m` tools
-    tools         measurement and qualification that drive the whole product (benchmarks, plan, qualify)
+    tools         measurement and qualification that drive the whole product (benchmarks, qualify, verify)
     transports    gRPC and HTTP serving and the gRPC client (server/)
     quantize      Q/DQ quantization of an exported artifact (quant/)
     export        ONNX export from a diffusers folder (export/)
+    estimates     what each offline stage needs in memory, disk and time (plan/, the FLOP formula, GPU peaks)
     evaluate      prompt adherence and quality measures (evaluate/)
     reef          the demo model's world, networks and training (reef/)
     trust         signatures, provenance, the audit chain, confinement (trust/)
     engine        pipeline, backends, memory admission, artifacts (engine/)
     shared        errors, measures, output-folder publishing (wanrt/*.py but the command)
 
-A module lands in the first layer one of whose patterns matches its dotted name; a module no pattern matches fails
-the test until it is placed.
+A module lands in the layer that names it exactly, else in the first layer one of whose patterns matches its dotted
+name; a module no pattern matches fails the test until it is placed.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("commands", ("wanrt.cli", "wanrt.*.cli", "wanrt.*_cli", "wanrt.reef.train", "wanrt.reef.denoise_check",
                   "wanrt.reef.latent_check", "wanrt.reef.samples", "wanrt.quant.compare_paths",
                   "wanrt.server.codegen")),
-    ("tools", ("wanrt.benchmarks", "wanrt.benchmarks.*", "wanrt.plan", "wanrt.plan.*", "wanrt.trust.qualify")),
+    # `wanrt verify`'s checks drive quantize's trajectory recorder for their torch reference: a tool on the engines.
+    ("tools", ("wanrt.benchmarks", "wanrt.benchmarks.*", "wanrt.trust.qualify", "wanrt.engine.tensorrt.verify",
+               "wanrt.engine.tensorrt.torch_reference")),
     ("transports", ("wanrt.server", "wanrt.server.*", "wanrt.proto", "wanrt.proto.*")),
     ("quantize", ("wanrt.quant", "wanrt.quant.*")),
     ("export", ("wanrt.export", "wanrt.export.*")),
+    # What an offline stage will need (export refuses at start what its plan cannot fit), from FLOPs and peaks.
+    ("estimates", ("wanrt.plan", "wanrt.plan.*", "wanrt.benchmarks.flops", "wanrt.benchmarks.peaks")),
     ("evaluate", ("wanrt.evaluate", "wanrt.evaluate.*")),
     ("reef", ("wanrt.reef", "wanrt.reef.*")),
     ("trust", ("wanrt.trust", "wanrt.trust.*")),
@@ -125,6 +130,10 @@ def _walk(node: ast.AST, in_function: bool) -> Iterator[tuple[ast.AST, bool]]:
 
 
 def layer_of(module: str) -> int | None:
+    """The layer naming ``module`` exactly, else the first one with a pattern that matches it."""
+    for index, (_, patterns) in enumerate(LAYERS):
+        if module in patterns:
+            return index
     for index, (_, patterns) in enumerate(LAYERS):
         if any(fnmatch.fnmatchcase(module, pattern) for pattern in patterns):
             return index

@@ -209,6 +209,15 @@ COVERAGE: tuple[Coverage, ...] = (
     Coverage(r"^wanrt bench .*--device cuda",
              "tests/benchmarks/test_gpu_script.py::test_gpu_script_runs_every_job_at_reduced_size_and_writes_its_"
              "results", host="a GPU"),
+    Coverage(r"^wanrt plan ", "tests/test_plan.py::test_cli_prints_every_stage_and_exits_1_when_one_does_not_fit"),
+    Coverage(r"^from wanrt\.plan\.checkpoint import",
+             "tests/test_plan.py::test_quantize_estimate_grows_with_the_calibration"),
+    Coverage(r"python -m wanrt\.benchmarks\.(a14b_folder|export_memory) ",
+             "tests/test_export_at_size.py::test_full_width_bf16_export_stays_within_its_plan"),
+    # The quantize timing on a GPU box without network: wheels carried, the tree linked without installing wanrt.
+    Coverage(r"(--find-links|-d) \.gpu-wheels |^W=\$\(mktemp -d\); mkdir \$W/wanrt|^for d in .*; do ln -s "
+             r"|python -m wanrt\.benchmarks\.quantize_timing ",
+             f"{DOC_TEST}::test_gpu_box_tree_links_every_package", host="a GPU box with CUDA torch and no network"),
     Coverage(r"^wanrt eval --against",
              "tests/evaluate/test_gate.py::test_gate_measures_each_setting_against_full_with_its_floors"),
     Coverage(r"scripts/(attention_benchmark|measure_memory|gate_tables)\.py", f"{DOC_TEST}::test_scripts_run"),

@@ -246,3 +246,15 @@ def test_scripts_run(snippet, sandbox):
     pattern, small = _SCRIPT_SIZES[script]
     command = re.sub(pattern, small, command) if re.search(pattern, command) else command + small
     _run(command, sandbox, timeout=600)
+
+
+def test_gpu_box_tree_links_every_package():
+    """benchmarks/README's GPU box runs wanrt from a tree of links, one per package folder: a folder left out of the
+    loop (a package added since) is an ImportError there, in the middle of a lent GPU's minutes."""
+    import tomllib
+
+    [snippet] = _snippet(r"^for d in .*; do ln -s ")
+    linked = set(re.match(r"for d in (.*?);", snippet.text).group(1).split())
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    folders = {folder.split("/")[0] for package, folder in config["package-dir"].items() if package != "wanrt"}
+    assert folders - linked == set(), f"{snippet.where}: the loop does not link {sorted(folders - linked)}"
