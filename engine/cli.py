@@ -168,6 +168,10 @@ def _generate(args: argparse.Namespace) -> int:
     (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
     request = request_from_args(args, pipeline.defaults)
     request.validate(pipeline.limits)
+    unknown = pipeline.tokenizer.unknown_words(request.prompt)
+    if unknown:
+        print(f"wanrt: warning: the model's vocabulary lacks {', '.join(map(repr, unknown))}: the model does not "
+              "see those words", file=sys.stderr)
     admission = admission_for(pipeline, budget, devices)
     if admission is not None:
         admission.check(request)  # before anything runs: refused with what would fit
@@ -176,7 +180,9 @@ def _generate(args: argparse.Namespace) -> int:
     def show(progress: Progress) -> None:
         bar = bars.get(progress.stage)
         if bar is None:
-            bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step", leave=True)
+            # Off when stderr is no terminal: a log gets no escape codes.
+            bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step", leave=True,
+                                              disable=not sys.stderr.isatty())
         bar.update(progress.step - bar.n)
 
     try:

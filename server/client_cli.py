@@ -61,7 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar = bars.get(progress.stage)
         if bar is None:
             bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step",
-                                              file=sys.stderr)
+                                              file=sys.stderr, disable=not sys.stderr.isatty())  # none in logs
         bar.update(progress.step - bar.n)
 
     message = request_to_proto(request, video_format=RAW_RGB24 if raw else MP4,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wanrt.engine.device import parse_device
 from wanrt.engine.loader import BACKENDS
+from wanrt.engine.manifest_file import missing_folder
 from wanrt.engine.step_cache import check_threshold
 from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import ConfigError
@@ -175,7 +176,7 @@ class ServerConfig:
             if self.model is None:
                 raise ConfigError("model", "is required (or set WANRT_MODEL)")
             if not Path(self.model).is_dir():
-                raise ConfigError("model", f"{self.model} is not a directory")
+                raise ConfigError("model", missing_folder(Path(self.model)))
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         # Two CPU sessions may share the CPU (cfg-parallel on CPU threads); an accelerator serves one worker.

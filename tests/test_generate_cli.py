@@ -143,3 +143,28 @@ def test_onnxruntime_path_imports_no_torch(tiny_artifact_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_mp4_frames(Path(out)).shape == (5, 32, 48, 3)
+
+
+def test_words_outside_the_vocabulary_are_named_on_stderr(tmp_path, capsys):
+    """The reef model knows 176 words: the README's own prompt has two it lacks, a Chinese one has more; a prompt
+    of known words gets no warning."""
+    def warnings(prompt: str) -> list[str]:
+        assert main(["generate", "--prompt", prompt, "--frames", "1", "--steps", "1", "--seed", "0",
+                     "--out", str(tmp_path / "clip.npy")]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+    [warning] = warnings("a school of glowing jellyfish drifts past a hydrothermal vent, 珊瑚礁 bubbles rising")
+    assert "lacks 'drifts', 'past', '珊瑚礁'" in warning
+    assert warnings("a school of glowing jellyfish") == []
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_hub_id_as_model_gets_the_download_command(backend, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--backend", backend, "--model", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "--prompt", "x",
+                 "--out", str(tmp_path / "clip.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "hf download Wan-AI/Wan2.2-T2V-A14B-Diffusers --local-dir Wan2.2-T2V-A14B-Diffusers" in err
+    assert not list(tmp_path.iterdir())
+    assert main(["generate", "--model", "no-such-folder", "--prompt", "x", "--out", str(tmp_path / "c.mp4")]) == 2
+    assert "no-such-folder is not a directory\n" in capsys.readouterr().err
