@@ -13,6 +13,7 @@ import numpy as np
 
 from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.loader import BACKENDS
+from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import GenerationRequest
 from wanrt.engine.schedules import schedule_names
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
@@ -168,10 +169,8 @@ def _generate(args: argparse.Namespace) -> int:
     (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
     request = request_from_args(args, pipeline.defaults)
     request.validate(pipeline.limits)
-    unknown = pipeline.tokenizer.unknown_words(request.prompt)
-    if unknown:
-        print(f"wanrt: warning: the model's vocabulary lacks {', '.join(map(repr, unknown))}: the model does not "
-              "see those words", file=sys.stderr)
+    for warning in _warnings(pipeline, request):
+        print(f"wanrt: warning: {warning}", file=sys.stderr)
     admission = admission_for(pipeline, budget, devices)
     if admission is not None:
         admission.check(request)  # before anything runs: refused with what would fit
@@ -197,6 +196,17 @@ def _generate(args: argparse.Namespace) -> int:
     print(f"seed {request.seed}" if request.latents is None else f"noise from {args.latents}", file=sys.stderr)
     print(args.out)
     return 0
+
+
+def _warnings(pipeline: VideoPipeline, request: GenerationRequest) -> list[str]:
+    """What the request asks that the model will quietly do less well: words it lacks, a size it was not made for."""
+    warnings = []
+    unknown = pipeline.tokenizer.unknown_words(request.prompt)
+    if unknown:
+        warnings.append(f"the model's vocabulary lacks {', '.join(map(repr, unknown))}: the model does not see "
+                        "those words")
+    size = pipeline.defaults.size_warning(request.width, request.height) if pipeline.defaults else None
+    return warnings + ([size] if size else [])
 
 
 def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict) -> None:

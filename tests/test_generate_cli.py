@@ -145,17 +145,19 @@ def test_onnxruntime_path_imports_no_torch(tiny_artifact_dir, tmp_path):
     assert read_mp4_frames(Path(out)).shape == (5, 32, 48, 3)
 
 
-def test_words_outside_the_vocabulary_are_named_on_stderr(tmp_path, capsys):
+def test_words_outside_the_vocabulary_and_untrained_sizes_are_named_on_stderr(tmp_path, capsys):
     """The reef model knows 176 words: the README's own prompt has two it lacks, a Chinese one has more; a prompt
-    of known words gets no warning."""
-    def warnings(prompt: str) -> list[str]:
-        assert main(["generate", "--prompt", prompt, "--frames", "1", "--steps", "1", "--seed", "0",
+    of known words at the model's size gets no warning, another size one."""
+    def warnings(prompt: str, *size: str) -> list[str]:
+        assert main(["generate", "--prompt", prompt, "--frames", "1", "--steps", "1", "--seed", "0", *size,
                      "--out", str(tmp_path / "clip.npy")]) == 0
         return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
 
     [warning] = warnings("a school of glowing jellyfish drifts past a hydrothermal vent, 珊瑚礁 bubbles rising")
     assert "lacks 'drifts', 'past', '珊瑚礁'" in warning
     assert warnings("a school of glowing jellyfish") == []
+    [warning] = warnings("a school of glowing jellyfish", "--height", "32", "--width", "48")
+    assert "48x32 is not a size this model was made for (96x96)" in warning
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
