@@ -185,6 +185,10 @@ def translate_error(err: grpc.RpcError) -> WanrtError:
         if field is not None:
             return InvalidRequestError(field, description or details)
         return InvalidRequestError("request", details)
+    if code == grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in details:
+        # What OpenSSL says when the answer to its hello is no TLS record: the server speaks plaintext.
+        return RemoteError(code.name, "the server answered in plaintext, not TLS: if it runs with --insecure (on a "
+                                      f"loopback address only), connect with --insecure too ({details})")
     return RemoteError(code.name, details)
 
 
