@@ -258,3 +258,11 @@ def test_gpu_box_tree_links_every_package():
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     folders = {folder.split("/")[0] for package, folder in config["package-dir"].items() if package != "wanrt"}
     assert folders - linked == set(), f"{snippet.where}: the loop does not link {sorted(folders - linked)}"
+
+
+def test_python_example_writes_a_clip(sandbox):
+    """README's Python example, as written, in a fresh interpreter: the reef model at its defaults."""
+    [snippet] = _snippet(r"^from wanrt\.engine\.loader import load_pipeline")
+    _run(f"python - <<'EOF'\n{snippet.text}EOF", sandbox)
+    out = sandbox / "turtle.mp4"
+    assert out.stat().st_size > 1000 and out.read_bytes()[4:8] == b"ftyp"
