@@ -27,7 +27,7 @@ def missing_folder(folder: Path) -> str:
         return (f"{text} is not a directory; it looks like a Hugging Face model id: download it first "
                 f"(`pip install huggingface_hub && hf download {text} --local-dir {name}`): a diffusers folder, which "
                 "--backend torch runs and `wanrt export` turns into an artifact (README: the real-model path)")
-    return f"{text} is not a directory"
+    return f"{text} is not a directory" + ("" if Path(folder).exists() else " (it does not exist)")
 
 
 def read_manifest(folder: Path, name: str, *, format_version: int, not_found: str, outdated: str) -> dict[str, Any]:

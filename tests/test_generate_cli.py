@@ -169,4 +169,4 @@ def test_a_hub_id_as_model_gets_the_download_command(backend, tmp_path, monkeypa
     assert "hf download Wan-AI/Wan2.2-T2V-A14B-Diffusers --local-dir Wan2.2-T2V-A14B-Diffusers" in err
     assert not list(tmp_path.iterdir())
     assert main(["generate", "--model", "no-such-folder", "--prompt", "x", "--out", str(tmp_path / "c.mp4")]) == 2
-    assert "no-such-folder is not a directory\n" in capsys.readouterr().err
+    assert "no-such-folder is not a directory (it does not exist)\n" in capsys.readouterr().err

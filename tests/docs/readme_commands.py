@@ -221,9 +221,12 @@ COVERAGE: tuple[Coverage, ...] = (
              f"{DOC_TEST}::test_gpu_box_tree_links_every_package", host="a GPU box with CUDA torch and no network"),
     Coverage(r"^wanrt eval --against",
              "tests/evaluate/test_gate.py::test_gate_measures_each_setting_against_full_with_its_floors"),
-    Coverage(r"scripts/(attention_benchmark|measure_memory|gate_tables)\.py", f"{DOC_TEST}::test_scripts_run"),
+    Coverage(r"scripts/(attention_benchmark|measure_memory|gate_tables|verified_load_memory)\.py",
+             f"{DOC_TEST}::test_scripts_run"),
     # Trust.
     Coverage(r"^wanrt (keygen|sign|verify-signature) ", f"{DOC_TEST}::test_signing_commands"),
+    Coverage(r"^wanrt provenance (show|verify)",
+             "tests/trust/test_trust_provenance_default.py::test_verify_reports_trusted_valid_altered_and_missing"),
     Coverage(r"^wanrt qualify ",
              "tests/trust/test_trust_qualify.py::test_a_qualified_installation_gets_a_signed_passing_report"),
     Coverage(r"^wanrt audit verify ", "tests/server/test_server_audit_chain.py::test_cli_exits_1_naming_the_link"),

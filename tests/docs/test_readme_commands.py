@@ -232,6 +232,7 @@ _SCRIPT_SIZES = {
     "measure_memory.py": (r" --grid .*$", " --grid 1:16x16"),
     "attention_benchmark.py": (r"--only (\S+).*$", r"--only \1 --work attention"),
     "gate_tables.py": (r"--prompts \d+", "--prompts 1 --out gate"),
+    "verified_load_memory.py": (r"--gib \S+", "--gib 0.02"),
 }
 _SCRIPT_COMMANDS = [s for s in SNIPPETS if s.language == "bash" and re.search(r"scripts/\w+\.py", s.text)]
 
