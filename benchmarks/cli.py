@@ -17,7 +17,9 @@ from wanrt.engine.request import GenerationRequest
 from wanrt.engine.schedules import schedule_names
 from wanrt.errors import InvalidRequestError
 
-DEFAULT_OUT = Path("benchmarks/results")
+# The working directory, never the source tree: a packaged install has no writable source tree, and a results file
+# written into a checkout would show up as a change to commit.
+DEFAULT_OUT = Path(".")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--peak-tflops", type=float, default=None,
                      help="the peak the fraction is taken of (default: the GPU's known BF16 peak; on a CPU the "
                           "measured fp32 GEMM ceiling)")
-    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default %(default)s)")
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                     help="results folder: NAME.json, NAME.md and (with matplotlib) NAME.png (default: the working "
+                          "directory)")
     run.add_argument("--name", default=None, help="results file stem (default: derived from the run)")
     parser.set_defaults(handler=_bench)
 
@@ -104,7 +108,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from wanrt.benchmarks.machine import machine_info
     from wanrt.benchmarks.peaks import PEERS
-    from wanrt.benchmarks.report import write_results
+    from wanrt.benchmarks.report import PLOT_NEEDS, write_plot, write_results
 
     backends = _choices(args.backends, ALL_BACKENDS, "backends")
     components = _choices(args.components, COMPONENTS, "components")
@@ -132,6 +136,13 @@ def _bench(args: argparse.Namespace) -> int:
     paths = write_results(result, args.out, name)
     if paths["md"].exists():
         print(paths["md"].read_text(encoding="utf-8"))
+    try:
+        png = write_plot(result, args.out, name)
+    except ImportError:
+        print(f"wanrt bench: {PLOT_NEEDS}", file=sys.stderr)
+    else:
+        if png is not None:
+            paths["png"] = png
     print("\n".join(str(p) for p in paths.values() if p.exists()))
     return 0
 

@@ -9,7 +9,7 @@ torch.compile crash) never loses another's result. In order (the most wanted fir
   with the boundary switch, a few steps, the Wan2.1 VAE), random weights, bf16, stage by stage (gpu_e2e.py);
 - ``eager_480p``: one denoising step of one expert, torch eager (SDPA; the attention kernels that ran are
   recorded), the CFG pair in one batch and batch 1, per layer and extrapolated to 40 layers;
-- ``vae_480p``: the Wan2.1 VAE decoder per latent frame (the streaming decoder of export/vae_decoder.py);
+- ``vae_480p``: the Wan2.1 VAE decoder per latent frame (the streaming decoder of engine/backends/torch_vae.py);
 - ``eager_720p``: the CFG pair at 1280x720;
 - ``compile_480p``: eager_480p with torch.compile (diffusers' regional compilation of the repeated blocks).
 Then DIR/summary.md puts them in one table beside the published peers. ``--model tiny --vae tiny

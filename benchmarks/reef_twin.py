@@ -18,7 +18,8 @@ def build_reef_twin(artifact: Path, out_dir: Path) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     from wanrt.benchmarks.shapes import dit_shape
-    from wanrt.reef.train import TrainConfig, build_expert, build_text_encoder, build_vae
+    from wanrt.reef.config import TrainConfig
+    from wanrt.reef.networks import build_expert, build_text_encoder, build_vae
 
     artifact, out_dir = Path(artifact), Path(out_dir)
     cfg = TrainConfig.gpu()  # the shipped model's preset (reef/README.md)

@@ -132,12 +132,25 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def write_results(result: dict[str, Any], out_dir: Path, name: str) -> dict[str, Path]:
+    """NAME.json and NAME.md (the table); the plot is :func:`write_plot`'s, so a missing matplotlib costs only it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if result.get("settings"):
         paths["md"].write_text(markdown(result), encoding="utf-8")
-        paths["png"] = plot(result, out_dir / f"{name}.png")
     elif result.get("synthetic"):
         paths["md"].write_text(synthetic_markdown(result), encoding="utf-8")
     return paths
+
+
+PLOT_NEEDS = "no plot: matplotlib is not installed (pip install 'wanrt[bench]')"
+
+
+def write_plot(result: dict[str, Any], out_dir: Path, name: str) -> Path | None:
+    """NAME.png for a run with settings; None when there is nothing to plot. ImportError without matplotlib (the
+    optional `bench` extra): the caller says so in one line, the results are already written."""
+    if not result.get("settings"):
+        return None
+    import matplotlib  # noqa: F401  (optional dependency: the `bench` extra)
+
+    return plot(result, out_dir / f"{name}.png")

@@ -160,11 +160,12 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {
 
 def time_vae_decode(vae_name: str, video: VideoShape, device: str, dtype_name: str = "float32", *,
                     warmup: int = 1, runs: int = 3) -> dict[str, Any]:
-    """The streaming decoder (export/vae_decoder.py's modules): first latent frame, then a later one."""
+    """The streaming decoder (engine/backends/torch_vae.py, the modules export traces): first latent frame, then
+    a later one."""
     import torch
     from diffusers import AutoencoderKLWan
 
-    from wanrt.export.vae_decoder import VaeDecoderInit, VaeDecoderStep
+    from wanrt.engine.backends.torch_vae import VaeDecoderInit, VaeDecoderStep  # imports torch
 
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)

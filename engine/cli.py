@@ -12,7 +12,8 @@ import numpy as np
 
 from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.loader import BACKENDS
-from wanrt.engine.request import GenerationRequest
+from wanrt.engine.pipeline import VideoPipeline
+from wanrt.engine.request import RANDOM_SEED, GenerationRequest
 from wanrt.engine.schedules import schedule_names
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
@@ -40,7 +41,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
                         help="adaptive step cache: reuse an expert's last call while the estimated change stays "
                              "under THRESHOLD (0-1; default off, or the server's setting)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="-1: a random seed (reported)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="noise seed (default or -1: drawn at random and printed, so a clip can be made again)")
     parser.add_argument("--latents", type=Path, default=None,
                         help="initial noise .npy of shape (1, 16, (F-1)/4+1, H/8, W/8); overrides --seed")
     parser.add_argument("--fps", type=int, default=None, help="default: the model's")
@@ -77,12 +79,49 @@ def request_from_args(args: argparse.Namespace, defaults: ModelDefaults | None =
              if getattr(args, name) is not None}
     if args.guidance is not None and args.guidance_2 is None:
         given["guidance_2"] = None
-    return dataclasses.replace(base, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+    return dataclasses.replace(base, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                               seed=RANDOM_SEED if args.seed is None else args.seed,
                                latents=latents, **given)
 
 
+def describe_defaults(defaults: ModelDefaults) -> str:
+    """One paragraph of a model's request defaults, as `--help` shows them."""
+    sizes = f" (sizes it was made for: {', '.join(defaults.sizes)})" if len(defaults.sizes) > 1 else ""
+    others = sorted(set(defaults.schedules) - {defaults.schedule})
+    return (f"{defaults.frames} frames at {defaults.width}x{defaults.height}{sizes}, {defaults.fps} fps; schedule "
+            f"{defaults.schedule} ({defaults.scheduler}): {defaults.steps} steps, guidance {defaults.guidance:g} / "
+            f"{defaults.guidance_2:g}, shift {defaults.shift:g}"
+            + (f"; other schedules: {', '.join(others)}" if others else "")
+            + (f" [recipe {defaults.recipe}]" if defaults.recipe else "")
+            + "; seed: random unless --seed, always printed")
+
+
+class _HelpWithModelDefaults(argparse.Action):
+    """``-h``: the options, then the defaults of the model ``--model`` (given before ``-h``) names, read from its
+    manifest or config without loading it, so `wanrt generate --model M -h` shows what M generates unasked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help, with the defaults of --model (give it first), and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from wanrt.engine.loader import model_defaults
+        from wanrt.errors import WanrtError
+
+        try:
+            model = _model_or_default(namespace)
+            parser.epilog = f"Defaults of {model} ({namespace.backend}): " + \
+                describe_defaults(model_defaults(model, namespace.backend))
+        except (WanrtError, OSError) as err:
+            parser.epilog = f"The model's defaults are not shown: {err}"
+        parser.print_help()
+        parser.exit()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate", help="generate a clip in this process")
+    parser = subparsers.add_parser("generate", help="generate a clip in this process", add_help=False)
+    parser.add_argument("-h", "--help", action=_HelpWithModelDefaults)
     parser.add_argument("--model", type=Path, default=os.environ.get("WANRT_MODEL") or None,
                         help="artifact folder (onnxruntime), engines folder (tensorrt) or diffusers Wan folder "
                              "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
@@ -129,6 +168,8 @@ def _generate(args: argparse.Namespace) -> int:
                                  check=trusted_check(args.trust))
     request = request_from_args(args, pipeline.defaults).with_seed_chosen()
     request.validate(pipeline.limits)
+    for warning in _warnings(pipeline, request):
+        print(f"wanrt: warning: {warning}", file=sys.stderr)
     admission = admission_for(pipeline, budget, devices)
     if admission is not None:
         admission.check(request)  # before anything runs: refused with what would fit
@@ -137,7 +178,9 @@ def _generate(args: argparse.Namespace) -> int:
     def show(progress: Progress) -> None:
         bar = bars.get(progress.stage)
         if bar is None:
-            bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step", leave=True)
+            # Off when stderr is no terminal: a log gets no escape codes.
+            bar = bars[progress.stage] = tqdm(total=progress.total, desc=progress.stage, unit="step", leave=True,
+                                              disable=not sys.stderr.isatty())
         bar.update(progress.step - bar.n)
 
     try:
@@ -150,10 +193,20 @@ def _generate(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    if args.seed != request.seed:  # -1: say which seed was drawn, so the clip can be made again
-        print(f"seed {request.seed}", file=sys.stderr)
+    print(f"seed {request.seed}" if request.latents is None else f"noise from {args.latents}", file=sys.stderr)
     print(args.out)
     return 0
+
+
+def _warnings(pipeline: VideoPipeline, request: GenerationRequest) -> list[str]:
+    """What the request asks that the model will quietly do less well: words it lacks, a size it was not made for."""
+    warnings = []
+    unknown = pipeline.tokenizer.unknown_words(request.prompt)
+    if unknown:
+        warnings.append(f"the model's vocabulary lacks {', '.join(map(repr, unknown))}: the model does not see "
+                        "those words")
+    size = pipeline.defaults.size_warning(request.width, request.height) if pipeline.defaults else None
+    return warnings + ([size] if size else [])
 
 
 def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict, settings: dict) -> None:

@@ -111,6 +111,13 @@ class ModelDefaults:
         values.update({k: v for k, v in fields.items() if v is not None})
         return GenerationRequest(**values)
 
+    def size_warning(self, width: int, height: int) -> str | None:
+        """A sentence when WIDTHxHEIGHT is none of the sizes the model was made for (it still runs, worse)."""
+        size = f"{width}x{height}"
+        if not self.sizes or size in self.sizes:
+            return None
+        return f"{size} is not a size this model was made for ({', '.join(self.sizes)}): expect a weaker clip"
+
     def schedule_values(self, schedule: str | None) -> dict[str, Any]:
         """{"schedule", "steps", "guidance", "guidance_2", "shift"} of ``schedule`` (None: the default one)."""
         if schedule is None or schedule == self.schedule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wanrt.engine.defaults import ModelDefaults, defaults_for_artifact, defaults_from_recipe, recipe_for
 from wanrt.engine.device import parse_device
 from wanrt.engine.model_files import ManifestCheck
 from wanrt.engine.pipeline import VideoPipeline
@@ -36,6 +37,22 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu",
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def model_defaults(model: Path, backend: str) -> ModelDefaults:
+    """What a request to ``model`` that leaves fields unset gets, read without loading any network (for `--help`):
+    the same defaults load_pipeline gives the pipeline. A TensorRT engines folder's are its artifact's."""
+    model = Path(model)
+    if backend == "onnxruntime":
+        from wanrt.engine.artifact import load_artifact
+
+        manifest = load_artifact(model, verify_hashes=False)
+        return defaults_for_artifact(manifest.defaults, manifest.spec)
+    if backend == "torch":
+        spec = spec_from_diffusers(model)
+        return defaults_from_recipe(recipe_for(model, spec), spec)
+    raise ModelFormatError(f"{backend} reads its defaults from the engines' artifact: give that folder with "
+                           "--backend onnxruntime")
+
+
 def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *,
                    cfg_parallel: bool = False, check: ManifestCheck | None = None) -> list[VideoPipeline]:
     """One pipeline per worker: one per device, or with ``cfg_parallel`` one per pair of devices, the pair
@@ -59,7 +76,6 @@ def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *,
 def _load_artifact(art_dir: Path, device: str, check: ManifestCheck | None) -> VideoPipeline:
     from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, open_artifact
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
-    from wanrt.engine.defaults import defaults_for_artifact
     from wanrt.engine.graph_forms import onnxruntime_file
     from wanrt.engine.model_files import ModelFolder
 
@@ -93,7 +109,6 @@ def _load_artifact(art_dir: Path, device: str, check: ManifestCheck | None) -> V
 def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:
     from wanrt.engine.artifact import sha256_file
     from wanrt.engine.backends.torch import TorchBackend
-    from wanrt.engine.defaults import defaults_from_recipe, recipe_for
 
     spec = spec_from_diffusers(model_dir)
     tokenizer_json = model_dir / "tokenizer" / "tokenizer.json"

@@ -9,10 +9,25 @@ then parse the fields.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from wanrt.errors import ArtifactError
+
+# "Wan-AI/Wan2.2-T2V-A14B-Diffusers": an owner and a name, as the Hugging Face Hub spells a model.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def missing_folder(folder: Path) -> str:
+    """Why ``folder`` cannot be a model, and for what looks like a Hub id, how to get the model it names."""
+    text = str(folder)
+    if not Path(folder).exists() and _HUB_ID.match(text) and not text.startswith("."):
+        name = text.split("/")[1]
+        return (f"{text} is not a directory; it looks like a Hugging Face model id: download it first "
+                f"(`pip install huggingface_hub && hf download {text} --local-dir {name}`): a diffusers folder, which "
+                "--backend torch runs and `wanrt export` turns into an artifact (README: the real-model path)")
+    return f"{text} is not a directory" + ("" if Path(folder).exists() else " (it does not exist)")
 
 
 def read_manifest(folder: Path, name: str, *, format_version: int, not_found: str, outdated: str) -> dict[str, Any]:
@@ -22,7 +37,7 @@ def read_manifest(folder: Path, name: str, *, format_version: int, not_found: st
     folder = Path(folder)
     path = folder / name
     if not folder.is_dir():
-        raise ArtifactError(f"{folder} is not a directory")
+        raise ArtifactError(missing_folder(folder))
     try:
         data = path.read_bytes()
     except FileNotFoundError:

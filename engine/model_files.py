@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from wanrt.engine.manifest_file import missing_folder
 from wanrt.errors import ArtifactError
 
 CHUNK_BYTES = 8 << 20
@@ -60,7 +61,7 @@ class ModelFolder:
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ArtifactError(f"{self.path} is not a directory (it does not exist)") from None
+            raise ArtifactError(missing_folder(self.path)) from None
         except NotADirectoryError:
             raise ArtifactError(f"{self.path} is not a directory") from None
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wanrt.engine.manifest_file import missing_folder
 from wanrt.errors import ModelFormatError
 
 EXPERT_NAMES = ("transformer", "transformer_2")
@@ -76,7 +77,7 @@ def spec_from_diffusers(model_dir: Path) -> ModelSpec:
     """Reads and checks a diffusers WanPipeline folder's configs; refuses anything that is not Wan T2V."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelFormatError(f"{model_dir} is not a directory")
+        raise ModelFormatError(missing_folder(model_dir))
     index = _read_json(model_dir / "model_index.json")
     if index.get("_class_name") != "WanPipeline":
         raise ModelFormatError(

@@ -11,6 +11,7 @@ import numpy as np
 from wanrt.errors import ModelFormatError
 
 PAD_TOKEN = "<pad>"  # UMT5's padding token (id 0 in Wan's tokenizer)
+UNK_TOKEN = "<unk>"  # what a word outside the vocabulary becomes (the demo model's 176 words make many)
 
 
 def clean_prompt(text: str) -> str:
@@ -44,12 +45,30 @@ class PromptTokenizer:
         self._tokenizer.enable_truncation(max_length=length)
         self._tokenizer.enable_padding(length=length, pad_id=pad_id, pad_token=PAD_TOKEN)
         self.length = length
+        self._unk_id = self._tokenizer.token_to_id(UNK_TOKEN)
 
     def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         encodings = self._tokenizer.encode_batch([clean_prompt(p) for p in prompts], add_special_tokens=True)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         return ids, mask
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The parts of ``prompt`` the vocabulary lacks (each becomes ``<unk>``: the model never sees them), in
+        order, adjacent pieces joined; what a front end warns about instead of dropping them silently."""
+        if self._unk_id is None:
+            return []
+        text = clean_prompt(prompt)
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        spans: list[list[int]] = []
+        for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token_id != self._unk_id:
+                continue
+            if spans and spans[-1][1] == start:
+                spans[-1][1] = end
+            else:
+                spans.append([start, end])
+        return [text[start:end] for start, end in spans]
 
 
 def zero_padding_positions(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from wanrt.engine.request import GenerationRequest
 from wanrt.errors import InvalidRequestError
 from wanrt.evaluate.eval import EvalCase, score_clip
 from wanrt.evaluate.probes import Probes
-from wanrt.quant.metrics import PSNR_CAP_DB, psnr, ssim
+from wanrt.measures import PSNR_CAP_DB, psnr, ssim
 
 PSNR_GATE_DB = 30.0
 SSIM_GATE = 0.90

@@ -19,7 +19,17 @@ import torch
 
 from wanrt.errors import ExportVerificationError
 from wanrt.export import attention
+from wanrt.export.precision import (
+    PARITY_LIMITS,
+    Rule,
+    check_dtype,
+    describe_precision,
+    fp32_modules,
+    lower_graph,
+    parity_session,
+)
 from wanrt.export.scopes import SCOPE_METADATA_KEY
+from wanrt.measures import max_relative_error
 
 Progress = Callable[[str], None]
 OPSET = attention.OPSET  # attention exports as one operator from this opset on (see attention.py)
@@ -153,13 +163,6 @@ class ParityResult:
                 "max_rel_error": self.max_rel_error, "tolerance": self.tolerance, "reference": self.reference}
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Largest absolute difference relative to the reference's largest magnitude (scale-free, no 0/0)."""
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
-    return diff / max(scale, 1e-12)
-
-
 def reference_outputs(module: torch.nn.Module, feeds: Mapping[str, np.ndarray],
                       device: str = "cpu") -> tuple[np.ndarray, ...]:
     """``module``'s outputs on ``feeds`` (on ``device``), as fp32 numpy arrays on the host."""
@@ -173,10 +176,8 @@ def compare(path: Path, feeds: Mapping[str, np.ndarray], expected: Sequence[np.n
             dtype: str = "fp32", reference: str = "fp32", device: str = "cpu") -> ParityResult:
     """Runs the ONNX graph at ``path`` in onnxruntime on ``device`` (export/precision.py's parity session) and
     compares its outputs with ``expected``; raises ExportVerificationError on drift."""
-    from wanrt.export.precision import parity_session
-
     got = parity_session(path, device).run(None, dict(feeds))
-    worst = max(relative_error(g, e) for g, e in zip(got, expected, strict=True))
+    worst = max(max_relative_error(g, e) for g, e in zip(got, expected, strict=True))
     result = ParityResult(Path(path).name, {k: tuple(v.shape) for k, v in feeds.items()}, worst, dtype, tolerance,
                           reference)
     if not worst <= tolerance:
@@ -194,6 +195,21 @@ def check_parity(path: Path, module: torch.nn.Module, feeds: Mapping[str, np.nda
 
 
 PARITY_TOLERANCE = 1e-4
+
+
+Checked = tuple[tuple[Any, ...], dict[str, Any]]  # (parity results, the graph's manifest fields)
+
+
+def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,
+                   external_data: bool, limits: Mapping[str, float] = PARITY_LIMITS) -> Checked:
+    """Lowers the verified fp32 graph at ``path`` and checks it against fp32 ``module`` on every feed.
+
+    Returns the parity results and the graph's manifest fields; raises ExportVerificationError over the
+    dtype's limit in ``limits``.
+    """
+    lowering = lower_graph(path, dtype, rules, external_data=external_data)
+    parity = tuple(check_parity(path, module, feeds, tolerance=limits[dtype], dtype=dtype) for feeds in parity_feeds)
+    return parity, lowering.as_dict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +265,6 @@ def export_verified(
     are fp32 whatever the dtype (the module wrappers cast). ``example`` and each feed are keyed by the module's
     forward argument names, in call order; those names become the graph's input names.
     """
-    from wanrt.export.precision import PARITY_LIMITS, check_dtype, describe_precision, fp32_modules, lower_graph
 
     check_dtype("dtype", dtype)
     say = progress or (lambda _message: None)

@@ -371,21 +371,3 @@ def describe_precision(path: Path, dtype: str, fp32_kept: tuple[str, ...]) -> di
     saved = onnx.load(os.fspath(path), load_external_data=False)
     opset = next(o.version for o in saved.opset_import if o.domain in ("", "ai.onnx"))
     return Lowering(dtype, opset, *_count_compute(saved, dtype), tuple(fp32_kept)).as_dict()
-
-
-Checked = tuple[tuple[Any, ...], dict[str, Any]]  # (parity results, the graph's manifest fields)
-
-
-def lower_verified(path: Path, module: Any, parity_feeds: Any, dtype: str, rules: tuple[Rule, ...], *,
-                   external_data: bool, limits: Mapping[str, float] = PARITY_LIMITS) -> Checked:
-    """Lowers the verified fp32 graph at ``path`` and checks it against fp32 ``module`` on every feed.
-
-    Returns the parity results and the graph's manifest fields; raises ExportVerificationError over the
-    dtype's limit in ``limits``.
-    """
-    from wanrt.export import onnx_io
-
-    lowering = lower_graph(path, dtype, rules, external_data=external_data)
-    parity = tuple(onnx_io.check_parity(path, module, feeds, tolerance=limits[dtype], dtype=dtype)
-                   for feeds in parity_feeds)
-    return parity, lowering.as_dict()

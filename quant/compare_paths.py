@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from wanrt.quant import metrics
+from wanrt import measures
 from wanrt.quant.backend_wrappers import Feeds
 from wanrt.quant.calibration import calibration_requests, capture
 
@@ -67,8 +67,8 @@ def _errors(session: Any, reference: Any, held_out: list[Feeds]) -> dict[str, fl
     for feeds in held_out:
         ref = reference.run(None, feeds)[0]
         out = session.run(None, feeds)[0]
-        rel.append(metrics.relative_error(out, ref))
-        cos.append(metrics.cosine(out, ref))
+        rel.append(measures.norm_relative_error(out, ref))
+        cos.append(measures.cosine(out, ref))
     return {"rel_error_mean": float(np.mean(rel)), "rel_error_max": float(np.max(rel)), "cosine_min": float(min(cos))}
 
 

@@ -6,7 +6,7 @@
    placement check, lowering) and writes the quantized graph and what it did;
 3. the parent, which held neither, loads the fp32 pipeline again only for the report, after the last PTQ.
 
-    python -m wanrt.quant.isolated capture|ptq JOB.json
+    python -m wanrt.quant.isolated_worker capture|ptq JOB.json   (the child: quant/isolated_worker.py)
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def load_recording(path: Path) -> Recording:
 def _run_child(kind: str, job: dict[str, Any], scratch: Path) -> dict[str, Any]:
     job_path = scratch / f"{kind}-{job.get('name', 'job')}.json"
     job_path.write_text(json.dumps(job))
-    run = subprocess.run([sys.executable, "-m", "wanrt.quant.isolated", kind, str(job_path)], capture_output=True,
-                         text=True)
+    run = subprocess.run([sys.executable, "-m", "wanrt.quant.isolated_worker", kind, str(job_path)],
+                         capture_output=True, text=True)
     result_path = job_path.with_suffix(".result.json")
     if run.returncode != 0 or not result_path.exists():
         raise QuantizationError(f"the {kind} process failed (exit {run.returncode}): {run.stderr.strip()[-2000:]}")
@@ -78,7 +78,7 @@ def save_samples(samples: list[dict[str, np.ndarray]], path: Path) -> Path:
     return path
 
 
-def _load_samples(path: Path) -> list[dict[str, np.ndarray]]:
+def load_samples(path: Path) -> list[dict[str, np.ndarray]]:
     with np.load(path) as data:
         samples: dict[int, dict[str, np.ndarray]] = {}
         for key in data.files:
@@ -89,42 +89,3 @@ def _load_samples(path: Path) -> list[dict[str, np.ndarray]]:
 
 def _config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-def _config(data: dict[str, Any]) -> Any:
-    from wanrt.quant.quantizer import QuantizeConfig
-
-    for key in ("calib_prompts", "report_prompts"):
-        data[key] = tuple(data[key])
-    return QuantizeConfig(**data)
-
-
-def _main(kind: str, job_path: Path) -> int:
-    job = json.loads(job_path.read_text())
-    config = _config(job["config"])
-    if kind == "capture":
-        from wanrt.engine.loader import load_pipeline
-        from wanrt.quant import calibration
-
-        pipeline = load_pipeline(Path(job["source"]), "onnxruntime", device=config.device)
-        requests = calibration.calibration_requests(config.calib_prompts, steps=config.calib_steps,
-                                                    frames=config.frames, height=config.height, width=config.width)
-        save_recording(calibration.capture(pipeline, requests), Path(job["out"]))
-        result: dict[str, Any] = {"calls": "written"}
-    elif kind == "ptq":
-        from wanrt.quant import placement
-        from wanrt.quant.quantizer import _quantize_one
-
-        name = job["name"]
-        rules = placement.TEXT_ENCODER_RULES if name == "text_encoder" else placement.EXPERT_RULES
-        _, entry, detail = _quantize_one(Path(job["source"]), Path(job["art_dir"]), job["entry"], name, rules,
-                                         _load_samples(Path(job["samples"])), config)
-        result = {"entry": entry, "detail": detail.to_dict()}
-    else:
-        raise SystemExit(f"unknown step {kind!r}")
-    job_path.with_suffix(".result.json").write_text(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1], Path(sys.argv[2])))

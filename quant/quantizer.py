@@ -25,6 +25,7 @@ from wanrt.engine.artifact import (
 from wanrt.engine.graph_forms import referenced_files
 from wanrt.errors import InvalidRequestError
 from wanrt.export import attention
+from wanrt.measures import max_relative_error
 from wanrt.publish import destination, publishing
 from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts
 from wanrt.quant.ptq import CALIBRATION_METHODS, MODES, ORT_SESSION_CONFIG
@@ -226,12 +227,12 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
 def _check_same_outputs(graph: Path, variant: Path, feeds: dict[str, Any], device: str) -> float:
     import numpy as np
 
-    from wanrt.export.onnx_io import PARITY_TOLERANCE, relative_error
+    from wanrt.export.onnx_io import PARITY_TOLERANCE
     from wanrt.quant import ptq
 
     expected = ptq.session(graph, device).run(None, feeds)[0]
     got = ptq.session(variant, device).run(None, feeds)[0]
-    error = relative_error(np.asarray(got), np.asarray(expected))
+    error = max_relative_error(np.asarray(got), np.asarray(expected))
     if not error <= PARITY_TOLERANCE:
         raise QuantizationError(f"{variant.name} differs from {graph.name} by relative error {error:.3e}")
     return error

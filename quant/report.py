@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from wanrt import measures
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import GenerationRequest
 from wanrt.engine.text import zero_padding_positions
-from wanrt.quant import metrics
 from wanrt.quant.backend_wrappers import RecordingBackend, SubstitutingBackend, with_backend
 
 Say = Callable[[str], None]
@@ -67,15 +67,15 @@ def measure(pipeline: VideoPipeline, quantized: QuantizedNetworks, requests: Seq
             out = quantized.predict_noise(call.expert, **_positional(call.feeds))
             elapsed = time.perf_counter() - started
             per_call.setdefault(call.expert, {}).setdefault(call.timestep, []).append(
-                (metrics.relative_error(out, call.output), metrics.cosine(out, call.output)))
+                (measures.norm_relative_error(out, call.output), measures.cosine(out, call.output)))
             timing = seconds.setdefault(call.expert, {"fp32": [], "quantized": []})
             timing["fp32"].append(call.seconds)
             timing["quantized"].append(elapsed)
         if quantized.text_encoder is not None:
             text_rows += [_text_error(pipeline, quantized, feeds) for feeds in record.text_calls]
         clip = _clip(served, request)
-        row = {"prompt": request.prompt, "seed": request.seed, "psnr_db": round(metrics.psnr(clip, reference), 3),
-               "ssim": round(metrics.ssim(clip, reference), 5)}
+        row = {"prompt": request.prompt, "seed": request.seed, "psnr_db": round(measures.psnr(clip, reference), 3),
+               "ssim": round(measures.ssim(clip, reference), 5)}
         clips.append(row)
         say(f"report [{i + 1}/{len(requests)}] PSNR {row['psnr_db']:.2f} dB SSIM {row['ssim']:.4f}  {request.prompt}")
     experts = {name: _expert_summary(by_t) for name, by_t in per_call.items()}
@@ -103,7 +103,7 @@ def _text_error(pipeline: VideoPipeline, quantized: QuantizedNetworks, feeds: di
     mask = feeds["attention_mask"]
     ref = zero_padding_positions(pipeline.backend.encode_text(feeds["input_ids"], mask), mask)
     out = zero_padding_positions(quantized.encode_text(feeds["input_ids"], mask), mask)
-    return {"rel_error": metrics.relative_error(out, ref), "cosine": metrics.cosine(out, ref)}
+    return {"rel_error": measures.norm_relative_error(out, ref), "cosine": measures.cosine(out, ref)}
 
 
 def _expert_summary(by_timestep: dict[float, list[tuple[float, float]]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from wanrt import measures
 from wanrt.engine.artifact import (
     MANIFEST_NAME,
     GraphQuantization,
@@ -42,7 +43,7 @@ from wanrt.engine.artifact import (
 )
 from wanrt.errors import InvalidRequestError
 from wanrt.publish import destination, publishing
-from wanrt.quant import QuantizationError, QuantizationGateError, metrics, placement, prompts, trajectories
+from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts, trajectories
 from wanrt.quant.torch_recipe import RECIPE_SHAPE, REPORT_SHAPE, CalibrationShape, TorchRecipe
 
 REPORT_NAME = "quant_report.json"
@@ -220,8 +221,8 @@ def _report_segment(expert: Any, name: str, reference: list, quantized: list, em
         with torch_ptq.quantizers_off(expert):
             ref = expert(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
         got, want = out.float().cpu().numpy(), ref.float().cpu().numpy()
-        per_call.append({"step": step, "timestep": t, "rel_error": metrics.relative_error(got, want),
-                         "cosine": metrics.cosine(got, want)})
+        per_call.append({"step": step, "timestep": t, "rel_error": measures.norm_relative_error(got, want),
+                         "cosine": measures.cosine(got, want)})
 
     next_reference, next_quantized = [], []
     with torch.no_grad():
@@ -333,8 +334,8 @@ def _onnx_check(module: Any, expert: Any, bf16_path: Path, dest: Path, example: 
             bf16 = module(*args).float().cpu().numpy()
     got_bf16 = cpu_session(bf16_path).run(None, feeds)[0]
     got_q = cpu_session(dest, ORT_SESSION_CONFIG).run(None, feeds)[0]
-    floor = metrics.relative_error(got_bf16, bf16)
-    error = metrics.relative_error(got_q, fake_quant)
+    floor = measures.norm_relative_error(got_bf16, bf16)
+    error = measures.norm_relative_error(got_q, fake_quant)
     limit = ONNX_CHECK_FACTOR * floor + ONNX_CHECK_FLOOR
     if not error <= limit:
         raise QuantizationError(f"{dest.name}: onnxruntime on the Q/DQ graph differs from ModelOpt's fake-quantized "
@@ -348,7 +349,7 @@ def _clips(model_dir: Path, reference: list, quantized: list, config: TorchQuant
         raise QuantizationError("a report clip did not reach its last step: the experts do not cover the schedule")
     ref_frames = list(trajectories.decode(model_dir, [c.latents for c in reference], device=config.device))
     got_frames = list(trajectories.decode(model_dir, [c.latents for c in quantized], device=config.device))
-    clips = [{"prompt": p, "seed": REPORT_SEED + i, "psnr_db": metrics.psnr(g, r), "ssim": metrics.ssim(g, r)}
+    clips = [{"prompt": p, "seed": REPORT_SEED + i, "psnr_db": measures.psnr(g, r), "ssim": measures.ssim(g, r)}
              for i, (p, g, r) in enumerate(zip(config.report_prompts, got_frames, ref_frames, strict=True))]
     psnrs, ssims = [c["psnr_db"] for c in clips], [c["ssim"] for c in clips]
     return {"clips": clips, "psnr_db_mean": float(np.mean(psnrs)), "psnr_db_min": float(np.min(psnrs)),

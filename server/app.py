@@ -304,6 +304,6 @@ class WanrtServer:
 
 
 def _http_listener(server: WanrtServer) -> object:
-    from wanrt.server.http_edge import HttpListener  # uvicorn and starlette load only when HTTP is asked for
+    from wanrt.server.http_listener import HttpListener  # uvicorn and starlette load only when HTTP is asked for
 
     return HttpListener(server)

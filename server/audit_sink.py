@@ -43,8 +43,6 @@ class HeadSink:
             self._syslog.ident = f"{SYSLOG_IDENT}: "
             self._syslog.append_nul = False  # a NUL after the JSON would reach the journal's message
         else:
-            from wanrt.server.config import check_appendable
-
             self._path = Path(target.removeprefix("file:"))
             check_appendable("audit_head_sink", self._path)
 
@@ -94,3 +92,14 @@ def syslog_target(target: str) -> str | tuple[str, int]:
         raise ConfigError("audit_head_sink", f"syslog target must be syslog, syslog:/socket/path or "
                                              f"syslog:HOST:PORT, got {target!r}")
     return host, int(port)
+
+
+def check_appendable(field: str, path: Path) -> None:
+    """A file the server will append to (creating it if absent), checked without creating it."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(field, f"{path} exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise ConfigError(field, f"directory {path.parent} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise ConfigError(field, f"cannot append to {path}: permission denied")

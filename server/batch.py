@@ -277,7 +277,7 @@ def _with_retries(make: Callable[[], Made]) -> Made:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from wanrt.server.client import connect
+    from wanrt.server.client_cli import connect
 
     if args.concurrency < 1 or args.concurrency > 256:
         raise InvalidRequestError("concurrency", f"must be from 1 to 256, got {args.concurrency}")

@@ -20,10 +20,10 @@ from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from wanrt.server import client
+    from wanrt.server import batch, client_cli
 
     _register_serve(subparsers)
-    client.register(subparsers)
+    batch.register(client_cli.register(subparsers), client_cli.add_connection_arguments)
     _register_token(subparsers)
     _register_stop_admission(subparsers)
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from wanrt.engine.device import parse_device
 from wanrt.engine.loader import BACKENDS
+from wanrt.engine.manifest_file import missing_folder
 from wanrt.engine.step_cache import check_threshold
 from wanrt.errors import InvalidRequestError
+from wanrt.server.audit_sink import check_appendable
 from wanrt.server.errors import ConfigError
 
 DEFAULT_GRPC_PORT = 50051
@@ -178,7 +180,7 @@ class ServerConfig:
             if self.model is None:
                 raise ConfigError("model", "is required (or set WANRT_MODEL)")
             if not Path(self.model).is_dir():
-                raise ConfigError("model", f"{self.model} is not a directory")
+                raise ConfigError("model", missing_folder(Path(self.model)))
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         # Two CPU sessions may share the CPU (cfg-parallel on CPU threads); an accelerator serves one worker.
@@ -246,7 +248,7 @@ class ServerConfig:
         """The C2PA signing key (checked like the TLS pair): the operator's, else this installation's own (made
         on first use), or None with --no-provenance."""
         from wanrt.errors import InvalidRequestError, StateError
-        from wanrt.trust.cli import installation_provenance_key
+        from wanrt.trust.installation import installation_provenance_key
         from wanrt.trust.provenance import key_from_options
 
         if self.no_provenance:
@@ -346,17 +348,6 @@ class ServerConfig:
             logging.getLogger("wanrt.server").warning(
                 "--audit-head-sink %s is on the audit log's file system: whoever can rewrite the log there can "
                 "likely rewrite the heads too (put it on another mount, or use syslog)", sink)
-
-
-def check_appendable(field: str, path: Path) -> None:
-    """A file the server will append to (creating it if absent), checked without creating it."""
-    if path.exists() and not path.is_file():
-        raise ConfigError(field, f"{path} exists and is not a regular file")
-    if not path.parent.is_dir():
-        raise ConfigError(field, f"directory {path.parent} does not exist")
-    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
-    if not writable:
-        raise ConfigError(field, f"cannot append to {path}: permission denied")
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

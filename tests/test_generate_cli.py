@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,43 @@ def test_seed_reproduces_and_latents_override(tiny_artifact_dir, tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.array_equal(run("d", "--latents", str(tmp_path / "noise.npy")),
                           run("e", "--latents", str(tmp_path / "noise.npy"), "--seed", "99"))
+
+
+def test_unset_seed_is_drawn_printed_and_replays(tiny_artifact_dir, tmp_path, capsys):
+    """No --seed: each run draws its own and prints it on stderr; giving the printed seed makes the same clip."""
+    def run(name: str, *extra: str) -> tuple[np.ndarray, int]:
+        out = tmp_path / f"{name}.npy"
+        assert main(["generate", "--model", str(tiny_artifact_dir), "--prompt", "bubbles rise", *SMALL, *extra,
+                     "--out", str(out)]) == 0
+        seeds = re.findall(r"^seed (\d+)$", capsys.readouterr().err, re.M)
+        assert len(seeds) == 1
+        return np.load(out), int(seeds[0])
+
+    (a, seed_a), (b, seed_b) = run("a"), run("b")
+    assert seed_a != seed_b and not np.array_equal(a, b)  # two draws from 2**32 meet once in 4e9 runs
+    again, seed = run("again", "--seed", str(seed_a))
+    assert seed == seed_a and np.array_equal(again, a)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_help_shows_the_model_s_own_defaults(backend, tiny_artifact_dir, tiny_model_dir, capsys):
+    """`generate --model M -h` prints M's defaults (the manifest's, or the diffusers folder's recipe) without
+    loading it; a model it cannot read is named, and the help still prints."""
+    from wanrt.engine.loader import model_defaults
+
+    model = tiny_artifact_dir if backend == "onnxruntime" else tiny_model_dir
+    defaults = model_defaults(model, backend)
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--model", str(model), "--backend", backend, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--prompt" in text
+    assert (f"Defaults of {model} ({backend}): {defaults.frames} frames at {defaults.width}x{defaults.height}, "
+            f"{defaults.fps} fps; schedule {defaults.schedule} ({defaults.scheduler}): {defaults.steps} steps, "
+            f"guidance {defaults.guidance:g} / {defaults.guidance_2:g}") in text
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(model / "missing"), "--backend", backend, "-h"])
+    assert "The model's defaults are not shown:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -105,3 +143,30 @@ def test_onnxruntime_path_imports_no_torch(tiny_artifact_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_mp4_frames(Path(out)).shape == (5, 32, 48, 3)
+
+
+def test_words_outside_the_vocabulary_and_untrained_sizes_are_named_on_stderr(tmp_path, capsys):
+    """The reef model knows 176 words: the README's own prompt has two it lacks, a Chinese one has more; a prompt
+    of known words at the model's size gets no warning, another size one."""
+    def warnings(prompt: str, *size: str) -> list[str]:
+        assert main(["generate", "--prompt", prompt, "--frames", "1", "--steps", "1", "--seed", "0", *size,
+                     "--out", str(tmp_path / "clip.npy")]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+    [warning] = warnings("a school of glowing jellyfish drifts past a hydrothermal vent, 珊瑚礁 bubbles rising")
+    assert "lacks 'drifts', 'past', '珊瑚礁'" in warning
+    assert warnings("a school of glowing jellyfish") == []
+    [warning] = warnings("a school of glowing jellyfish", "--height", "32", "--width", "48")
+    assert "48x32 is not a size this model was made for (96x96)" in warning
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_hub_id_as_model_gets_the_download_command(backend, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--backend", backend, "--model", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "--prompt", "x",
+                 "--out", str(tmp_path / "clip.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "hf download Wan-AI/Wan2.2-T2V-A14B-Diffusers --local-dir Wan2.2-T2V-A14B-Diffusers" in err
+    assert not list(tmp_path.iterdir())
+    assert main(["generate", "--model", "no-such-folder", "--prompt", "x", "--out", str(tmp_path / "c.mp4")]) == 2
+    assert "no-such-folder is not a directory (it does not exist)\n" in capsys.readouterr().err

@@ -23,8 +23,8 @@ from test_parity import FRAMES, HEIGHT, NEGATIVE, PROMPT, STEPS, WIDTH, _noise, 
 from wanrt.engine.artifact import MANIFEST_NAME, load_artifact
 from wanrt.errors import InvalidRequestError
 from wanrt.export import precision
-from wanrt.export.onnx_io import relative_error
 from wanrt.export.scopes import module_path
+from wanrt.measures import max_relative_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]  # two exports and a quantization
 FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
@@ -161,9 +161,9 @@ def test_bf16_emulation_agrees_with_the_reference_evaluator(bf16_artifact, tiny_
     path = bf16_artifact / "transformer_2.onnx"
     emulated = precision.cpu_session(path).run(None, feeds)[0]
     evaluated = ReferenceEvaluator(onnx.load(path)).run(None, feeds)[0]
-    errors = {"emulated": relative_error(emulated, reference.numpy()),
-              "reference evaluator": relative_error(evaluated, reference.numpy()),
-              "between": relative_error(emulated, evaluated)}
+    errors = {"emulated": max_relative_error(emulated, reference.numpy()),
+              "reference evaluator": max_relative_error(evaluated, reference.numpy()),
+              "between": max_relative_error(emulated, evaluated)}
     print(f"bf16 expert vs fp32 torch: {errors}")
     assert errors["between"] <= TINY_LIMITS["bf16"] and errors["emulated"] <= TINY_LIMITS["bf16"]
     assert errors["reference evaluator"] <= 2 * TINY_LIMITS["bf16"]
@@ -204,7 +204,7 @@ def test_t5_fp16_overflow_needs_wo_and_residual_in_fp32(single_expert_model_dir,
         path = tmp_path / f"{label}.onnx"
         onnx.save(source, path)
         precision.lower_graph(path, "fp16", rules, external_data=False)
-        errors[label] = relative_error(precision.cpu_session(path).run(None, feeds)[0], reference)
+        errors[label] = max_relative_error(precision.cpu_session(path).run(None, feeds)[0], reference)
     print(f"T5 with activations ~1e5, fp16: {errors}")
     assert errors["rules"] <= precision.PARITY_LIMITS["fp16"]
     assert not errors["everything"] <= precision.PARITY_LIMITS["fp16"]  # far off, or inf/NaN
@@ -243,9 +243,9 @@ def test_quantized_graph_unquantized_part_lowered(single_expert_model_dir, singl
         assert dq and {types[n.output[0]] for n in dq} == {LOW[dtype]}, dtype
         assert {types[n.input[0]] for n in model.graph.node if n.op_type == "LayerNormalization"} == {FLOAT}
         got = precision.cpu_session(path).run(None, feeds)[0]
-        vs_qdq, vs_torch = relative_error(got, qdq_fp32), relative_error(got, reference)
+        vs_qdq, vs_torch = max_relative_error(got, qdq_fp32), max_relative_error(got, reference)
         print(f"int8 Q/DQ, {dtype} rest: vs fp32 Q/DQ {vs_qdq:.2e}, vs fp32 torch {vs_torch:.2e} "
-              f"(fp32 Q/DQ vs torch {relative_error(qdq_fp32, reference):.2e})")
+              f"(fp32 Q/DQ vs torch {max_relative_error(qdq_fp32, reference):.2e})")
         assert 1e-6 < vs_qdq <= TINY_QDQ_LIMITS[dtype]
 
 

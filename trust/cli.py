@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wanrt.trust.installation import installation_provenance_key
+
 if TYPE_CHECKING:
     from wanrt.engine.model_files import ManifestCheck
 
@@ -75,19 +77,6 @@ def provenance_key(args: argparse.Namespace) -> object | None:
         print("wanrt: raw .npy frames carry no C2PA manifest (an .mp4 would)", file=sys.stderr)
         return None
     return key or installation_provenance_key()
-
-
-def installation_provenance_key() -> object:
-    """This installation's C2PA signer; StateError saying where it lives and how else to proceed."""
-    from wanrt.errors import StateError
-    from wanrt.trust.installation import installation_key
-
-    try:
-        return installation_key()
-    except StateError as err:
-        raise StateError(f"every video is signed with a C2PA manifest, and with no --c2pa-cert/--c2pa-key this "
-                         f"installation's own certificate is used: {err}; or pass --c2pa-cert/--c2pa-key, or "
-                         "--no-provenance to opt out") from None
 
 
 def _register_provenance(subparsers: argparse._SubParsersAction) -> None:

@@ -127,3 +127,13 @@ def describe(folder: Path | None = None) -> str:
                   f"  valid: {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}",
                   f"  sha256 fingerprint: {cert.fingerprint(hashes.SHA256()).hex(':')}"]
     return "\n".join(lines)
+
+
+def installation_provenance_key() -> object:
+    """This installation's C2PA signer; StateError saying where it lives and how else to proceed."""
+    try:
+        return installation_key()
+    except StateError as err:
+        raise StateError(f"every video is signed with a C2PA manifest, and with no --c2pa-cert/--c2pa-key this "
+                         f"installation's own certificate is used: {err}; or pass --c2pa-cert/--c2pa-key, or "
+                         "--no-provenance to opt out") from None

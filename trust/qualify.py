@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
-import math
 import platform
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 
 from wanrt.engine.request import GenerationRequest
 from wanrt.errors import InvalidRequestError, WanrtError
+from wanrt.measures import psnr
 
 REPORT_JSON, REPORT_MD = "qualification.json", "qualification.md"
 REFERENCE_JSON = "reference.json"
@@ -258,10 +258,7 @@ def _sha256(frames: np.ndarray) -> str:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        return 0.0
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse))  # capped: JSON has no infinity
+    return psnr(a, b) if a.shape == b.shape else 0.0  # a clip of another shape is no match at all
 
 
 def _request_dict(request: GenerationRequest) -> dict[str, Any]:

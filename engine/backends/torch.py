@@ -22,7 +22,7 @@ class TorchBackend:
         except ImportError as err:
             raise BackendUnavailableError(f"the torch backend needs the export extra (pip install 'wanrt[export]'):"
                                           f" {err}") from None
-        from wanrt.export.vae_decoder import VaeDecoderInit, VaeDecoderStep
+        from wanrt.engine.backends.torch_vae import VaeDecoderInit, VaeDecoderStep  # imports torch
 
         self._torch = torch
         self._device = torch.device(str(parse_device(device)))

@@ -24,7 +24,7 @@ import numpy as np
 from wanrt.engine.request import GenerationRequest
 from wanrt.engine.shapes import latent_shape
 from wanrt.errors import WanrtError
-from wanrt.quant.metrics import cosine, psnr, ssim
+from wanrt.measures import cosine, psnr, ssim
 
 # Per engine precision: (largest max relative error, smallest cosine). The max relative error is the largest
 # element error over the reference's largest magnitude; bf16 keeps 8 mantissa bits (relative step 2^-8).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -87,3 +88,18 @@ def test_precision_is_read_from_the_artifact(tmp_path):
     manifest["quantization"] = {"mode": "int8"}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert artifact_precision(tmp_path) == "int8"
+
+
+def test_bench_without_matplotlib_prints_its_table_and_writes_to_the_working_directory(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A default install has no matplotlib (the `bench` extra): the run still succeeds, prints what it measured,
+    says in one line why there is no plot, and writes into the working directory (never the source tree)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--backends", "onnxruntime", "--components", "dit", "--frames", "1", "--height", "16",
+                 "--width", "16", "--steps", "1", "--runs", "1", "--warmup", "0", "--peak-tflops", "0.5"]) == 0
+    out, err = capsys.readouterr()
+    assert "| transformer_cfg_pair |" in out
+    assert "no plot: matplotlib is not installed (pip install 'wanrt[bench]')" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models-cpu.json", "models-cpu.md"]
+    assert "models-cpu.json" in out

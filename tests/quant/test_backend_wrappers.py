@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wanrt import measures
 from wanrt.engine.artifact import load_artifact
 from wanrt.engine.graph_forms import onnxruntime_file
 from wanrt.engine.loader import load_pipeline
-from wanrt.quant import metrics, ptq, report
+from wanrt.quant import ptq, report
 from wanrt.quant.backend_wrappers import RecordingBackend, SubstitutingBackend, with_backend, without_decoder
 from wanrt.quant.calibration import calibration_requests
 
@@ -74,14 +75,14 @@ def test_report_of_unchanged_networks_is_exact(pipeline, tiny_artifact_dir):
     networks = report.QuantizedNetworks(sessions, ptq.session(served["text_encoder"]))
     requests = calibration_requests(["a ray swims"], steps=4, **SIZE)
     result = report.measure(pipeline, networks, requests, lambda _message: None)
-    assert result["end_to_end"]["psnr_db_min"] == metrics.PSNR_CAP_DB
+    assert result["end_to_end"]["psnr_db_min"] == measures.PSNR_CAP_DB
     assert all(e["rel_error_max"] == 0.0 for e in result["experts"].values())
     assert result["text_encoder"]["rel_error_mean"] == 0.0
     assert [r["timestep"] for r in result["experts"]["transformer_2"]["timesteps"]] == [750.0, 500.0]
     # A substitute that is not the FP32 network shows up in every number.
     networks.experts = {e: _Scaled(s) for e, s in sessions.items()}
     worse = report.measure(pipeline, networks, requests, lambda _message: None)
-    assert worse["end_to_end"]["psnr_db_min"] < metrics.PSNR_CAP_DB
+    assert worse["end_to_end"]["psnr_db_min"] < measures.PSNR_CAP_DB
     assert all(e["rel_error_mean"] == pytest.approx(0.01, rel=1e-3) for e in worse["experts"].values())
     assert isinstance(pipeline.backend, type(load_pipeline(tiny_artifact_dir, "onnxruntime").backend))
 

@@ -117,8 +117,8 @@ def test_fp8_graph_computes_what_modelopt_fake_quantization_computes(fp8_graph):
     import torch
 
     from wanrt.export.precision import cpu_session
+    from wanrt.measures import norm_relative_error as relative_error
     from wanrt.quant import qdq_graph, torch_ptq
-    from wanrt.quant.metrics import relative_error
 
     x, t, e = fp8_graph["call"]
     feeds = {"hidden_states": x.numpy(), "timestep": t.numpy(), "encoder_hidden_states": e.numpy()}

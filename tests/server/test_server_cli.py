@@ -38,7 +38,12 @@ def test_client_health_and_describe(serving):
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
     describe = wanrt("client", "describe", "--server", serving.address, "--insecure")
     assert describe.returncode == 0, describe.stderr
-    assert json.loads(describe.stdout)["limits"]["maxFrames"] == 9
+    info = json.loads(describe.stdout)
+    assert info["limits"]["maxFrames"] == 9
+    assert {"frames", "height", "width", "steps", "guidance"} <= set(info["defaults"]), info  # the model's own
+    tls = wanrt("client", "health", "--server", serving.address)  # a TLS client to the plaintext server
+    assert tls.returncode != 0 and "answered in plaintext, not TLS" in tls.stderr and "--insecure" in tls.stderr, \
+        tls.stderr
 
 
 def test_client_generate_writes_the_clip_the_audit_log_names(serving, tmp_path):

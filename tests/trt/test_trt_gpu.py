@@ -26,6 +26,7 @@ from wanrt.engine.tensorrt.engine_manifest import ENGINES_MANIFEST, check_artifa
 from wanrt.engine.tensorrt.plan import BindingError
 from wanrt.engine.text import PromptTokenizer
 from wanrt.errors import ArtifactError, InvalidRequestError
+from wanrt.measures import max_relative_error
 
 REASON = gpu_unavailable()
 pytestmark = [pytest.mark.gpu,
@@ -37,7 +38,7 @@ TF32_TOLERANCE = 1e-2
 
 def _rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
     assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    return float(np.max(np.abs(actual.astype(np.float64) - expected))) / max(float(np.max(np.abs(expected))), 1e-12)
+    return max_relative_error(actual, expected)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""Accuracy measures of the report: network outputs (relative error, cosine) and frames (PSNR, SSIM)."""
+"""Shared accuracy measures: network outputs against a reference (two relative errors, cosine) and clips against
+a reference clip (PSNR, SSIM). Export's parity gate, quantization's report, `wanrt verify` and the quality gate all
+measure with these, so a number means the same thing in every report."""
 
 from __future__ import annotations
 
@@ -7,10 +9,21 @@ import numpy as np
 PSNR_CAP_DB = 100.0  # identical clips: a finite number JSON can hold
 
 
-def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
-    """||actual - reference|| / ||reference|| (L2 over the whole tensor)."""
+def norm_relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
+    """||actual - reference|| / ||reference|| (L2 over the whole tensor): the error's share of the signal, an
+    average over every element; what quantization's report and the TensorRT comparison give."""
     a, r = actual.astype(np.float64), reference.astype(np.float64)
     return float(np.linalg.norm(a - r) / max(np.linalg.norm(r), 1e-30))
+
+
+def max_relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude (scale-free, no 0/0): the worst
+    element, which export's parity gate bounds (1e-4 at fp32)."""
+    if not reference.size:
+        return 0.0
+    scale = float(np.max(np.abs(reference)))
+    diff = float(np.max(np.abs(actual.astype(np.float64) - reference.astype(np.float64))))
+    return diff / max(scale, 1e-12)
 
 
 def cosine(actual: np.ndarray, reference: np.ndarray) -> float:
