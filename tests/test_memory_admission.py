@@ -4,6 +4,7 @@ tests/server/test_server_memory.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,32 @@ def test_the_budget_lowers_the_reported_limits_to_what_fits(reef_estimator):
     assert not admission.fits(GenerationRequest(prompt="x", frames=1, height=side + 16, width=side + 16, steps=1))
     with pytest.raises(InsufficientMemoryError, match=r"at most \d+x\d+ at 1 frames would fit"):
         admission.check(GenerationRequest(prompt="x", frames=1, height=side + 16, width=side + 16, steps=1))
+
+
+@pytest.mark.slow  # exports each drawn model (once per session)
+def test_drawn_model_estimate_is_linear_and_covers_the_measured_peak(drawn_wan, drawn_artifact_dir, tmp_path):
+    """A model never seen (tests/drawn_models.py: patch 1 names its latent axes differently): the estimate reads
+    its graphs, no stage grows with the square of the tokens, and a real `generate` process stays under it."""
+    import json
+
+    from wanrt.engine.artifact import load_artifact
+    from wanrt.engine.graph_forms import onnxruntime_file
+
+    manifest = load_artifact(drawn_artifact_dir)
+    graphs = {n: drawn_artifact_dir / onnxruntime_file(g) for n, g in manifest.graphs.items()}
+    estimator = MemoryEstimator(graphs, manifest.spec, resident=0)
+    assert not set(estimator.quadratic_graphs) & set(manifest.spec.experts)
+
+    def denoise(frames: int) -> int:
+        return estimator.estimate(GenerationRequest(prompt="x", frames=frames, height=256, width=256)).stages[
+            "denoise"]
+
+    assert denoise(81) < 5 * denoise(17)  # 21 latent frames against 5: linear, not 17x
+    script = Path(__file__).parents[1] / "scripts" / "measure_memory.py"
+    done = subprocess.run([sys.executable, str(script), "--model", str(drawn_artifact_dir), "--one", "33:128x128"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ,
+                                                                             "WANRT_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    point = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{drawn_wan.id} 33x128x128: estimate {point['estimate'] >> 20} MiB, measured {point['measured'] >> 20} MiB")
+    assert point["measured"] <= point["estimate"]
