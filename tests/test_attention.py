@@ -227,7 +227,7 @@ def test_a_wrong_onnxruntime_form_fails_the_form_check(drawn_wan, drawn_artifact
     from wanrt.export.form_check import check_onnxruntime_form
 
     art = Path(shutil.copytree(drawn_artifact_dir, tmp_path / "art"))
+    feeds = _expert_feeds(load_artifact(art))
     planted = plant_in_form(art / "transformer.ort.onnx", change, drawn_wan.head_dim)
     with pytest.raises(ExportVerificationError, match=message):
-        check_onnxruntime_form(art / "transformer.onnx", planted, _expert_feeds(load_artifact(art)), cpu_session,
-                               tolerance=1e-4)
+        check_onnxruntime_form(art / "transformer.onnx", planted, feeds, cpu_session, tolerance=1e-4)
