@@ -62,9 +62,10 @@ def memory_cgroup():
             pass
 
 
-def _fits_message(error: RemoteError, size: str) -> int:
-    match = re.search(rf"at most (\d+) frames at {size}", error.details)
-    assert match, error.details
+def _fits_message(error: RemoteError, frames: int) -> int:
+    """The side of the largest square the refusal says fits at ``frames``."""
+    match = re.search(rf"at most (\d+)x(\d+) at {frames} frames", error.details)
+    assert match and match.group(1) == match.group(2), error.details
     return int(match.group(1))
 
 
@@ -90,16 +91,18 @@ def test_requests_over_the_cgroup_budget_are_refused_and_those_under_it_run(memo
             assert refused.value.code == "RESOURCE_EXHAUSTED"
             assert "over the memory budget of 768 MiB (cgroup limit" in refused.value.details
 
-            # The largest frame count that fits at one size, and one step (4 frames) more.
-            probe = GenerationRequest(prompt="a school of fish", frames=129, height=160, width=256, steps=1)
-            with pytest.raises(RemoteError) as too_many:
+            # The largest square that fits at one frame count, and one step (16 pixels) more. (With the reef's
+            # attention linear in tokens, the decoder's step binds first, and it depends on the size, not on the
+            # frame count.)
+            probe = GenerationRequest(prompt="a school of fish", frames=5, height=640, width=640, steps=1)
+            with pytest.raises(RemoteError) as too_large:
                 client.generate(probe)
-            most = _fits_message(too_many.value, "160x256")
+            side = _fits_message(too_large.value, 5)
             with pytest.raises(RemoteError) as just_over:
-                client.generate(dataclasses.replace(probe, frames=most + 4))
+                client.generate(dataclasses.replace(probe, height=side + 16, width=side + 16))
             assert just_over.value.code == "RESOURCE_EXHAUSTED"
-            just_under = client.generate(dataclasses.replace(probe, frames=most))
-            assert just_under.frames == most
+            just_under = client.generate(dataclasses.replace(probe, height=side, width=side))
+            assert (just_under.frames, just_under.height, just_under.width) == (5, side, side)
 
             assert client.generate(NEXT).frames == NEXT.frames
         assert served.process.poll() is None, "the server died (the kernel's OOM killer?)"
