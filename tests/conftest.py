@@ -84,13 +84,28 @@ DRAWN_SEED = session_seed()
 DRAWN = draw_many(DRAWN_SEED)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _drawn_line() -> str:
     return (f"drawn Wan models: {SEED_ENV}={DRAWN_SEED} ({COUNT_ENV}={len(DRAWN)}: "
-            f"{', '.join(w.id for w in DRAWN)}); replay a failure with {SEED_ENV}={DRAWN_SEED}")
+            f"{', '.join(w.id for w in DRAWN)}); replay a failure with {SEED_ENV}={DRAWN_SEED}, or one model "
+            f"alone with {SEED_ENV}=<its s-number> {COUNT_ENV}=1")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _drawn_line()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Also under -q, which hides the header (scripts/test.sh runs pytest -q), when drawn models were used.
+    if _DRAWN_USED:
+        terminalreporter.write_line(_drawn_line())
+
+
+_DRAWN_USED: list[str] = []  # test functions that take a drawn model
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "drawn_wan" in metafunc.fixturenames:
+        _DRAWN_USED.append(metafunc.function.__name__)
         metafunc.parametrize("drawn_wan", DRAWN, ids=[w.id for w in DRAWN], scope="session")
 
 
