@@ -22,7 +22,8 @@ hand, e.g. the ones issue 31 found quantize failing on::
     wan = draw(11, heads=2, head_dim=16, layers=2)   # any field can be fixed; the rest is drawn from the seed
     wan.build(tmp_path / "model")                    # -> diffusers folder
 
-What is drawn (all tiny: a model builds in under a second and exports in seconds on 2 CPU cores): attention heads
+What is drawn (all tiny: a model builds in about a second; its export, the VAE's reused, took 1-3 minutes on the
+shared 2-core machine under a load of 8): attention heads
 (1-4) and head size (8, 12, 16 or 24), layers (1-3), feed-forward width, text-encoder width (the experts' text
 dim), spatial patch size (1 or 2: Wan's own 2, or tokens at every latent pixel), the A14B two-expert layout with a
 boundary ratio drawn in [0.5, 0.95] or a single expert (Wan2.1 / TI2V-5B style), the expert weights' torch seeds,
