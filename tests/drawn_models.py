@@ -23,11 +23,11 @@ hand, e.g. the ones issue 31 found quantize failing on::
     wan.build(tmp_path / "model")                    # -> diffusers folder
 
 What is drawn (all tiny: a model builds in about a second; its export, the VAE's reused, took 1-3 minutes on the
-shared 2-core machine under a load of 8): attention heads
-(1-4) and head size (8, 12, 16 or 24), layers (1-3), feed-forward width, text-encoder width (the experts' text
-dim), spatial patch size (1 or 2: Wan's own 2, or tokens at every latent pixel), the A14B two-expert layout with a
-boundary ratio drawn in [0.5, 0.95] or a single expert (Wan2.1 / TI2V-5B style), the expert weights' torch seeds,
-and a prompt length (words). The VAE, scheduler and tokenizer vocabulary stay those of tiny_wan.py.
+shared 2-core machine under a load of 8): attention heads (1-4) and head size (8, 12, 16 or 24), layers (1-3), feed-
+forward width, text-encoder width (the experts' text dim), spatial patch size (1 or 2: Wan's own 2, or tokens at
+every latent pixel), the A14B two-expert layout with a boundary ratio drawn in [0.5, 0.95] or a single expert
+(Wan2.1 / TI2V-5B style), the expert weights' torch seeds, and a prompt length (words). The VAE, scheduler and
+tokenizer vocabulary stay those of tiny_wan.py.
 """
 
 from __future__ import annotations
