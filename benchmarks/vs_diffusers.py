@@ -103,15 +103,16 @@ def compare(artifact: Path, folder: Path, points: list[str], runs: int, say: obj
 
 
 def _table(report: dict) -> str:
-    lines = ["| frames x size, steps | diffusers WanPipeline: wall, peak RSS | wanrt generate: wall, peak RSS "
-             "| wanrt / diffusers: wall, memory |", "|---|---|---|---|"]
+    lines = ["| frames x size, steps | diffusers WanPipeline: wall, CPU, peak RSS "
+             "| wanrt generate: wall, CPU, peak RSS | wanrt / diffusers: wall, CPU, memory |", "|---|---|---|---|"]
     for row in report["points"]:
         frames, height, width, steps = _parse_point(row["point"])
         d, w = row["median"]["diffusers"], row["median"]["wanrt"]
         lines.append(f"| {frames}x{height}x{width}, {steps} "
-                     f"| {d['seconds']:.1f} s, {d['peak_rss_bytes'] / 2**20:.0f} MiB "
-                     f"| {w['seconds']:.1f} s, {w['peak_rss_bytes'] / 2**20:.0f} MiB "
-                     f"| {row['wall_ratio']:.2f}x, {row['peak_rss_ratio']:.2f}x |")
+                     f"| {d['seconds']:.1f} s, {d['cpu_seconds']:.1f} s, {d['peak_rss_bytes'] / 2**20:.0f} MiB "
+                     f"| {w['seconds']:.1f} s, {w['cpu_seconds']:.1f} s, {w['peak_rss_bytes'] / 2**20:.0f} MiB "
+                     f"| {row['wall_ratio']:.2f}x, {w['cpu_seconds'] / d['cpu_seconds']:.2f}x, "
+                     f"{row['peak_rss_ratio']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
