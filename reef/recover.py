@@ -35,6 +35,8 @@ import torch
 from onnx import numpy_helper
 
 from wanrt.engine.artifact import SCHEDULER_CONFIG_NAME, TOKENIZER_NAME, Manifest, load_artifact
+from wanrt.engine.defaults import ModelDefaults, Recipe, write_recipe
+from wanrt.engine.schedules import BASE
 from wanrt.errors import ArtifactError
 from wanrt.export.onnx_io import PARITY_TOLERANCE, relative_error
 from wanrt.export.scopes import SCOPE_METADATA_KEY
@@ -177,12 +179,21 @@ def recover(artifact: Path, out: Path, cfg: TrainConfig | None = None, say: Say 
         shutil.rmtree(out)
     pipe.save_pretrained(out)
     shutil.copyfile(artifact / TOKENIZER_NAME, out / "tokenizer" / "tokenizer.json")  # the original bytes
+    if manifest.defaults is not None:  # so exporting the folder again records the same request defaults
+        write_recipe(out, recipe_of(manifest.defaults))
     _same_configs(out, manifest, say)
     (out / "reef_recovered.json").write_text(json.dumps(
         {"artifact_manifest": manifest.source_model, "checks_max_rel_error": checks,
          "not_recovered": ["vae encoder and quant_conv (not in any graph; as initialised)",
                            "vae/reef_latent_basis.npz"]}, indent=2) + "\n", encoding="utf-8")
     return checks
+
+
+def recipe_of(defaults: ModelDefaults) -> Recipe:
+    """The recipe an artifact's defaults were made from (its base schedule's steps and guidance)."""
+    base = defaults.schedules.get(BASE, defaults.schedule_values(None))
+    return Recipe(defaults.recipe, defaults.frames, defaults.sizes or (f"{defaults.width}x{defaults.height}",),
+                  int(base["steps"]), float(base["guidance"]), float(base["guidance_2"]), defaults.fps)
 
 
 def _same_configs(out: Path, manifest: Manifest, say: Say) -> None:

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
+from wanrt.engine.defaults import RECIPES, defaults_from_recipe, recipe_for
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.errors import ArtifactError
 from wanrt.reef import default_model_dir
 from wanrt.reef.config import TrainConfig
-from wanrt.reef.recover import recover
+from wanrt.reef.recover import recipe_of, recover
 
 
 @pytest.mark.slow  # loads every network and runs each old graph beside it: about a minute on 2 cores
@@ -23,6 +24,18 @@ def test_the_shipped_model_is_recovered_exactly(tmp_path):
     assert spec_from_diffusers(tmp_path / "reef") == load_artifact(default_model_dir()).spec
     record = json.loads((tmp_path / "reef" / "reef_recovered.json").read_text())
     assert record["checks_max_rel_error"] == checks
+    manifest = load_artifact(default_model_dir())  # exporting the folder again records the same defaults
+    assert defaults_from_recipe(recipe_for(tmp_path / "reef", manifest.spec), manifest.spec) == manifest.defaults
+
+
+def test_the_defaults_survive_the_round_trip():
+    """recipe_of inverts export's defaults_from_recipe: on the shipped defaults and on every published recipe."""
+    from wanrt.engine.artifact import load_artifact
+
+    manifest = load_artifact(default_model_dir())
+    assert manifest.defaults is not None and manifest.defaults.recipe == "reef"
+    for defaults in (manifest.defaults, *(defaults_from_recipe(r, manifest.spec) for r in RECIPES.values())):
+        assert defaults_from_recipe(recipe_of(defaults), manifest.spec) == defaults
 
 
 def test_a_wrong_architecture_is_refused(tmp_path):

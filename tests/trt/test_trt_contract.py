@@ -112,6 +112,11 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     assert verify["report"]["passed"] and len(verify["report"]["clips"]) == 2
     assert set(verify["report"]["networks"]) == {"text_encoder", "transformer", "transformer_2", "vae_decoder_init",
                                                  "vae_decoder_step"}
+    torch_ref = steps["verify_torch"]
+    assert torch_ref["rc"] == 0, torch_ref["stderr"]
+    assert torch_ref["report"]["reference_kind"].startswith("torch bf16") and torch_ref["report"]["passed"]
+    assert set(torch_ref["report"]["networks"]) == {"text_encoder", "transformer", "transformer_2"}
+    assert torch_ref["report"]["shape"] == {"frames": 5, "height": 32, "width": 32}  # the engines' own, smaller
     strict = steps["verify_strict"]
     assert strict["rc"] == 1 and strict["passed"] is False and "past the thresholds" in strict["stderr"]
 
