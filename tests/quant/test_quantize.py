@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -233,22 +234,32 @@ def test_quantize_drawn_model(drawn_wan, drawn_artifact_dir, tmp_path, mode):
     assert report["gate"]["passed"]
 
 
-def test_quantize_refuses_a_wrong_onnxruntime_form(drawn_wan, drawn_artifact_dir, tmp_path, monkeypatch):
-    """The check still has teeth: a copy whose attention uses a wrong scale fails quantize, nothing written."""
-    from attention_forms import plant_in_form
+def test_quantize_refuses_a_wrong_onnxruntime_form(drawn_wan, drawn_artifact_dir, tmp_path, tmp_path_factory,
+                                                  monkeypatch):
+    """The check still has teeth: a copy whose attention uses a wrong scale fails quantize, nothing written.
 
-    from wanrt.export import onnxruntime_attention
+    Each graph's PTQ runs in a process of its own (quant/isolated.py), so the wrong copy is planted there: a
+    sitecustomize on the children's PYTHONPATH wraps the writer of the onnxruntime form before wanrt runs."""
     from wanrt.quant import QuantizationError
 
-    real = onnxruntime_attention.write_onnxruntime_variant
+    plant = tmp_path_factory.mktemp("plant")
+    (plant / "sitecustomize.py").write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})  # tests/, for attention_forms
+from attention_forms import plant_in_form
+from wanrt.export import onnxruntime_attention
 
-    def wrong_scale(graph_path, **kwargs):
-        variant = real(graph_path, **kwargs)
-        planted = plant_in_form(variant.path, "scale", drawn_wan.head_dim)
-        planted.replace(variant.path)
-        return variant
+real = onnxruntime_attention.write_onnxruntime_variant
 
-    monkeypatch.setattr(onnxruntime_attention, "write_onnxruntime_variant", wrong_scale)
+def wrong_scale(graph_path, **kwargs):
+    variant = real(graph_path, **kwargs)
+    if variant is not None:
+        plant_in_form(variant.path, "scale", {drawn_wan.head_dim}).replace(variant.path)
+    return variant
+
+onnxruntime_attention.write_onnxruntime_variant = wrong_scale
+""", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(plant), os.environ.get("PYTHONPATH")))))
     out = tmp_path / "refused"
     with pytest.raises(QuantizationError, match=r"transformer\.ort\.onnx: the attention writing .* differs"):
         quantize_artifact(drawn_artifact_dir, out, _config(calib_prompts=CALIB[:1], calib_steps=8))
