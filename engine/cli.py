@@ -113,7 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
     from wanrt.errors import InvalidRequestError
-    from wanrt.trust.cli import check_trusted, provenance_key
+    from wanrt.trust.cli import provenance_key, trusted_check
 
     request_from_args(args)  # a bad option or output path fails before the model loads
     devices = tuple(args.devices or ("cpu",))
@@ -123,8 +123,8 @@ def _generate(args: argparse.Namespace) -> int:
     budget = None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget)
     model = _model_or_default(args)
     provenance = provenance_key(args)
-    check_trusted(model, args.trust)
-    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
+    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel,
+                                 check=trusted_check(args.trust))
     request = request_from_args(args, pipeline.defaults)
     request.validate(pipeline.limits)
     admission = admission_for(pipeline, budget, devices)

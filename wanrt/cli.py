@@ -12,6 +12,7 @@ from wanrt.errors import (
     InsufficientMemoryError,
     InvalidRequestError,
     ModelFormatError,
+    StateError,
     WanrtError,
 )
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
         return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError
-                                        | InsufficientMemoryError) else EXIT_FAILED
+                                        | InsufficientMemoryError | StateError) else EXIT_FAILED
     except MemoryError:  # outside a pipeline run (loading, writing): still one line, not a traceback
         print("wanrt: error: out of memory", file=sys.stderr)
         return EXIT_USAGE

@@ -15,24 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, load_artifact, sha256_file
+from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, open_artifact
 from wanrt.engine.backends.base import DecoderState
 from wanrt.engine.defaults import defaults_for_artifact
 from wanrt.engine.device import parse_device
+from wanrt.engine.model_files import ManifestCheck, ModelFolder, read_manifest_bytes
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.tensorrt.engine_manifest import (
     ENGINES_MANIFEST,
+    ENGINES_NOT_FOUND,
     EnginesManifest,
     artifact_dir,
     check_artifact,
     check_runtime,
-    read_engines_manifest,
+    parse_engines_manifest,
 )
 from wanrt.engine.tensorrt.memory import EngineMemory, plan_memory
 from wanrt.engine.tensorrt.plan import BindingError, Planner
 from wanrt.engine.tensorrt.profiles import TEXT_ENCODER, VAE_INIT, VAE_STEP, vae_cache_layout
 from wanrt.engine.text import PromptTokenizer
-from wanrt.errors import ArtifactError, InvalidRequestError
+from wanrt.errors import ArtifactError, InvalidRequestError, SignatureError
 
 _MODEL_SUFFIXES = (".onnx", ".onnx.data")  # the files engines replace at serving time (never read here)
 
@@ -68,7 +70,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, engines_dir: Path, artifact: Manifest, engines: EnginesManifest, *,
-                 device_index: int = 0) -> None:
+                 device_index: int = 0, folder: ModelFolder | None = None) -> None:
         from wanrt.engine.tensorrt.engine import CudaDevice, Scratch, tensorrt_module
 
         trt = tensorrt_module()
@@ -79,6 +81,9 @@ class TensorRTBackend:
         self._cache_names = [name for name, _, _ in layout]
         self._cache_outputs = list(artifact.vae_decoder["cache"]["output_names"])
         self._dir = Path(engines_dir)
+        # Engine bytes are read through the folder opened once (each reload of a per-stage expert too), hashed
+        # as they are read, and deserialized from that buffer.
+        self._folder = folder or ModelFolder(self._dir, strict=False)
         self._entries = engines.engines
         self._experts = artifact.spec.experts
         self._memory = engines.memory
@@ -108,8 +113,10 @@ class TensorRTBackend:
 
         entry = self._entries[graph]
         engine = Engine(self._dir / entry.file)
+        data = self._folder.read(entry.file, entry.sha256, listed_in=ENGINES_MANIFEST)
         engine.load(entry, weight_streaming_budget=self._memory.weight_streaming_budget
-                    if entry.weight_streaming else None)
+                    if entry.weight_streaming else None, data=data.data)
+        del data  # TensorRT holds the weights now: the host buffer goes
         engine.activate()
         self._planner.check_engine_io(graph, engine.io_tensors())
         self._engines[graph] = engine
@@ -188,49 +195,75 @@ class TensorRTBackend:
         return frames, state
 
 
-def _verify_served_files(art_dir: Path, artifact: Manifest) -> None:
-    """Hashes the artifact files the engines do not replace (tokenizer, scheduler config): they are read."""
+@dataclasses.dataclass
+class OpenedEngines:
+    """An engines folder and its artifact, each opened once; what the engines need read and checked."""
+
+    folder: ModelFolder
+    artifact_folder: ModelFolder
+    artifact: Manifest
+    engines: EnginesManifest
+    engines_sha256: str  # of engines.json's bytes as read
+    manifest_sha256: str  # of the artifact's manifest.json as read
+    tokenizer: bytes
+
+
+def open_engines_folder(engines_dir: Path, check: ManifestCheck | None = None) -> OpenedEngines:
+    """Reads engines.json and its artifact and checks they belong together; needs no TensorRT or GPU.
+
+    ``check`` (``--trust``) sees engines.json's bytes first; the artifact is then held to the manifest hash the
+    (signed) engines.json records, and every file is read strictly inside its folder."""
+    folder = ModelFolder(engines_dir, strict=check is not None)
+    raw = read_manifest_bytes(folder, ENGINES_MANIFEST, check, not_found=ENGINES_NOT_FOUND)
+    engines = parse_engines_manifest(folder.where(ENGINES_MANIFEST), raw.tobytes())
+    art_folder = ModelFolder(artifact_dir(engines_dir, engines), strict=check is not None)
+    artifact, manifest_sha256 = open_artifact(art_folder)
+    bound = engines.artifact["manifest_sha256"]
+    if check is not None and manifest_sha256 != bound:
+        raise SignatureError(f"{art_folder.where(MANIFEST_NAME)} is not the artifact manifest the signed engines "
+                             f"were built from (sha256 {manifest_sha256}, signed {bound})")
+    # The ONNX graphs are not read when serving engines, so hashing them (tens of GB) would only slow startup;
+    # what engines.json records about them is compared with the artifact's manifest instead. The files that are
+    # read (tokenizer, scheduler config) are hashed.
     for rel, expected in artifact.files.items():
-        if rel.endswith(_MODEL_SUFFIXES):
-            continue
-        actual = sha256_file(art_dir / rel)
-        if actual != expected:
-            raise ArtifactError(f"{art_dir / rel} does not match {MANIFEST_NAME} (sha256 {actual}, expected "
-                                f"{expected}): the file changed after export")
+        if not rel.endswith(_MODEL_SUFFIXES) and rel != TOKENIZER_NAME:
+            art_folder.digest(rel, expected, listed_in=MANIFEST_NAME)
+    if TOKENIZER_NAME not in artifact.files:
+        raise ArtifactError(f"{art_folder.where(MANIFEST_NAME)} does not list {TOKENIZER_NAME}")
+    tokenizer = art_folder.read(TOKENIZER_NAME, artifact.files[TOKENIZER_NAME], listed_in=MANIFEST_NAME)
+    check_artifact(engines, artifact)
+    return OpenedEngines(folder, art_folder, artifact, engines, raw.sha256, manifest_sha256, tokenizer.tobytes())
 
 
 def open_engines(engines_dir: Path) -> tuple[Path, Manifest, EnginesManifest]:
     """Reads engines.json and its artifact and checks they belong together; needs no TensorRT or GPU."""
-    engines = read_engines_manifest(engines_dir)
-    art_dir = artifact_dir(engines_dir, engines)
-    # The ONNX graphs are not read when serving engines, so hashing them (tens of GB) would only slow startup;
-    # what engines.json records about them is compared with the artifact's manifest instead.
-    artifact = load_artifact(art_dir, verify_hashes=False)
-    _verify_served_files(art_dir, artifact)
-    check_artifact(engines, artifact)
-    return art_dir, artifact, engines
+    opened = open_engines_folder(engines_dir)
+    return opened.artifact_folder.path, opened.artifact, opened.engines
 
 
-def load_tensorrt_pipeline(engines_dir: Path, device: str) -> VideoPipeline:
+def load_tensorrt_pipeline(engines_dir: Path, device: str, check: ManifestCheck | None = None) -> VideoPipeline:
     """A VideoPipeline over the engines in ``engines_dir``, limited to the requests their profiles cover."""
     engines_dir = Path(engines_dir)
     index = cuda_device_index(device)
-    art_dir, artifact, engines = open_engines(engines_dir)
-    backend = TensorRTBackend(engines_dir, artifact, engines, device_index=index)
+    opened = open_engines_folder(engines_dir, check)
+    artifact, engines = opened.artifact, opened.engines
+    backend = TensorRTBackend(engines_dir, artifact, engines, device_index=index, folder=opened.folder)
     spec = artifact.spec
     identity = {
         "backend": "tensorrt",
         "model": str(engines_dir.resolve()),
-        "engines_manifest_sha256": sha256_file(engines_dir / ENGINES_MANIFEST),
-        "artifact": str(art_dir.resolve()),
-        "manifest_sha256": sha256_file(art_dir / MANIFEST_NAME),
+        "engines_manifest_sha256": opened.engines_sha256,
+        "artifact": str(opened.artifact_folder.path.resolve()),
+        "manifest_sha256": opened.manifest_sha256,
         "tensorrt_version": engines.runtime.tensorrt_version,
         "gpu": engines.runtime.device_name,
         "precision": engines.precision,
         # Same keys as the onnxruntime backend for the graphs, so audits can tell which export made a clip.
         **{f"{graph}_sha256": e.onnx_sha256 for graph, e in engines.engines.items()},
+        # The engines deserialized: each read once and refused unless its bytes hash to this.
         **{f"{graph}_engine_sha256": e.sha256 for graph, e in engines.engines.items()},
     }
-    return VideoPipeline(spec, PromptTokenizer(art_dir / TOKENIZER_NAME, spec.text_length), backend,
+    return VideoPipeline(spec, PromptTokenizer(opened.tokenizer, spec.text_length,
+                                               where=opened.artifact_folder.where(TOKENIZER_NAME)), backend,
                          identity=identity, limits=engines.limits,
                          defaults=defaults_for_artifact(artifact.defaults, spec))

@@ -268,13 +268,16 @@ class Engine:
             f.write(serialized)
         return hashlib.sha256(serialized).hexdigest()
 
-    def load(self, entry: EngineEntry | None = None, *, weight_streaming_budget: int | None = None) -> None:
+    def load(self, entry: EngineEntry | None = None, *, weight_streaming_budget: int | None = None,
+             data: Any = None) -> None:
         """Deserializes the engine, first checking its bytes against ``entry``'s sha256 when given; a
-        weight-streaming engine keeps ``weight_streaming_budget`` bytes of its weights on the GPU."""
+        weight-streaming engine keeps ``weight_streaming_budget`` bytes of its weights on the GPU. ``data``: the
+        engine's bytes as already read and checked (engine/model_files.py), deserialized as they are."""
         trt = tensorrt_module()
-        data = self.path.read_bytes()
-        if entry is not None:
-            verify_engine_bytes(self.path, entry, data)
+        if data is None:
+            data = self.path.read_bytes()
+            if entry is not None:
+                verify_engine_bytes(self.path, entry, data)
         self._runtime = trt.Runtime(_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
