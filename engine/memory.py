@@ -422,8 +422,13 @@ class MemoryEstimator:
         text = {"text_length": spec.text_length}
 
         def expert_dims(batch: int, frames: int, hp: int, wp: int) -> dict[str, int]:
-            return {"batch": batch, "latent_frames": frames * self._patch[0], "latent_height_patches": hp,
-                    "latent_width_patches": wp, **text}
+            # Export names a latent axis by patches ("2*latent_height_patches") where the patch is over 1, by
+            # latent pixels ("latent_height") where it is 1 (export/transformer.py): give both.
+            dims = {"batch": batch, **text}
+            for axis, patches, patch in zip(("frames", "height", "width"), (frames, hp, wp), self._patch,
+                                            strict=True):
+                dims[f"latent_{axis}"], dims[f"latent_{axis}_patches"] = patches * patch, patches
+            return dims
 
         # Size variable of the experts: video tokens; of the decoder: latent pixels of one frame. Probes at
         # batch 2 and two sizes, and at batch 1; shape inference allocates nothing, so they can be large.

@@ -25,7 +25,6 @@ from wanrt.engine.artifact import (
 from wanrt.engine.graph_forms import referenced_files
 from wanrt.errors import InvalidRequestError
 from wanrt.export import attention
-from wanrt.measures import max_relative_error
 from wanrt.publish import destination, publishing
 from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts
 from wanrt.quant.ptq import CALIBRATION_METHODS, MODES, ORT_SESSION_CONFIG
@@ -214,9 +213,10 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
                                 scopes=scopes_of(model)).as_dict()  # its opset replaces the fp32 graph's
     opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
     new_entry = {**entry, "files": files, "opset": opset, **precision}
-    if "attention" in entry:  # the Q/DQ graph's own onnxruntime form, checked against it on a calibration call
+    if "attention" in entry:  # the Q/DQ graph's own onnxruntime form (fp32 only, as export makes it)
         new_entry["attention"], _ = attention.record(dest, lambda variant: [
-            _check_same_outputs(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"])
+            _check_onnxruntime_form(dest, variant, samples[0], config.device)], shapes_from=source / entry["file"],
+            onnxruntime_form=config.dtype == "fp32")
     detail = GraphQuantization(
         quantized=[{"name": d.name, "module": d.module} for d in plan.decisions if d.name in set(done)],
         excluded=excluded, calibration_calls=len(samples),
@@ -224,18 +224,19 @@ def _quantize_one(source: Path, art_dir: Path, entry: dict[str, Any], name: str,
     return quantized, new_entry, detail
 
 
-def _check_same_outputs(graph: Path, variant: Path, feeds: dict[str, Any], device: str) -> float:
-    import numpy as np
-
+def _check_onnxruntime_form(graph: Path, variant: Path, feeds: dict[str, Any], device: str) -> float:
+    """The onnxruntime form against the Q/DQ graph, attention by attention on a calibration call's tensors
+    (export/form_check.py: why not the whole graphs, which a QuantizeLinear after attention sets a step apart)."""
+    from wanrt.errors import ExportVerificationError
+    from wanrt.export.form_check import check_onnxruntime_form
     from wanrt.export.onnx_io import PARITY_TOLERANCE
     from wanrt.quant import ptq
 
-    expected = ptq.session(graph, device).run(None, feeds)[0]
-    got = ptq.session(variant, device).run(None, feeds)[0]
-    error = max_relative_error(np.asarray(got), np.asarray(expected))
-    if not error <= PARITY_TOLERANCE:
-        raise QuantizationError(f"{variant.name} differs from {graph.name} by relative error {error:.3e}")
-    return error
+    try:
+        return check_onnxruntime_form(graph, variant, feeds, lambda model: ptq.session(model, device),
+                                      tolerance=PARITY_TOLERANCE)
+    except ExportVerificationError as err:
+        raise QuantizationError(str(err)) from None
 
 
 def _report(pipeline: Any, networks: Any, requests: list, config: QuantizeConfig, source: Path,

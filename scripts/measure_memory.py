@@ -49,7 +49,7 @@ def measure_one(model: str | None, frames: int, height: int, width: int, guidanc
             "measured": _status_bytes("VmHWM"), "seconds": round(time.monotonic() - started, 1)}
 
 
-def compare_speed(model: str | None, point: str, runs: int) -> None:
+def compare_speed(model: str | None, point: str, runs: int, steps: int | None = None) -> None:
     """Seconds per clip with the serving session options and with onnxruntime's arena and memory pattern."""
     import statistics
 
@@ -77,17 +77,28 @@ def compare_speed(model: str | None, point: str, runs: int) -> None:
         pipelines[setting] = load_pipeline(Path(model), "onnxruntime")
     frames, height, width, guidance = _parse_point(point)
     request = GenerationRequest(prompt="a sea turtle glides over a coral reef", frames=frames, height=height,
-                                width=width, guidance=guidance)
-    times: dict[str, list[float]] = {"serving": [], "arena": []}
+                                width=width, guidance=guidance, **({"steps": steps} if steps else {}))
+    # Wall time, and what a loaded machine disturbs less: this process's CPU time and minor page faults (each a
+    # page the kernel zeroes: what returning freed buffers to the system costs when they are allocated again).
+    samples: dict[str, list[tuple[float, float, int]]] = {"serving": [], "arena": []}
     for _ in range(runs):
         for setting, pipeline in pipelines.items():
-            started = time.perf_counter()
+            started, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults()
             for _chunk in pipeline.generate(request):
                 pass
-            times[setting].append(time.perf_counter() - started)
-    median = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{point}, {request.steps} steps, {runs} runs each: serving {median['serving']:.2f} s, "
-          f"onnxruntime defaults {median['arena']:.2f} s, ratio {median['serving'] / median['arena']:.2f}")
+            samples[setting].append((time.perf_counter() - started, time.process_time() - cpu,
+                                     _minor_faults() - faults))
+    median = {k: [statistics.median(s[i] for s in v) for i in range(3)] for k, v in samples.items()}
+    (wall, cpu, faults), (wall_d, cpu_d, faults_d) = median["serving"], median["arena"]
+    print(f"{model} {point}, {request.steps} steps, {runs} runs each (medians): serving {wall:.2f} s "
+          f"(CPU {cpu:.2f} s, {faults} page faults), onnxruntime defaults {wall_d:.2f} s (CPU {cpu_d:.2f} s, "
+          f"{faults_d} page faults); serving / defaults: wall {wall / wall_d:.2f}, CPU {cpu / cpu_d:.2f}")
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _status_bytes(field: str) -> int:
@@ -109,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), help="points F:HxW[:guidance]")
     parser.add_argument("--speed", metavar="F:HxW", help="compare speed with onnxruntime's arena at this point")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="--speed: denoising steps (default: the request's)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one point, JSON on stdout
     args = parser.parse_args(argv)
     if args.speed:
-        compare_speed(args.model, args.speed, args.runs)
+        compare_speed(args.model, args.speed, args.runs, args.steps)
         return 0
     if args.one:
         print(json.dumps(measure_one(args.model, *_parse_point(args.one))))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,10 +38,40 @@ def single_expert_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pipeline(tmp_path_factory.mktemp("tiny1") / "wan-tiny-single", two_experts=False)
 
 
-def _export(model_dir: Path, out: Path, **kwargs: object) -> Path:
-    from wanrt.export.exporter import export_pipeline
+# Every test model shares tiny_wan.build_vae()'s VAE, and its export is the slowest part of an export (about half
+# of it): the first export of a session exports it for real, later exports of the same VAE weights at the same
+# settings copy those files and that manifest entry (export is deterministic, byte for byte).
+_VAE_EXPORTS: dict[tuple, tuple[Path, dict]] = {}
 
-    export_pipeline(model_dir, out, **kwargs)
+
+def _export(model_dir: Path, out: Path, **kwargs: object) -> Path:
+    import copy
+    from unittest import mock
+
+    from wanrt.engine.artifact import sha256_file
+    from wanrt.export import exporter
+
+    real = exporter._export_vae
+
+    def export_vae_once(source: Path, art_dir: Path, threshold: int, dtype: str) -> dict:
+        vae = Path(source) / "vae"
+        key = (*(sha256_file(p) for p in sorted(vae.iterdir())), threshold, dtype)
+        if key not in _VAE_EXPORTS:
+            before = set(art_dir.iterdir())
+            result = real(source, art_dir, threshold, dtype)
+            keep = Path(tempfile.mkdtemp(prefix="wanrt-test-vae-"))
+            atexit.register(shutil.rmtree, keep, True)
+            for path in set(art_dir.iterdir()) - before:
+                shutil.copy2(path, keep / path.name)
+            _VAE_EXPORTS[key] = (keep, copy.deepcopy(result))
+            return result
+        keep, result = _VAE_EXPORTS[key]
+        for path in keep.iterdir():
+            shutil.copy2(path, art_dir / path.name)
+        return copy.deepcopy(result)
+
+    with mock.patch.object(exporter, "_export_vae", export_vae_once):
+        exporter.export_pipeline(model_dir, out, **kwargs)
     return out
 
 
@@ -51,3 +84,72 @@ def tiny_artifact_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def single_expert_artifact_dir(single_expert_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _export(single_expert_model_dir, tmp_path_factory.mktemp("art1") / "wan-tiny-single-onnx")
+
+
+# Models the project has never seen (tests/drawn_models.py): drawn once per session from WANRT_TEST_SEED (printed
+# in the header; a fresh seed when unset), built and exported at most once each, whichever tests ask.
+from drawn_models import COUNT_ENV, SEED_ENV, DrawnWan, draw_many, session_seed  # noqa: E402
+
+DRAWN_SEED = session_seed()
+DRAWN = draw_many(DRAWN_SEED)
+
+
+def _drawn_line() -> str:
+    return (f"drawn Wan models: {SEED_ENV}={DRAWN_SEED} ({COUNT_ENV}={len(DRAWN)}: "
+            f"{', '.join(w.id for w in DRAWN)}); replay a failure with {SEED_ENV}={DRAWN_SEED}, or one model "
+            f"alone with {SEED_ENV}=<its s-number> {COUNT_ENV}=1")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _drawn_line()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Also under -q, which hides the header (scripts/test.sh runs pytest -q), when drawn models were used.
+    if _DRAWN_USED:
+        terminalreporter.write_line(_drawn_line())
+
+
+_DRAWN_USED: list[str] = []  # test functions that take a drawn model
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "drawn_wan" in metafunc.fixturenames:
+        _DRAWN_USED.append(metafunc.function.__name__)
+        metafunc.parametrize("drawn_wan", DRAWN, ids=[w.id for w in DRAWN], scope="session")
+
+
+class _DrawnModels:
+    """Session cache: each drawn model's diffusers folder and its export, made on first use."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self._factory = factory
+        self._models: dict[DrawnWan, Path] = {}
+        self._artifacts: dict[DrawnWan, Path] = {}
+
+    def model_dir(self, wan: DrawnWan) -> Path:
+        if wan not in self._models:
+            self._models[wan] = wan.build(self._factory.mktemp(f"drawn-{wan.seed}") / wan.id)
+        return self._models[wan]
+
+    def artifact_dir(self, wan: DrawnWan) -> Path:
+        if wan not in self._artifacts:
+            self._artifacts[wan] = _export(self.model_dir(wan), self._factory.mktemp(f"drawn-art-{wan.seed}") / "onnx")
+        return self._artifacts[wan]
+
+
+@pytest.fixture(scope="session")
+def drawn_models(tmp_path_factory: pytest.TempPathFactory) -> _DrawnModels:
+    return _DrawnModels(tmp_path_factory)
+
+
+@pytest.fixture
+def drawn_model_dir(drawn_wan: DrawnWan, drawn_models: _DrawnModels) -> Path:
+    """The drawn model's diffusers WanPipeline folder (random weights, written with save_pretrained)."""
+    return drawn_models.model_dir(drawn_wan)
+
+
+@pytest.fixture
+def drawn_artifact_dir(drawn_wan: DrawnWan, drawn_models: _DrawnModels) -> Path:
+    """The drawn model exported by `wanrt export` (fp32, every graph parity-checked; weights inline)."""
+    return drawn_models.artifact_dir(drawn_wan)

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from attention_forms import cpu_session, plant_in_form
 from onnx import TensorProto, helper, numpy_helper
 
 from wanrt.engine.artifact import MANIFEST_NAME, load_artifact
@@ -186,3 +187,47 @@ def test_head_counts_come_from_the_source_graph_when_lost(tmp_path):
     assert write_onnxruntime_variant(derived) is None
     variant = write_onnxruntime_variant(derived, shapes_from=source)
     assert variant is not None and variant.rewritten == 1
+
+
+
+def _expert_feeds(manifest, batch: int = 2, patches: tuple[int, int, int] = (2, 2, 3), text: int = 9,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    spec = manifest.spec
+    rng = np.random.default_rng(seed)
+    f, h, w = (n * p for n, p in zip(patches, spec.patch_size, strict=True))
+    return {"hidden_states": rng.standard_normal((batch, spec.latent_channels, f, h, w), dtype=np.float32),
+            "timestep": rng.uniform(0, 1000, batch).astype(np.float32),
+            "encoder_hidden_states": rng.standard_normal((batch, text, spec.text_dim), dtype=np.float32)}
+
+
+@pytest.mark.slow  # exports each drawn model (once per session)
+def test_drawn_experts_carry_attention_as_one_operator(drawn_wan, drawn_artifact_dir):
+    """On a model never seen: every layer's self- and cross-attention is one operator in both forms, and the
+    onnxruntime form is the graph's computation (export/form_check.py) at fp32 tolerance."""
+    from wanrt.export.form_check import check_onnxruntime_form
+
+    manifest = load_artifact(drawn_artifact_dir)
+    experts = ("transformer", "transformer_2") if drawn_wan.two_experts else ("transformer",)
+    assert manifest.spec.experts == experts
+    for name in experts:
+        entry = manifest.graphs[name]
+        ops, ort_ops = _ops(drawn_artifact_dir / entry["file"]), _ops(drawn_artifact_dir / f"{name}.ort.onnx")
+        assert ops.get("Attention") == 2 * drawn_wan.layers and "Softmax" not in ops, ops
+        assert ort_ops.get(CONTRIB_OPERATOR) == 2 * drawn_wan.layers and "Attention" not in ort_ops, ort_ops
+        assert entry["attention"]["onnxruntime"]["nodes"] == 2 * drawn_wan.layers
+        error = check_onnxruntime_form(drawn_artifact_dir / entry["file"], drawn_artifact_dir / f"{name}.ort.onnx",
+                                       _expert_feeds(manifest), cpu_session, tolerance=1e-4)
+        print(f"{drawn_wan.id} {name}: attention forms agree to {error:.1e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("change", "message"), [("scale", "differs from"), ("heads", "differs from"),
+                                                 ("outside", "nodes outside attention differ")])
+def test_a_wrong_onnxruntime_form_fails_the_form_check(drawn_wan, drawn_artifact_dir, tmp_path, change, message):
+    from wanrt.export.form_check import check_onnxruntime_form
+
+    art = Path(shutil.copytree(drawn_artifact_dir, tmp_path / "art"))
+    feeds = _expert_feeds(load_artifact(art))
+    planted = plant_in_form(art / "transformer.ort.onnx", change, drawn_wan.head_dim)
+    with pytest.raises(ExportVerificationError, match=message):
+        check_onnxruntime_form(art / "transformer.onnx", planted, feeds, cpu_session, tolerance=1e-4)

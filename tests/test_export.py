@@ -95,6 +95,26 @@ def test_single_expert_export(single_expert_artifact_dir):
     assert any(p["graph"] == "transformer.onnx" for p in manifest.parity)
 
 
+def test_drawn_model_export(drawn_wan, drawn_model_dir, drawn_artifact_dir):
+    """A model never seen (tests/drawn_models.py): its spec read back, and every graph and onnxruntime form
+    parity-checked against PyTorch at two shapes within the fp32 tolerance."""
+    manifest = load_artifact(drawn_artifact_dir)
+    spec = manifest.spec
+    assert spec == spec_from_diffusers(drawn_model_dir)
+    assert spec.experts == (("transformer", "transformer_2") if drawn_wan.two_experts else ("transformer",))
+    assert spec.boundary_ratio == drawn_wan.boundary_ratio
+    assert spec.patch_size == (1, drawn_wan.patch, drawn_wan.patch) and spec.text_dim == drawn_wan.text_dim
+    files = {f for g in manifest.graphs.values() for f in [g["file"], (g.get("attention") or {}).get(
+        "onnxruntime", {}).get("file")] if f}
+    assert {f"{e}.ort.onnx" for e in spec.experts} <= files
+    for file in files:
+        checks = [p for p in manifest.parity if p["graph"] == file]
+        assert len({json.dumps(p["shapes"]) for p in checks}) >= 2, f"{file}: parity at < 2 shapes"
+        assert all(0.0 <= p["max_rel_error"] <= 1e-4 for p in checks), checks
+    worst = max(p["max_rel_error"] for p in manifest.parity)
+    print(f"{drawn_wan.id}: worst parity {worst:.1e} over {len(manifest.parity)} checks")
+
+
 def test_graphs_carry_no_exporter_trace(single_expert_artifact_dir):
     """Stack traces name the exporting machine's paths: an artifact keeps only the module scopes quant needs."""
     import onnx

@@ -22,23 +22,24 @@ def _noise(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def _diffusers_frames(model_dir: Path, latents: np.ndarray, guidance: float, guidance_2: float | None) -> np.ndarray:
+def _diffusers_frames(model_dir: Path, latents: np.ndarray, guidance: float, guidance_2: float | None,
+                      prompt: str = PROMPT) -> np.ndarray:
     import torch
     from diffusers import WanPipeline
 
     pipe = WanPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     kwargs = {"guidance_scale_2": guidance_2} if guidance_2 is not None else {}
-    video = pipe(PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=HEIGHT, width=WIDTH,
+    video = pipe(prompt, negative_prompt=NEGATIVE, num_frames=FRAMES, height=HEIGHT, width=WIDTH,
                  num_inference_steps=STEPS, guidance_scale=guidance, latents=torch.from_numpy(latents),
                  output_type="np", **kwargs).frames[0]
     return np.round(video * 255.0).astype(np.uint8)
 
 
 def _wanrt_frames(model: Path, backend: str, latents: np.ndarray, guidance: float,
-                  guidance_2: float | None) -> np.ndarray:
+                  guidance_2: float | None, prompt: str = PROMPT) -> np.ndarray:
     pipeline = load_pipeline(model, backend)
-    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, frames=FRAMES, height=HEIGHT, width=WIDTH,
+    request = GenerationRequest(prompt=prompt, negative_prompt=NEGATIVE, frames=FRAMES, height=HEIGHT, width=WIDTH,
                                 steps=STEPS, guidance=guidance, guidance_2=guidance_2, latents=latents)
     return np.concatenate(list(pipeline.generate(request)))
 
@@ -66,6 +67,16 @@ def test_single_expert_matches_diffusers(backend, single_expert_model_dir, singl
     reference = _diffusers_frames(single_expert_model_dir, latents, 5.0, None)
     model = single_expert_model_dir if backend == "torch" else single_expert_artifact_dir
     _assert_close(_wanrt_frames(model, backend, latents, 5.0, None), reference, f"single expert, {backend}")
+
+
+def test_drawn_model_matches_diffusers(drawn_wan, drawn_model_dir, drawn_artifact_dir):
+    """A model never seen (tests/drawn_models.py), its own prompt length and boundary: the exported artifact on
+    onnxruntime reproduces diffusers' WanPipeline on the same noise."""
+    latents = _noise(drawn_wan.seed)
+    guidance = (4.0, 3.0) if drawn_wan.two_experts else (5.0, None)
+    reference = _diffusers_frames(drawn_model_dir, latents, *guidance, prompt=drawn_wan.prompt)
+    ours = _wanrt_frames(drawn_artifact_dir, "onnxruntime", latents, *guidance, prompt=drawn_wan.prompt)
+    _assert_close(ours, reference, f"{drawn_wan.id}, onnxruntime")
 
 
 def test_expert_switch_and_batched_guidance(tiny_model_dir):

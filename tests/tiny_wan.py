@@ -34,15 +34,15 @@ def build_tokenizer(out_dir: Path) -> None:
     fast.save_pretrained(out_dir)
 
 
-def build_text_encoder(vocab_size: int):  # noqa: ANN201
+def build_text_encoder(vocab_size: int, text_dim: int = TEXT_DIM):  # noqa: ANN201
     import torch
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
     config = UMT5Config(
         vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=8,
+        d_model=text_dim,
+        d_kv=text_dim // 4,
         d_ff=64,
         num_layers=2,
         num_heads=4,
@@ -54,21 +54,22 @@ def build_text_encoder(vocab_size: int):  # noqa: ANN201
     return UMT5EncoderModel(config).eval()
 
 
-def build_transformer(seed: int):  # noqa: ANN201
+# The fixed fixture's expert; tests/drawn_models.py draws other values for the same keys.
+TRANSFORMER = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "ffn_dim": 32,
+               "num_layers": 2, "text_dim": TEXT_DIM}
+
+
+def build_transformer(seed: int, **architecture: object):  # noqa: ANN201
+    """A random WanTransformer3DModel: TRANSFORMER's architecture, with ``architecture`` overriding it."""
     import torch
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
+        **{**TRANSFORMER, **architecture},
         in_channels=16,
         out_channels=16,
-        text_dim=TEXT_DIM,
         freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
@@ -94,8 +95,13 @@ def build_scheduler(flow_shift: float = 3.0):  # noqa: ANN201
     )
 
 
-def build_pipeline(out_dir: Path, *, two_experts: bool = True, boundary_ratio: float = 0.875) -> Path:
-    """Writes a diffusers WanPipeline folder to ``out_dir`` and returns it."""
+def build_pipeline(out_dir: Path, *, two_experts: bool = True, boundary_ratio: float = 0.875,
+                   seeds: tuple[int, int] = (1, 2), **architecture: object) -> Path:
+    """Writes a diffusers WanPipeline folder to ``out_dir`` and returns it.
+
+    ``seeds``: the two experts' weight seeds; ``architecture``: WanTransformer3DModel settings over TRANSFORMER
+    (its ``text_dim`` is also the text encoder's width).
+    """
     from diffusers import WanPipeline
     from transformers import AutoTokenizer
 
@@ -104,11 +110,11 @@ def build_pipeline(out_dir: Path, *, two_experts: bool = True, boundary_ratio: f
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "_tok")
     pipe = WanPipeline(
         tokenizer=tokenizer,
-        text_encoder=build_text_encoder(len(tokenizer)),
+        text_encoder=build_text_encoder(len(tokenizer), int(architecture.get("text_dim", TEXT_DIM))),
         vae=build_vae(),
         scheduler=build_scheduler(),
-        transformer=build_transformer(1),
-        transformer_2=build_transformer(2) if two_experts else None,
+        transformer=build_transformer(seeds[0], **architecture),
+        transformer_2=build_transformer(seeds[1], **architecture) if two_experts else None,
         boundary_ratio=boundary_ratio if two_experts else None,
     )
     pipe.save_pretrained(out_dir)

@@ -54,9 +54,10 @@ def return_freed_memory() -> None:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-# 1 MiB: what the estimate was measured with (README, "Memory admission"). It costs speed on small clips
-# (1.6x on the demo clip, scripts/measure_memory.py --speed 17:96x96); 16 MiB costs nothing there but the heap
-# then keeps mid-sized tensors and 17 frames at 256x256 peaked 8% above the estimate.
+# 1 MiB: what the estimate was measured with (README, "Memory admission"). Its cost is the page faults of buffers
+# allocated again: 1.06x onnxruntime's defaults in CPU time on the demo clip since the graphs' attention is linear
+# (1.27x when the scores were materialised; scripts/measure_memory.py --speed 17:96x96). Larger thresholds, a
+# shared arena or onnxruntime's own arenas each let a measured peak pass the estimate (README lists them).
 MMAP_THRESHOLD = 1 << 20
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -210,3 +211,57 @@ def test_fp8_graphs_and_quantized_text_encoder(tiny_artifact_dir, tmp_path):
     assert main([*args, "--model", str(out), "--out", str(tmp_path / "fp8.npy")]) == 0
     assert report["text_encoder"]["cosine_min"] > 0.99
     assert all(e["cosine_min"] > 0.99 for e in report["experts"].values())
+
+
+# Models never seen (tests/drawn_models.py). Issue 31: on three such models quantize failed 5 runs in 6, its
+# onnxruntime-form check comparing whole Q/DQ graphs at the fp32 tolerance (export/form_check.py says why that
+# cannot hold); it now checks the forms attention by attention, and must pass on any model export passed.
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_quantize_drawn_model(drawn_wan, drawn_artifact_dir, tmp_path, mode):
+    out = tmp_path / f"drawn-{mode}"
+    # 8 steps: a boundary drawn as low as 0.5 still sends the low-noise expert calls to calibrate on.
+    report = quantize_artifact(drawn_artifact_dir, out, _config(mode=mode, calib_steps=8,
+                                                                calib_prompts=(drawn_wan.prompt, *CALIB)))
+    manifest = load_artifact(out)
+    experts = manifest.spec.experts
+    assert experts == (("transformer", "transformer_2") if drawn_wan.two_experts else ("transformer",))
+    for name in experts:
+        # Every block's 4 + 4 attention projections and 2 feed-forward MatMuls, in both forms.
+        assert len(manifest.quantization.graphs[name].quantized) == 10 * drawn_wan.layers
+        assert _op_count(out / f"{name}.ort.onnx", "MultiHeadAttention") == 2 * drawn_wan.layers
+        assert _op_count(out / f"{name}.ort.onnx", "DequantizeLinear") == \
+            _op_count(out / f"{name}.onnx", "DequantizeLinear") > 0
+    print(f"{drawn_wan.id} {mode}: worst clip {report['end_to_end']['psnr_db_min']:.1f} dB")
+    assert report["gate"]["passed"]
+
+
+def test_quantize_refuses_a_wrong_onnxruntime_form(drawn_wan, drawn_artifact_dir, tmp_path, tmp_path_factory,
+                                                  monkeypatch):
+    """The check still has teeth: a copy whose attention uses a wrong scale fails quantize, nothing written.
+
+    Each graph's PTQ runs in a process of its own (quant/isolated.py), so the wrong copy is planted there: a
+    sitecustomize on the children's PYTHONPATH wraps the writer of the onnxruntime form before wanrt runs."""
+    from wanrt.quant import QuantizationError
+
+    plant = tmp_path_factory.mktemp("plant")
+    (plant / "sitecustomize.py").write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})  # tests/, for attention_forms
+from attention_forms import plant_in_form
+from wanrt.export import onnxruntime_attention
+
+real = onnxruntime_attention.write_onnxruntime_variant
+
+def wrong_scale(graph_path, **kwargs):
+    variant = real(graph_path, **kwargs)
+    if variant is not None:
+        plant_in_form(variant.path, "scale", {drawn_wan.head_dim}).replace(variant.path)
+    return variant
+
+onnxruntime_attention.write_onnxruntime_variant = wrong_scale
+""", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(plant), os.environ.get("PYTHONPATH")))))
+    out = tmp_path / "refused"
+    with pytest.raises(QuantizationError, match=r"transformer\.ort\.onnx: the attention writing .* differs"):
+        quantize_artifact(drawn_artifact_dir, out, _config(calib_prompts=CALIB[:1], calib_steps=8))
+    assert not out.exists() and list(tmp_path.iterdir()) == []

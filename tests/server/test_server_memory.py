@@ -22,6 +22,9 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 LIMIT = 1 << 30  # the container's mem_limit, as cheap as a test can make it
 RESERVE = 256 << 20  # engine/budget.py: MIN_RESERVE (5% of 1 GiB is less)
 ISSUE_REQUEST = GenerationRequest(prompt="a turtle glides over the reef", frames=81, height=384, width=640, steps=1)
+# Larger than any cap below can hold even with linear attention (its first expert step alone needs ~2 GiB), so an
+# uncapped budget lets it through to a real allocation failure, early in the step.
+HUGE_REQUEST = GenerationRequest(prompt="a turtle glides over the reef", frames=129, height=768, width=1024, steps=1)
 # The model's own limits: what the issue's operator had (a CPU server's defaults would refuse the request as
 # INVALID_ARGUMENT before admission looks at it).
 MODEL_LIMITS = {"max_frames": 129, "max_height": 1280, "max_width": 1280, "max_steps": 100}
@@ -59,9 +62,10 @@ def memory_cgroup():
             pass
 
 
-def _fits_message(error: RemoteError, size: str) -> int:
-    match = re.search(rf"at most (\d+) frames at {size}", error.details)
-    assert match, error.details
+def _fits_message(error: RemoteError, frames: int) -> int:
+    """The side of the largest square the refusal says fits at ``frames``."""
+    match = re.search(rf"at most (\d+)x(\d+) at {frames} frames", error.details)
+    assert match and match.group(1) == match.group(2), error.details
     return int(match.group(1))
 
 
@@ -87,16 +91,18 @@ def test_requests_over_the_cgroup_budget_are_refused_and_those_under_it_run(memo
             assert refused.value.code == "RESOURCE_EXHAUSTED"
             assert "over the memory budget of 768 MiB (cgroup limit" in refused.value.details
 
-            # The largest frame count that fits at one size, and one step (4 frames) more.
-            probe = GenerationRequest(prompt="a school of fish", frames=129, height=160, width=256, steps=1)
-            with pytest.raises(RemoteError) as too_many:
+            # The largest square that fits at one frame count, and one step (16 pixels) more. (With the reef's
+            # attention linear in tokens, the decoder's step binds first, and it depends on the size, not on the
+            # frame count.)
+            probe = GenerationRequest(prompt="a school of fish", frames=5, height=640, width=640, steps=1)
+            with pytest.raises(RemoteError) as too_large:
                 client.generate(probe)
-            most = _fits_message(too_many.value, "160x256")
+            side = _fits_message(too_large.value, 5)
             with pytest.raises(RemoteError) as just_over:
-                client.generate(dataclasses.replace(probe, frames=most + 4))
+                client.generate(dataclasses.replace(probe, height=side + 16, width=side + 16))
             assert just_over.value.code == "RESOURCE_EXHAUSTED"
-            just_under = client.generate(dataclasses.replace(probe, frames=most))
-            assert just_under.frames == most
+            just_under = client.generate(dataclasses.replace(probe, height=side, width=side))
+            assert (just_under.frames, just_under.height, just_under.width) == (5, side, side)
 
             assert client.generate(NEXT).frames == NEXT.frames
         assert served.process.poll() is None, "the server died (the kernel's OOM killer?)"
@@ -110,19 +116,19 @@ def test_requests_over_the_cgroup_budget_are_refused_and_those_under_it_run(memo
 
 def test_an_allocation_failure_ends_the_job_not_the_server(tmp_path):
     """Admission off in effect (a huge budget) and the address space capped: onnxruntime's allocation of the
-    attention scores really fails in the worker."""
+    expert step's activations really fails in the worker."""
     from wanrt.reef import default_model_dir
 
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("needs Linux resource limits")
-    cap = ("import resource, os, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+    cap = ("import resource, os, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
            "os.execv(sys.argv[1], sys.argv[1:])")
     with serve_process(default_model_dir(), tmp_path, "--backend", "onnxruntime", "--memory-budget", "1T",
                        limits=MODEL_LIMITS, prefix=(sys.executable, "-c", cap)) as served:
         with Client(served.address, insecure=True) as client:
             with pytest.raises(RemoteError) as failed:
-                client.generate(ISSUE_REQUEST)
+                client.generate(HUGE_REQUEST)
             assert failed.value.code == "RESOURCE_EXHAUSTED"
-            assert "out of memory while generating 81 frames at 384x640" in failed.value.details
+            assert "out of memory while generating 129 frames at 768x1024" in failed.value.details
             assert client.generate(NEXT).frames == NEXT.frames
         assert served.process.poll() is None

@@ -142,3 +142,16 @@ def test_a_free_without_the_context_current_leaks_and_fails_the_contract(tiny_ar
                        "DeviceBuffer.free:with self._device.active():=if True:")
     serve = report["steps"]["serve"]
     assert serve["leaked"]["count"] > 0 and serve["after"]["live_bytes"] > serve["baseline"]["live_bytes"]
+
+
+@pytest.mark.slow  # exports each drawn model (once per session)
+def test_contract_on_a_drawn_model(drawn_wan, drawn_artifact_dir, tmp_path):
+    """A model never seen (tests/drawn_models.py: its heads, head size, layers, patch and expert layout) builds
+    through the real TensorRT 10 API and generates what onnxruntime generates from the same graphs."""
+    report = _scenario(10, drawn_artifact_dir, tmp_path, "--only-generate")
+    assert "error" not in report, report["error"]
+    assert report["violations"] == []
+    experts = [b for b in report["built"] if Path(b["onnx"]).name.startswith("transformer")]
+    assert len(experts) == (2 if drawn_wan.two_experts else 1)
+    assert all("Attention" in b["op_types"] and "Softmax" not in b["op_types"] for b in experts), experts
+    assert report["steps"]["generate"] == {"engines": True}

@@ -11,7 +11,9 @@ shims (shim/) over the real bindings of one TensorRT major: the project's own co
    device allocations back to their baseline afterwards, none leaked;
 4. `wanrt verify --engines DIR --prompts 2`, and once with a threshold nothing meets (exit 1).
 
---plant Class.method:OLD=NEW first plants a mistake in engine/tensorrt/engine.py (the test shows each is caught).
+--only-serve runs step 1's first build and step 3; --only-generate that build and one generate of step 2 (the
+drawn-model contract test). --plant Class.method:OLD=NEW first plants a mistake in engine/tensorrt/engine.py (the
+test shows each is caught).
 Writes work/report.json: the TensorRT API names used, contract violations, what was built, the memory ledger.
 """
 
@@ -188,6 +190,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--plant", default=None, help="Class.method:OLD=NEW in engine/tensorrt/engine.py")
     parser.add_argument("--only-serve", action="store_true", help="build one folder and serve it, nothing else")
+    parser.add_argument("--only-generate", action="store_true",
+                        help="build one folder and generate from it, nothing else (models drawn at random)")
     parser.add_argument("--only-build", action="store_true",
                         help="build one folder, nothing else (graphs onnxruntime cannot run here: bf16 at full width)")
     parser.add_argument("--max", nargs=3, default=None, metavar=("FRAMES", "HEIGHT", "WIDTH"),
@@ -214,6 +218,11 @@ def main() -> int:
             "log": log, "cache_rebuilt": cache.read_bytes().decode().endswith(trtsim.DEVICE_KEY)}
         if args.only_serve:
             report["steps"]["serve"] = serve_jobs(work / "engines", art, work)
+            raise StopScenario
+        if args.only_generate:
+            want = generate(standard_forms(art, work), "onnxruntime", work / "ort.npy")
+            got = generate(work / "engines", "tensorrt", work / "engines.npy")
+            report["steps"]["generate"] = {"engines": bool(np.array_equal(got, want))}
             raise StopScenario
         report["steps"]["build_per_stage"] = build(art, work / "engines-per-stage", "--residency", "per-stage")
         report["steps"]["build_streaming"] = build(art, work / "engines-streaming",

@@ -218,7 +218,8 @@ def _session(path: str) -> ort.InferenceSession:
     with _SESSION_LOCK:
         if path not in _SESSIONS:
             options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
+            # onnxruntime's default threads, as wanrt's onnxruntime backend has: frames are compared bit for bit,
+            # and MLAS splits some MatMuls differently on one thread (a drawn model, seed 161063, differed).
             _SESSIONS[path] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         return _SESSIONS[path]
 
