@@ -1,6 +1,6 @@
 """Peak host memory of `wanrt export`, per graph and stage, measured in a child process.
 
-    flock /work/wt/heavy.lock python -m wanrt.benchmarks.export_memory --model DIR --dtype bf16 [--out REPORT.json]
+    flock /tmp/wanrt-heavy.lock python -m wanrt.benchmarks.export_memory --model DIR --dtype bf16 [--out REPORT.json]
 
 The export runs in a child process (nothing of this process's memory is counted). At each stage boundary the
 exporter reports (its progress messages, ``<graph>: <stage>``), the child reads its peak resident set since the

@@ -7,7 +7,7 @@ fp32, the same prompt, size, steps and guidance pair), its frames written with t
 commands alternate (diffusers, wanrt, diffusers, ...) so a loaded machine slows both alike; each process's wall
 time and peak resident set (its own ``ru_maxrss`` from ``wait4``) are recorded, and the medians compared.
 
-    flock /work/wt/heavy.lock python -m wanrt.benchmarks.vs_diffusers --points 33:128x128:20 81:256x256:20 --runs 3
+    flock /tmp/wanrt-heavy.lock python -m wanrt.benchmarks.vs_diffusers --points 33:128x128:20 81:256x256:20 --runs 3
 
 Without ``--model``/``--diffusers`` it compares the embedded reef model with its diffusers folder recovered from
 the artifact's own graphs (reef/recover.py; the same weights, checked against every graph). Writes

@@ -2,7 +2,7 @@
 random-weight A14B-shaped model (tests/tiny_wan.py: two experts, boundary 0.875), the latter also exported with a
 LoRA per expert merged and the lightning-4step schedule.
 
-    flock /work/wt/heavy.lock .venv/bin/python scripts/gate_tables.py --out benchmarks/results [--prompts 12]
+    flock /tmp/wanrt-heavy.lock .venv/bin/python scripts/gate_tables.py --out benchmarks/results [--prompts 12]
 
 Writes gate-reef.{md,json} and gate-tiny-a14b.{md,json}. The tiny model's exports take a few minutes each.
 """

@@ -1,6 +1,6 @@
 """Peak memory of merging a LoRA into a full-width A14B expert (cut to N layers): does the merge hold a second copy?
 
-    flock /work/wt/heavy.lock .venv/bin/python scripts/lora_merge_memory.py --layers 2 --rank 64
+    flock /tmp/wanrt-heavy.lock .venv/bin/python scripts/lora_merge_memory.py --layers 2 --rank 64
 
 Builds the expert (dim 5120, ffn 13824, random fp32 weights) in this process, writes a LoRA of the given rank on
 every attention and feed-forward projection of every block (the layout LightX2V's distill LoRAs use), resets the

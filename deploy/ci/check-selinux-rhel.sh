@@ -10,7 +10,7 @@
 #   git clone https://github.com/containers/container-selinux
 #
 # Usage: deploy/ci/check-selinux-rhel.sh --policy-src DIR --container-selinux DIR [--workdir DIR] [--json FILE]
-# Minutes of CPU and ~2 GB of memory (the whole policy): run it under flock /work/wt/heavy.lock on shared hosts.
+# Minutes of CPU and ~2 GB of memory (the whole policy): run it under flock /tmp/wanrt-heavy.lock on shared hosts.
 # Exit: 0 goals hold; 1 a goal fails; 2 usage or tools; 3 the policy does not build or link.
 set -euo pipefail
 

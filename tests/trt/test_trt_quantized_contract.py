@@ -5,7 +5,7 @@ quantization recorded, and no Softmax or onnxruntime-only operator anywhere.
 
 The tiny two-expert folder runs in the slow tier; the full-width Wan2.2-A14B expert cut to two layers
 (benchmarks/a14b_folder.py: dim 5120, 40 heads, ffn 13824) is minutes and ~8 GB of memory: run it under the
-shared lock (``flock /work/wt/heavy.lock pytest tests/trt/test_trt_quantized_contract.py``).
+shared lock (``flock /tmp/wanrt-heavy.lock pytest tests/trt/test_trt_quantized_contract.py``).
 """
 
 from __future__ import annotations
