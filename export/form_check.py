@@ -50,7 +50,7 @@ def check_onnxruntime_form(graph: Path, variant: Path, feeds: Mapping[str, np.nd
     largest relative error over the attention nodes, raises ExportVerificationError past ``tolerance`` or on any
     difference outside attention. ``session`` opens a model as the caller's runtime would (a Q/DQ graph needs
     its session config)."""
-    from wanrt.export.onnx_io import relative_error
+    from wanrt.measures import max_relative_error
 
     base = onnx.load(os.fspath(graph), load_external_data=False)
     form = onnx.load(os.fspath(variant), load_external_data=False)
@@ -67,7 +67,7 @@ def check_onnxruntime_form(graph: Path, variant: Path, feeds: Mapping[str, np.nd
         inputs = {t: captured[t] for t in boundary}
         expected = _run_isolated(base, [node], inputs, node.output[0], session)
         got = _run_isolated(form, cone, inputs, node.output[0], session)
-        error = relative_error(got, expected)
+        error = max_relative_error(got, expected)
         if not error <= tolerance:
             raise ExportVerificationError(
                 f"{variant.name}: the attention writing {node.output[0]!r} differs from {graph.name}'s by relative "

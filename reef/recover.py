@@ -38,8 +38,9 @@ from wanrt.engine.artifact import SCHEDULER_CONFIG_NAME, TOKENIZER_NAME, Manifes
 from wanrt.engine.defaults import ModelDefaults, Recipe, write_recipe
 from wanrt.engine.schedules import BASE
 from wanrt.errors import ArtifactError
-from wanrt.export.onnx_io import PARITY_TOLERANCE, relative_error
+from wanrt.export.onnx_io import PARITY_TOLERANCE
 from wanrt.export.scopes import SCOPE_METADATA_KEY
+from wanrt.measures import max_relative_error
 from wanrt.reef.config import TrainConfig
 
 Say = Callable[[str], None]
@@ -100,7 +101,7 @@ def _compare(what: str, graph: Path, module: torch.nn.Module, feeds: dict[str, n
     with torch.no_grad():
         new = module(*(torch.from_numpy(v) for v in feeds.values()))
     new = [new] if isinstance(new, torch.Tensor) else list(new)
-    error = max(relative_error(n.numpy(), o) for n, o in zip(new, old, strict=True))
+    error = max(max_relative_error(n.numpy(), o) for n, o in zip(new, old, strict=True))
     say(f"{what}: recovered module vs {graph.name}, max relative error {error:.2e}")
     if not error <= PARITY_TOLERANCE:
         raise ArtifactError(f"{what}: the recovered module differs from {graph.name} by {error:.3e}")
