@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", dest="devices", action="append", default=None,
-                        help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")
+                        help="cpu, cuda, cuda:N or auto (default cpu); twice with --cfg-parallel. A GPU that cannot "
+                             "be used is an error (exit 2); only auto falls back to the CPU, saying so")
     parser.add_argument("--cfg-parallel", action="store_true",
                         help="run the cond and uncond halves of each guided step on the two --device at once")
     add_trust_argument(parser)
@@ -84,14 +85,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     from wanrt.engine.admission import admission_for
     from wanrt.engine.budget import parse_size
-    from wanrt.engine.loader import load_pipelines
+    from wanrt.engine.loader import load_pipelines, usable_device
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
     from wanrt.errors import InvalidRequestError
     from wanrt.trust.cli import check_trusted, provenance_key
 
     request = request_from_args(args)
-    devices = tuple(args.devices or ("cpu",))
+    # Resolved before the model loads: an unusable `cuda` is one line and exit 2, `auto` says where it runs.
+    devices = tuple(usable_device(d, args.backend) for d in args.devices or ("cpu",))
     if len(devices) != (2 if args.cfg_parallel else 1):
         raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
                                             f"{len(devices)}")

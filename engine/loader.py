@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from wanrt.engine.device import parse_device
+from wanrt.engine.device import CudaProbe, parse_device, resolve_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
 from wanrt.errors import ModelFormatError
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# Where each backend says why it cannot use a CUDA device (its ``cuda_problem``), and whether it has a CPU path.
+_CUDA_PROBES = {"onnxruntime": ("wanrt.engine.backends.onnxruntime", True),
+                "torch": ("wanrt.engine.backends.torch", True),
+                "tensorrt": ("wanrt.engine.tensorrt.engine", False)}
+
+
+def usable_device(device: str, backend: str) -> str:
+    """``device`` as ``backend`` will run it: ``cuda[:N]`` that it cannot use is DeviceUnavailableError (exit 2,
+    one line: driver, provider or library), ``auto`` becomes cuda:0 or, logged, the CPU."""
+    parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
+    if backend not in _CUDA_PROBES:
+        raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    module, cpu_capable = _CUDA_PROBES[backend]
+
+    def probe(index: int) -> str | None:
+        check: CudaProbe = importlib.import_module(module).cuda_problem
+        return check(index)
+
+    return resolve_device(device, backend, probe, cpu_capable=cpu_capable)
 
 
 def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
@@ -18,12 +38,13 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPip
     parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
     model = Path(model)
     if backend == "onnxruntime":
-        return _load_artifact(model, device)
+        return _load_artifact(model, usable_device(device, backend))
     if backend == "torch":
-        return _load_diffusers(model, device)
+        return _load_diffusers(model, usable_device(device, backend))
     if backend == "tensorrt":  # model: an engines folder from `wanrt build-engines` (it names its artifact)
         from wanrt.engine.backends.tensorrt import load_tensorrt_pipeline
 
+        # Probes the device itself, after every check of the engines folder that needs no TensorRT.
         return load_tensorrt_pipeline(model, device)
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 

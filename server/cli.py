@@ -38,7 +38,8 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                              "(e.g. wanrt_container_t; default $WANRT_REQUIRE_SELINUX_TYPE)")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
-                             "default cpu")
+                             "default cpu. A GPU that cannot be used stops the server (exit 2); only auto falls "
+                             "back to the CPU, logged")
     parser.add_argument("--cfg-parallel", action="store_true",
                         help="pair the devices: each pair runs the cond and uncond halves of a guided step at once")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
@@ -80,15 +81,17 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from wanrt.engine.budget import parse_size
-    from wanrt.engine.loader import load_pipelines
+    from wanrt.engine.loader import load_pipelines, usable_device
     from wanrt.server.app import WanrtServer
     from wanrt.trust.cli import check_trusted
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # An unusable `--device cuda` stops the server here, one line and exit 2; `auto` is resolved (and logged).
+    devices = tuple(usable_device(d, args.backend) for d in args.devices or ("cpu",))
     config = ServerConfig(
         model=args.model or _packaged_model(args.backend), backend=args.backend,
-        devices=tuple(args.devices or ("cpu",)), cfg_parallel=args.cfg_parallel, listen=args.listen,
+        devices=devices, cfg_parallel=args.cfg_parallel, listen=args.listen,
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from wanrt.errors import (
     ArtifactError,
     ConfinementError,
+    DeviceUnavailableError,
     InsufficientMemoryError,
     InvalidRequestError,
     ModelFormatError,
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
         return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError
-                                        | InsufficientMemoryError) else EXIT_FAILED
+                                        | InsufficientMemoryError | DeviceUnavailableError) else EXIT_FAILED
     except MemoryError:  # outside a pipeline run (loading, writing): still one line, not a traceback
         print("wanrt: error: out of memory", file=sys.stderr)
         return EXIT_USAGE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,8 +10,33 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
-from wanrt.engine.device import parse_device
-from wanrt.errors import ArtifactError, BackendUnavailableError
+from wanrt.engine.device import cuda_driver_problem, parse_device
+from wanrt.errors import ArtifactError, DeviceUnavailableError
+
+_CUDA_PROVIDER_LIBRARY = "libonnxruntime_providers_cuda.so"
+
+
+def cuda_problem(index: int) -> str | None:
+    """Why onnxruntime cannot run on CUDA device ``index`` (provider, driver, library), or None.
+
+    Asked before any session exists: onnxruntime's own answer is a dozen logged errors per session and then a
+    silent run on the CPU provider."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (f"onnxruntime {ort.__version__} here has no CUDA provider (the CPU package is installed; "
+                "install onnxruntime-gpu instead of onnxruntime)")
+    problem = cuda_driver_problem(index)
+    if problem is not None:
+        return problem
+    capi = Path(ort.__file__).parent / "capi"
+    try:
+        # The CUDA provider's own dependencies (CUDA runtime, cuBLAS, cuDNN): loading it names the first missing.
+        ctypes.CDLL(os.fspath(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(os.fspath(capi / _CUDA_PROVIDER_LIBRARY))
+    except OSError as err:
+        return f"onnxruntime {ort.__version__}'s CUDA provider cannot load a library it needs: {err}"
+    return None
 
 
 def providers_for(device: str) -> list[object]:
@@ -61,8 +87,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         providers = providers_for(device)
-        if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+        on_cuda = parse_device(device).is_cuda
         options = session_options(session_config or {})
         # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no
         # CPU arena (it keeps each session's peak for good, so stages would add up) and no memory pattern
@@ -77,6 +102,10 @@ class OnnxRuntimeBackend:
                                                             providers=providers)
             except Exception as err:  # onnxruntime raises its own untyped errors for unreadable graphs
                 raise ArtifactError(f"onnxruntime cannot load {file}: {err}") from None
+            if on_cuda and "CUDAExecutionProvider" not in self._sessions[name].get_providers():
+                # The probe passed but onnxruntime fell back anyway: refuse rather than serve from the CPU.
+                raise DeviceUnavailableError(device, f"onnxruntime put {file} on the CPU, not on the GPU "
+                                                     "(its log above says why)")
         # The step decoder's cache inputs, in the order the init/step graphs emit them after the frames.
         self._cache_names = [i.name for i in self._sessions["vae_decoder_step"].get_inputs()][1:]
 

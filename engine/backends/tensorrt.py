@@ -17,7 +17,7 @@ import numpy as np
 
 from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, load_artifact, sha256_file
 from wanrt.engine.backends.base import DecoderState
-from wanrt.engine.device import parse_device
+from wanrt.engine.device import parse_device, resolve_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.tensorrt.engine_manifest import (
     ENGINES_MANIFEST,
@@ -212,9 +212,13 @@ def open_engines(engines_dir: Path) -> tuple[Path, Manifest, EnginesManifest]:
 
 def load_tensorrt_pipeline(engines_dir: Path, device: str) -> VideoPipeline:
     """A VideoPipeline over the engines in ``engines_dir``, limited to the requests their profiles cover."""
+    from wanrt.engine.tensorrt.engine import cuda_problem
+
     engines_dir = Path(engines_dir)
-    index = cuda_device_index(device)
+    if parse_device(device).kind == "cpu":
+        cuda_device_index(device)  # refused: TensorRT has no CPU path
     art_dir, artifact, engines = open_engines(engines_dir)
+    index = cuda_device_index(resolve_device(device, "tensorrt", cuda_problem, cpu_capable=False))
     backend = TensorRTBackend(engines_dir, artifact, engines, device_index=index)
     spec = artifact.spec
     identity = {

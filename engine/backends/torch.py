@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
-from wanrt.engine.device import parse_device
+from wanrt.engine.device import cuda_driver_problem, parse_device
 from wanrt.errors import BackendUnavailableError
+
+
+def cuda_problem(index: int) -> str | None:
+    """Why torch cannot run on CUDA device ``index`` (its build, the driver), or None."""
+    try:
+        import torch
+    except ImportError:
+        return None  # the backend itself says how to install torch
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"this torch ({torch.__version__}) is built without CUDA: install a CUDA build of torch"
+    problem = cuda_driver_problem(index)
+    if problem is not None:
+        return problem
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if not available:
+        said = "; ".join(str(w.message).splitlines()[0] for w in caught) or "torch.cuda.is_available() is False"
+        return f"torch {torch.__version__} cannot use CUDA: {said}"
+    if index >= torch.cuda.device_count():
+        return f"no CUDA device {index} (torch sees {torch.cuda.device_count()})"
+    return None
 
 
 class TorchBackend:

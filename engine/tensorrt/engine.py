@@ -67,6 +67,21 @@ def tensorrt_module() -> Any:
     return trt
 
 
+def cuda_problem(index: int) -> str | None:
+    """Why the TensorRT backend cannot run on CUDA device ``index`` (TensorRT, pycuda, the driver), or None."""
+    try:
+        tensorrt_module()
+        cuda = _pycuda()
+    except BackendUnavailableError as err:
+        return str(err)
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as err:  # pycuda's LogicError/RuntimeError: no driver, driver too old, no device
+        return f"pycuda cannot initialise CUDA: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
+    return None if index < count else f"no CUDA device {index} (this machine has {count})"
+
+
 def _logger(trt: Any) -> Any:
     global _LOGGER
     if _LOGGER is None:
