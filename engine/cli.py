@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_trust_argument(parser)
     add_provenance_arguments(parser)
     add_memory_budget_argument(parser)
+    add_placement_arguments(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--residency`` and ``--text-encoder`` (GPU backends), shared by `wanrt generate` and `wanrt serve`."""
+    from wanrt.engine.tensorrt.cli import add_text_encoder_argument
+
+    parser.add_argument("--residency", choices=("resident", "per-stage"), default=None,
+                        help="tensorrt/torch: resident keeps both experts on the GPU; per-stage one at a time "
+                             "(the other waits in host memory). Default: the engines' build choice (tensorrt), "
+                             "resident (torch)")
+    add_text_encoder_argument(parser, "(tensorrt: the engines' build choice; torch: resident)")
 
 
 def add_memory_budget_argument(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +98,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from wanrt.engine.admission import admission_for
     from wanrt.engine.budget import parse_size
-    from wanrt.engine.loader import load_pipelines, usable_device
+    from wanrt.engine.loader import load_pipelines, memory_plans, usable_device
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
     from wanrt.errors import InvalidRequestError
@@ -101,7 +114,10 @@ def _generate(args: argparse.Namespace) -> int:
     model = _model_or_default(args)
     provenance = provenance_key(args)
     check_trusted(model, args.trust)
-    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel)
+    (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel,
+                                 residency=args.residency, text_encoder=args.text_encoder)
+    for plan in memory_plans([pipeline]):
+        print(plan, file=sys.stderr)
     request.validate(pipeline.limits)
     admission = admission_for(pipeline, budget, devices)
     if admission is not None:

@@ -9,7 +9,7 @@ from wanrt.engine.device import CudaProbe, parse_device, resolve_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
-from wanrt.errors import ModelFormatError
+from wanrt.errors import InvalidRequestError, ModelFormatError
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 # Where each backend says why it cannot use a CUDA device (its ``cuda_problem``), and whether it has a CPU path.
@@ -33,35 +33,45 @@ def usable_device(device: str, backend: str) -> str:
     return resolve_device(device, backend, probe, cpu_capable=cpu_capable)
 
 
-def load_pipeline(model: Path, backend: str, *, device: str = "cpu") -> VideoPipeline:
-    """Checks the model (hashes, configs) and loads every network before returning: failures come at start."""
+def load_pipeline(model: Path, backend: str, *, device: str = "cpu", residency: str | None = None,
+                  text_encoder: str | None = None) -> VideoPipeline:
+    """Checks the model (hashes, configs) and loads every network before returning: failures come at start.
+
+    ``residency`` (resident | per-stage) and ``text_encoder`` (resident | release | cpu) place the GPU backends'
+    networks (engine/tensorrt/memory.py); None lets the memory plan (or the engines' build) choose."""
     parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
     model = Path(model)
     if backend == "onnxruntime":
+        for field, value in (("residency", residency), ("text_encoder", text_encoder)):
+            if value is not None:
+                raise InvalidRequestError(field, "places the networks of the tensorrt and torch backends; "
+                                                 "onnxruntime runs every graph in one process")
         return _load_artifact(model, usable_device(device, backend))
     if backend == "torch":
-        return _load_diffusers(model, usable_device(device, backend))
+        return _load_diffusers(model, usable_device(device, backend), residency, text_encoder)
     if backend == "tensorrt":  # model: an engines folder from `wanrt build-engines` (it names its artifact)
         from wanrt.engine.backends.tensorrt import load_tensorrt_pipeline
 
         # Probes the device itself, after every check of the engines folder that needs no TensorRT.
-        return load_tensorrt_pipeline(model, device)
+        return load_tensorrt_pipeline(model, device, residency=residency, text_encoder=text_encoder)
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *,
-                   cfg_parallel: bool = False) -> list[VideoPipeline]:
+def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *, cfg_parallel: bool = False,
+                   residency: str | None = None, text_encoder: str | None = None) -> list[VideoPipeline]:
     """One pipeline per worker: one per device, or with ``cfg_parallel`` one per pair of devices, the pair
     running the cond and uncond halves of each guided step at once (backends/cfg_parallel.py)."""
     if not cfg_parallel:
-        return [load_pipeline(model, backend, device=device) for device in devices]
+        return [load_pipeline(model, backend, device=device, residency=residency, text_encoder=text_encoder)
+                for device in devices]
     if len(devices) < 2 or len(devices) % 2:
         raise ModelFormatError(f"--cfg-parallel pairs devices: give an even number of --device, got {len(devices)}")
     from wanrt.engine.backends.cfg_parallel import CfgParallelBackend
 
     pipelines = []
     for first, second in zip(devices[::2], devices[1::2], strict=True):
-        a, b = load_pipeline(model, backend, device=first), load_pipeline(model, backend, device=second)
+        a, b = (load_pipeline(model, backend, device=d, residency=residency, text_encoder=text_encoder)
+                for d in (first, second))
         pipelines.append(VideoPipeline(a.spec, a.tokenizer, CfgParallelBackend(a.backend, b.backend),
                                        identity={**a.identity, "cfg_parallel": f"{first}+{second}"},
                                        limits=a.limits))
@@ -89,7 +99,13 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
                          identity=identity, graphs={name: art_dir / file for name, file in graphs.items()})
 
 
-def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:
+def memory_plans(pipelines: list[VideoPipeline]) -> list[str]:
+    """The GPU memory plan each pipeline's backend started with, rendered (none for the CPU backends)."""
+    plans = [getattr(p.backend, "memory_plan", None) for p in pipelines]
+    return [plan.render() for plan in plans if plan is not None]
+
+
+def _load_diffusers(model_dir: Path, device: str, residency: str | None, text_encoder: str | None) -> VideoPipeline:
     from wanrt.engine.artifact import sha256_file
     from wanrt.engine.backends.torch import TorchBackend
 
@@ -100,5 +116,6 @@ def _load_diffusers(model_dir: Path, device: str) -> VideoPipeline:
     identity = {"backend": "torch", "model": str(model_dir.resolve()),
                 "model_index_sha256": sha256_file(model_dir / "model_index.json")}
     return VideoPipeline(spec, PromptTokenizer(tokenizer_json, spec.text_length),
-                         TorchBackend(model_dir, spec.experts, device=device), identity=identity)
+                         TorchBackend(model_dir, spec.experts, device=device, residency=residency,
+                                      text_encoder=text_encoder), identity=identity)
 

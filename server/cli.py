@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from wanrt.engine.cli import add_memory_budget_argument
+from wanrt.engine.cli import add_memory_budget_argument, add_placement_arguments
 from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import CPU_MAXIMA, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
@@ -76,12 +76,13 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-bytes", type=int, help="largest request message (default: sized for "
                                                                "latents at the largest allowed size)")
     add_memory_budget_argument(parser)
+    add_placement_arguments(parser)
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from wanrt.engine.budget import parse_size
-    from wanrt.engine.loader import load_pipelines, usable_device
+    from wanrt.engine.loader import load_pipelines, memory_plans, usable_device
     from wanrt.server.app import WanrtServer
     from wanrt.trust.cli import check_trusted
 
@@ -122,7 +123,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         require_selinux_type(args.require_selinux_type)
     check_trusted(config.model, args.trust)
-    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel)
+    pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel,
+                               residency=args.residency, text_encoder=args.text_encoder)
+    for plan in memory_plans(pipelines):  # the plan the server starts with: what build-engines printed, measured
+        logging.getLogger("wanrt.server").info("%s", plan)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)

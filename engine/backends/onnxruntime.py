@@ -59,6 +59,17 @@ def session_options(session_config: Mapping[str, str]) -> object:
     return options
 
 
+def cpu_session(path: Path, session_config: Mapping[str, str] | None = None) -> object:
+    """One graph on onnxruntime's CPU provider (a GPU backend's text encoder kept off the GPU)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(os.fspath(path), session_options(session_config or {}),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own untyped errors for unreadable graphs
+        raise ArtifactError(f"onnxruntime cannot load {Path(path).name}: {err}") from None
+
+
 def return_freed_memory() -> None:
     """glibc raises its mmap threshold after freeing a large block (up to 32 MB), after which video-sized
     tensors come from the heap and stay in the process when freed; a fixed threshold hands them back."""

@@ -27,7 +27,7 @@ from wanrt.engine.tensorrt.engine_manifest import (
     check_runtime,
     read_engines_manifest,
 )
-from wanrt.engine.tensorrt.memory import EngineMemory, plan_memory
+from wanrt.engine.tensorrt.memory import EngineMemory, plan_memory, requested_text_encoder
 from wanrt.engine.tensorrt.plan import BindingError, Planner
 from wanrt.engine.tensorrt.profiles import TEXT_ENCODER, VAE_INIT, VAE_STEP, vae_cache_layout
 from wanrt.engine.text import PromptTokenizer
@@ -67,7 +67,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, engines_dir: Path, artifact: Manifest, engines: EnginesManifest, *,
-                 device_index: int = 0) -> None:
+                 device_index: int = 0, art_dir: Path | None = None) -> None:
         from wanrt.engine.tensorrt.engine import CudaDevice, Scratch, tensorrt_module
 
         trt = tensorrt_module()
@@ -81,36 +81,65 @@ class TensorRTBackend:
         self._entries = engines.engines
         self._experts = artifact.spec.experts
         self._memory = engines.memory
+        text_mode = self._memory.text_encoder
         # Execution contexts hold no memory of their own (USER_MANAGED) and are not safe to share between
         # threads: calls are serialised, and every engine borrows this one scratch buffer while it runs.
         self._lock = threading.Lock()
         self._scratch = Scratch(self._device)
         self._engines: dict = {}
+        # Engines that come and go (the second expert per stage, a released text encoder) are read and hashed once,
+        # here, and deserialised from these bytes when needed: no disk read, no hash, per video.
+        self._host: dict[str, bytes] = {}
+        self._text_session = None
         with self._device.active():
             sizes = []
             # The first stage's expert last: under per-stage the others are loaded, measured and unloaded before
-            # it, so two experts never share the GPU (at A14B size they would not fit).
+            # it, so two experts never share the GPU (at A14B size they would not fit). A text encoder that may be
+            # released goes back off the GPU before the experts come.
             order = [g for g in engines.engines if g not in self._experts] + list(reversed(self._experts))
             for graph in order:
-                engine = self._load(graph)
+                if graph == TEXT_ENCODER and text_mode == "cpu":
+                    entry = self._entries[graph]
+                    sizes.append(EngineMemory(graph, (self._dir / entry.file).stat().st_size, 0, 0))
+                    continue
+                data = self._read(graph)
+                engine = self._load(graph, data)
                 sizes.append(self._sizes(graph, engine))
-                if self._memory.residency == "per-stage" and graph in self._experts and graph != self._experts[0]:
-                    self._unload(graph)  # comes back when its stage starts
+                comes_back = (graph == TEXT_ENCODER and text_mode != "resident") or (
+                    self._memory.residency == "per-stage" and graph in self._experts and graph != self._experts[0])
+                if comes_back:
+                    self._host[graph] = data
+                    self._unload(graph)
             # The build planned from estimates; the engines now say what they really need.
             self.memory_plan = plan_memory(sizes, self._experts, self._device.memory()[1],
                                            residency=self._memory.residency,
-                                           streaming_budget=self._memory.weight_streaming_budget)
+                                           streaming_budget=self._memory.weight_streaming_budget,
+                                           text_encoder=text_mode, vae_caches=self._planner.cache_bytes())
+            if self.memory_plan.text_encoder == "resident" and TEXT_ENCODER in self._host:
+                self._load(TEXT_ENCODER, self._host.pop(TEXT_ENCODER))
             self._scratch.reserve(self.memory_plan.scratch)
+        if self.memory_plan.text_encoder == "cpu":
+            self._text_session = _cpu_text_encoder(art_dir, artifact)
 
-    def _load(self, graph: str) -> object:
+    def _read(self, graph: str) -> bytes:
+        from wanrt.engine.tensorrt.engine import Engine
+
+        entry = self._entries[graph]
+        return Engine(self._dir / entry.file).read(entry)
+
+    def _load(self, graph: str, data: bytes) -> object:
         from wanrt.engine.tensorrt.engine import Engine
 
         entry = self._entries[graph]
         engine = Engine(self._dir / entry.file)
         engine.load(entry, weight_streaming_budget=self._memory.weight_streaming_budget
-                    if entry.weight_streaming else None)
+                    if entry.weight_streaming else None, data=data)
         engine.activate()
         self._planner.check_engine_io(graph, engine.io_tensors())
+        # I/O buffers at the largest shapes now, as the plan counts them: no allocation while requests run.
+        for profile in self._entries[graph].profiles:
+            plan = self._planner.plan(graph, {name: p.max for name, p in profile.inputs.items()})
+            engine.allocate(plan, self._device, skip=[*self._cache_names, *self._cache_outputs])
         self._engines[graph] = engine
         return engine
 
@@ -121,26 +150,32 @@ class TensorRTBackend:
         # A serialized engine is its weights plus a little metadata; streaming engines report them directly.
         entry = self._entries[graph]
         weights = engine.streamable_bytes if entry.weight_streaming else (self._dir / entry.file).stat().st_size
-        return EngineMemory(graph, int(weights), engine.scratch_bytes)
+        return EngineMemory(graph, int(weights), engine.scratch_bytes, self._planner.io_bytes(graph))
 
     def _engine(self, graph: str) -> object:
-        """The engine for ``graph``, swapping the other expert out first under the per-stage residency."""
+        """The engine for ``graph``, deserialised from host memory if it is not on the GPU (the other expert
+        swapped out first under the per-stage residency)."""
         engine = self._engines.get(graph)
         if engine is None:
-            for other in [g for g in self._experts if g in self._engines]:
-                self._unload(other)
-            engine = self._load(graph)
+            if graph in self._experts:
+                for other in [g for g in self._experts if g in self._engines]:
+                    self._unload(other)
+            engine = self._load(graph, self._host[graph])
         return engine
 
     def _run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         plan = self._planner.plan(graph, {name: a.shape for name, a in feeds.items()})  # before any GPU work
         with self._lock, self._device.active():
             engine = self._engine(graph)
-            buffers = engine.allocate(plan, self._device)
-            for spec in plan.inputs:
-                self._device.upload(buffers[spec.name], feeds[spec.name], spec)
-            engine.run(plan, buffers, self._device, self._scratch)
-            return {spec.name: self._device.download(buffers[spec.name], spec) for spec in plan.outputs}
+            try:
+                buffers = engine.allocate(plan, self._device)
+                for spec in plan.inputs:
+                    self._device.upload(buffers[spec.name], feeds[spec.name], spec)
+                engine.run(plan, buffers, self._device, self._scratch)
+                return {spec.name: self._device.download(buffers[spec.name], spec) for spec in plan.outputs}
+            finally:
+                if graph == TEXT_ENCODER and self.memory_plan.text_encoder == "release":
+                    self._unload(graph)  # its room is the denoising and decoding stages'
 
     def close(self) -> None:
         """Frees every engine, buffer and the scratch now (also what garbage collection would do)."""
@@ -150,6 +185,9 @@ class TensorRTBackend:
             self._scratch.release()
 
     def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self._text_session is not None:
+            self._planner.plan(TEXT_ENCODER, {"input_ids": input_ids.shape, "attention_mask": attention_mask.shape})
+            return self._text_session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
         out = self._run(TEXT_ENCODER, {"input_ids": input_ids, "attention_mask": attention_mask})
         return out["last_hidden_state"]
 
@@ -187,6 +225,44 @@ class TensorRTBackend:
         return frames, state
 
 
+def _memory_options(engines: EnginesManifest, residency: str | None, text_encoder: str | None) -> EnginesManifest:
+    """The engines' recorded placement, with what generate/serve asked for instead: resident and per-stage swap
+    freely at load; weight streaming is built into the experts, so it is neither added nor removed here."""
+    recorded = engines.memory
+    requested_text_encoder(text_encoder)
+    if residency is not None:
+        if residency not in ("resident", "per-stage"):
+            raise InvalidRequestError("residency", f"must be resident or per-stage at load, got {residency!r} "
+                                                   "(weight streaming is chosen by `wanrt build-engines`)")
+        if recorded.residency == "streaming":
+            raise InvalidRequestError("residency", "these engines were built with weight streaming; rebuild "
+                                                   f"them with `wanrt build-engines --residency {residency}`")
+    memory = dataclasses.replace(recorded, residency=residency or recorded.residency,
+                                 text_encoder=text_encoder or recorded.text_encoder)
+    return dataclasses.replace(engines, memory=memory)
+
+
+def _cpu_text_encoder(art_dir: Path | None, artifact: Manifest) -> object:
+    """An onnxruntime CPU session on the artifact's text encoder graph (``--text-encoder cpu``), checked first:
+    onnxruntime's CPU provider has no bf16 kernels, and the graph must be the one the engine was built from."""
+    from wanrt.engine.backends.onnxruntime import cpu_session
+    from wanrt.engine.graph_forms import onnxruntime_file
+
+    if art_dir is None:
+        raise InvalidRequestError("text_encoder", "cpu needs the artifact folder the engines were built from")
+    entry = artifact.graphs[TEXT_ENCODER]
+    if entry.get("dtype") == "bf16":
+        raise InvalidRequestError("text_encoder", "cpu runs the artifact's text encoder graph with onnxruntime, "
+                                                  "whose CPU provider has no bf16 kernels, and this one is bf16: "
+                                                  "use release, or export the text encoder in fp32 or fp16")
+    file = onnxruntime_file(entry)
+    path = Path(art_dir) / file
+    actual = sha256_file(path)
+    if actual != artifact.files.get(file):
+        raise ArtifactError(f"{path} does not match {MANIFEST_NAME} (sha256 {actual}): the file changed after export")
+    return cpu_session(path, artifact.onnxruntime_session_config)
+
+
 def _verify_served_files(art_dir: Path, artifact: Manifest) -> None:
     """Hashes the artifact files the engines do not replace (tokenizer, scheduler config): they are read."""
     for rel, expected in artifact.files.items():
@@ -210,7 +286,8 @@ def open_engines(engines_dir: Path) -> tuple[Path, Manifest, EnginesManifest]:
     return art_dir, artifact, engines
 
 
-def load_tensorrt_pipeline(engines_dir: Path, device: str) -> VideoPipeline:
+def load_tensorrt_pipeline(engines_dir: Path, device: str, *, residency: str | None = None,
+                           text_encoder: str | None = None) -> VideoPipeline:
     """A VideoPipeline over the engines in ``engines_dir``, limited to the requests their profiles cover."""
     from wanrt.engine.tensorrt.engine import cuda_problem
 
@@ -219,7 +296,8 @@ def load_tensorrt_pipeline(engines_dir: Path, device: str) -> VideoPipeline:
         cuda_device_index(device)  # refused: TensorRT has no CPU path
     art_dir, artifact, engines = open_engines(engines_dir)
     index = cuda_device_index(resolve_device(device, "tensorrt", cuda_problem, cpu_capable=False))
-    backend = TensorRTBackend(engines_dir, artifact, engines, device_index=index)
+    backend = TensorRTBackend(engines_dir, artifact, _memory_options(engines, residency, text_encoder),
+                              device_index=index, art_dir=art_dir)
     spec = artifact.spec
     identity = {
         "backend": "tensorrt",

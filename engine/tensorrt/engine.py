@@ -179,6 +179,11 @@ class CudaDevice:
         return out
 
 
+def aligned_scratch(nbytes: int) -> int:
+    """``nbytes`` rounded up as the shared scratch buffer allocates it."""
+    return -(-int(nbytes) // _SCRATCH_ALIGNMENT) * _SCRATCH_ALIGNMENT
+
+
 class Scratch:
     """The one scratch (activation) buffer every engine's execution context borrows while it runs.
 
@@ -196,7 +201,7 @@ class Scratch:
 
     def reserve(self, nbytes: int) -> DeviceBuffer:
         """The buffer, grown to at least ``nbytes`` (the old one freed first: only one is ever held)."""
-        nbytes = -(-int(nbytes) // _SCRATCH_ALIGNMENT) * _SCRATCH_ALIGNMENT
+        nbytes = aligned_scratch(nbytes)
         if self.buffer is None or self.buffer.nbytes < nbytes:
             if self.buffer is not None:
                 self.buffer.free()
@@ -283,13 +288,22 @@ class Engine:
             f.write(serialized)
         return hashlib.sha256(serialized).hexdigest()
 
-    def load(self, entry: EngineEntry | None = None, *, weight_streaming_budget: int | None = None) -> None:
-        """Deserializes the engine, first checking its bytes against ``entry``'s sha256 when given; a
-        weight-streaming engine keeps ``weight_streaming_budget`` bytes of its weights on the GPU."""
-        trt = tensorrt_module()
+    def read(self, entry: EngineEntry | None = None) -> bytes:
+        """The engine file's bytes, checked against ``entry``'s sha256 when given: what ``load`` deserializes, so
+        the bytes checked are the bytes loaded (and, held in host memory, loaded again without a re-read)."""
         data = self.path.read_bytes()
         if entry is not None:
             verify_engine_bytes(self.path, entry, data)
+        return data
+
+    def load(self, entry: EngineEntry | None = None, *, weight_streaming_budget: int | None = None,
+             data: bytes | None = None) -> None:
+        """Deserializes the engine from ``data`` (bytes ``read`` returned) or from its file, checked against
+        ``entry``'s sha256 when given; a weight-streaming engine keeps ``weight_streaming_budget`` bytes of its
+        weights on the GPU."""
+        trt = tensorrt_module()
+        if data is None:
+            data = self.read(entry)
         self._runtime = trt.Runtime(_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
