@@ -205,28 +205,28 @@ def plan_memory(engines: Sequence[EngineMemory], experts: Sequence[str], gpu_byt
         return MemoryPlan(engines, experts, int(gpu_bytes), kind, budget, int(reserve), text, int(vae_caches),
                           int(context), int(steps), float(bandwidth))
 
-    def candidates(kinds: Iterable[str], texts: Iterable[str]) -> list[MemoryPlan]:
+    def candidates(kinds: Iterable[str], texts: Iterable[str], budget: int | None) -> list[MemoryPlan]:
         plans = []
         for kind, text in itertools.product(kinds, texts):
             if kind != "streaming":
                 plans.append(make(kind, text))
-            elif streaming_budget is not None:
-                plans.append(make(kind, text, int(streaming_budget)))
+            elif budget is not None:
+                plans.append(make(kind, text, int(budget)))
             else:
-                budget = _fitting_budget(make(kind, text, 0))
-                if budget > 0:
-                    plans.append(make(kind, text, budget))
+                fitting = _fitting_budget(make(kind, text, 0))
+                if fitting > 0:
+                    plans.append(make(kind, text, fitting))
         return plans
 
     texts = [text_encoder] if text_encoder else (["resident", "release"] if has_text else ["resident"])
     kinds = [residency] if residency else ["resident", "per-stage"] + (["streaming"] if allow_streaming else [])
-    chosen = [p for p in candidates(kinds, texts) if p.fits]
+    chosen = [p for p in candidates(kinds, texts, streaming_budget) if p.fits]
     if chosen:
         return min(chosen, key=lambda p: p.seconds_per_video())  # min keeps the first of equal costs
     asked = make(residency or "resident", text_encoder or "resident",
                  int(streaming_budget) if residency == "streaming" else None)
     other_texts = [t for t in TEXT_ENCODER_MODES if t != "cpu" or text_encoder == "cpu"] if has_text else ["resident"]
-    alternatives = [p for p in candidates(RESIDENCIES, other_texts) if p.fits]
+    alternatives = [p for p in candidates(RESIDENCIES, other_texts, None) if p.fits]
     raise _refusal(asked, sorted(alternatives, key=lambda p: p.seconds_per_video()))
 
 
