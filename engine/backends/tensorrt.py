@@ -105,11 +105,12 @@ class TensorRTBackend:
                 data = self._read(graph)
                 engine = self._load(graph, data)
                 sizes.append(self._sizes(graph, engine))
-                comes_back = (graph == TEXT_ENCODER and text_mode != "resident") or (
-                    self._memory.residency == "per-stage" and graph in self._experts and graph != self._experts[0])
-                if comes_back:
+                swapped = (graph == TEXT_ENCODER and text_mode != "resident") or (
+                    self._memory.residency == "per-stage" and graph in self._experts)
+                if swapped:
                     self._host[graph] = data
-                    self._unload(graph)
+                    if graph != self._experts[0]:  # the first stage's expert stays for the first video
+                        self._unload(graph)
             # The build planned from estimates; the engines now say what they really need.
             self.memory_plan = plan_memory(sizes, self._experts, self._device.memory()[1],
                                            residency=self._memory.residency,

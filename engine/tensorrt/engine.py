@@ -313,8 +313,9 @@ class Engine:
 
     @property
     def scratch_bytes(self) -> int:
-        """Scratch memory the engine's largest profile needs (after any weight-streaming budget is set)."""
-        return int(self.engine.device_memory_size_v2)
+        """Scratch memory the engine's largest profile needs (after any weight-streaming budget is set), rounded
+        up as the shared scratch buffer allocates it."""
+        return aligned_scratch(int(self.engine.device_memory_size_v2))
 
     @property
     def streamable_bytes(self) -> int:

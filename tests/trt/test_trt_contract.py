@@ -101,6 +101,12 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     # Per stage, the two experts never share the GPU (not even while the backend measures them at load).
     assert steps["experts_on_gpu"] == {"engines": 2, "engines-per-stage": 1, "engines-streaming": 2}
 
+    # The plan counts what the backend allocates: per stage, the most device bytes live at once equal the plan's
+    # figure (its CUDA context and reserve aside), for every residency and text encoder placement.
+    checked = {(c["residency"], c["text_encoder"]) for c in steps["plan_vs_ledger"]}
+    assert checked == {(r, t) for r in ("resident", "per-stage", "streaming") for t in ("resident", "release", "cpu")}
+    for case in steps["plan_vs_ledger"]:
+        assert case["ledger"] == case["plan"], case["render"]
     serve = steps["serve"]
     assert serve["errors"] == [] and serve["rc"] == 0
     assert serve["jobs"] == 20 and serve["mismatches"] == []
