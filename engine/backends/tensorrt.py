@@ -50,9 +50,11 @@ class _DecoderState:
     """The streaming decoder's causal caches, kept on the GPU between frames.
 
     Two sets of buffers: the step engine reads one and writes the other, then they swap, so caches never
-    travel through the host and no device-to-device copy is needed. Each video gets its own pair (freed
-    with the state, on whichever thread drops it: DeviceBuffer pushes the context to free), so concurrent
-    decodes on one backend cannot clobber each other's caches.
+    travel through the host and no device-to-device copy is needed (one set cannot do: a TensorRT engine does
+    not update its inputs in place). Each video gets its own pair, allocated at its first latent frame and freed
+    with the state after its last (on whichever thread drops it: DeviceBuffer pushes the context to free): the
+    memory plan counts it in the decode stage only, where it shares the room a released text encoder left, and
+    concurrent decodes on one backend cannot clobber each other's caches.
     """
 
     shapes: dict[str, tuple[int, ...]]  # step-input cache name -> shape
@@ -90,7 +92,8 @@ class TensorRTBackend:
         # Engines that come and go (the second expert per stage, a released text encoder) are read and hashed once,
         # here, and deserialised from these bytes when needed: no disk read, no hash, per video.
         self._host: dict[str, bytes] = {}
-        self._text_session = None
+        # Checked before any engine loads: a text encoder graph onnxruntime cannot run on the CPU is refused first.
+        self._text_session = _cpu_text_encoder(art_dir, artifact) if text_mode == "cpu" else None
         with self._device.active():
             sizes = []
             # The first stage's expert last: under per-stage the others are loaded, measured and unloaded before
@@ -119,8 +122,6 @@ class TensorRTBackend:
             if self.memory_plan.text_encoder == "resident" and TEXT_ENCODER in self._host:
                 self._load(TEXT_ENCODER, self._host.pop(TEXT_ENCODER))
             self._scratch.reserve(self.memory_plan.scratch)
-        if self.memory_plan.text_encoder == "cpu":
-            self._text_session = _cpu_text_encoder(art_dir, artifact)
 
     def _read(self, graph: str) -> bytes:
         from wanrt.engine.tensorrt.engine import Engine
@@ -175,7 +176,7 @@ class TensorRTBackend:
                 engine.run(plan, buffers, self._device, self._scratch)
                 return {spec.name: self._device.download(buffers[spec.name], spec) for spec in plan.outputs}
             finally:
-                if graph == TEXT_ENCODER and self.memory_plan.text_encoder == "release":
+                if graph == TEXT_ENCODER and self.memory_plan.text_encoder == "release" and graph in self._engines:
                     self._unload(graph)  # its room is the denoising and decoding stages'
 
     def close(self) -> None:

@@ -60,6 +60,15 @@ def test_plan_with_a_gpu_plans_memory(tiny_artifact_dir, artifact, limits):
     assert "lower --max-frames" in str(err.value)
 
 
+def test_plan_picks_weight_streaming_where_nothing_cheaper_fits(tiny_artifact_dir, artifact, limits):
+    roomy = plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=80 * GIB)
+    per_stage = dataclasses.replace(roomy.memory, residency="per-stage", text_encoder="release")
+    tight = plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=per_stage.peak - 1)
+    assert tight.memory.residency == "streaming" and tight.memory.fits
+    assert {b.graph for b in tight.graphs if b.weight_streaming} == {"transformer", "transformer_2"}
+    assert "expected cost" in tight.memory.render() and "per step" in tight.memory.render()
+
+
 def _typed_graph(path, dtype):
     itemsize = 4 if dtype == TensorProto.FLOAT else 2
     w = helper.make_tensor("w", dtype, [64, 64], bytes(64 * 64 * itemsize), raw=True)
