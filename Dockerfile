@@ -29,7 +29,9 @@ ARG GPU_BASE=nvcr.io/nvidia/tensorrt:26.10-py3
 ARG CPU_BASE=python:3.11-slim-bookworm
 
 ############################################################################################################
-# GPU builder: compilers and headers live here only (pycuda builds from source).
+# GPU builder: compilers and headers live here only. Every third-party package comes from the hashed lock
+# (deploy/docker/requirements-gpu.lock); pycuda, which PyPI has only as source, is built here into a wheel from
+# its hashed sdist, without build isolation (its build backend is in the lock too), and installed as that wheel.
 FROM ${GPU_BASE} AS gpu-builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -44,9 +46,16 @@ RUN --mount=type=secret,id=extra_ca,required=false \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
 # --system-site-packages: the TensorRT Python bindings come with the base image, matching its libnvinfer.
+# 1. download everything the lock lists, each file checked against its hash; 2. install the wheels, offline;
+# 3. build pycuda's wheel from the downloaded sdist, offline; 4. install it and wanrt, offline.
 RUN --mount=type=secret,id=extra_ca,required=false \
     python3 -m venv --system-site-packages /opt/wanrt \
-    && with-extra-ca /opt/wanrt/bin/pip install "/src[tensorrt]" \
+    && with-extra-ca /opt/wanrt/bin/pip download --require-hashes --no-deps -d /wheels \
+         -r /src/deploy/docker/requirements-gpu.lock \
+    && /opt/wanrt/bin/pip install --no-index --no-deps /wheels/*.whl \
+    && /opt/wanrt/bin/pip wheel --no-index --no-deps --no-build-isolation -w /wheels /wheels/pycuda-*.tar.gz \
+    && /opt/wanrt/bin/pip install --no-index --no-deps /wheels/pycuda-*.whl \
+    && /opt/wanrt/bin/pip install --no-deps --no-build-isolation --no-index /src \
     && /opt/wanrt/bin/pip uninstall -y pip
 
 ############################################################################################################
@@ -90,6 +99,11 @@ RUN compat="$(find /usr/local/cuda/compat -maxdepth 1 -type d -name 'lib*' 2>/de
     && LD_LIBRARY_PATH="${compat}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" /opt/wanrt/bin/python -c \
        'import pycuda, pycuda.driver; from wanrt.engine.tensorrt.engine import tensorrt_module; \
 print("TensorRT", tensorrt_module().__version__, "pycuda", pycuda.VERSION_TEXT)'
+# CycloneDX SBOM of what the image holds: OS packages (dpkg) and every Python distribution the venv sees. The
+# generator is mounted from the builder for this step only.
+RUN --mount=type=bind,from=gpu-builder,source=/src/deploy/docker/sbom.py,target=/tmp/sbom.py \
+    /opt/wanrt/bin/python /tmp/sbom.py --out /opt/wanrt/share/sbom.cdx.json \
+        --name wanrt-gpu --version "${WANRT_VERSION}" --timestamp "${BUILD_DATE}"
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -160,6 +174,11 @@ COPY --from=cpu-builder /opt/wanrt /opt/wanrt
 RUN ln -s "$(/opt/wanrt/bin/python -c 'from wanrt.reef import default_model_dir; print(default_model_dir())')" \
           /opt/wanrt/reef-model \
     && test -f /opt/wanrt/reef-model/manifest.json
+# CycloneDX SBOM of what the image holds: OS packages (dpkg) and every Python distribution the venv sees. The
+# generator is mounted from the builder for this step only.
+RUN --mount=type=bind,from=cpu-builder,source=/src/deploy/docker/sbom.py,target=/tmp/sbom.py \
+    /opt/wanrt/bin/python /tmp/sbom.py --out /opt/wanrt/share/sbom.cdx.json \
+        --name wanrt-cpu --version "${WANRT_VERSION}" --timestamp "${BUILD_DATE}"
 ENV PATH="/opt/wanrt/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -35,17 +35,17 @@ def _dit_flops(setting: Setting, pipeline: Any, plan: RunPlan) -> dict[str, int]
 
 
 def _dit_calls(pipeline: Any, request: Any) -> list[str]:  # noqa: ANN401
-    """The DiT component each denoising step of ``request`` runs, as the pipeline chooses them."""
-    from wanrt.engine.schedulers import scheduler_from_config
+    """The DiT component each denoising step of ``request`` runs, as the pipeline chooses them (every step:
+    the step cache, when on, skips some of them at run time)."""
+    from wanrt.engine.schedules import make_scheduler
 
     spec = pipeline.spec
-    scheduler = scheduler_from_config(spec.scheduler_config)
-    scheduler.set_timesteps(request.steps)
+    scheduler = make_scheduler(spec.scheduler_config, request.schedule or pipeline.defaults.schedule, request.steps,
+                               request.shift)
     scales = {spec.experts[0]: request.guidance, spec.experts[-1]: request.effective_guidance_2}
-    boundary = spec.boundary_timestep
     calls = []
     for t in scheduler.timesteps:
-        expert = spec.experts[0] if boundary is None or float(t) >= boundary else spec.experts[-1]
+        expert = spec.expert_for(float(t))
         calls.append(f"{expert}_cfg_pair" if scales[expert] > 1.0 else f"{expert}_batch1")
     return calls
 
@@ -68,13 +68,18 @@ def run_settings(settings: list[Setting], plan: RunPlan, *, peak_tflops: float |
             results.append(entry)
             continue
         calls = component_calls(pipeline, plan)
+        seen: list[Any] = []  # the end-to-end runs' progress: DiT calls as the pipeline made them
         if "end_to_end" in plan.components:
-            calls["end_to_end"] = end_to_end_call(pipeline, plan.request)
+            calls["end_to_end"] = end_to_end_call(pipeline, plan.request, on_progress=seen.append)
         # torch's allocator peak where torch runs on the GPU; onnxruntime and TensorRT keep their own pools.
         torch_cuda = setting.backend in (TORCH_EAGER, TORCH_COMPILE) and setting.device.startswith("cuda")
         timings = time_components(calls, plan, cuda=torch_cuda,
                                   progress=lambda name, s=setting: say(f"{s.label}: {name}"))
         flops = _dit_flops(setting, pipeline, plan)
+        # DiT calls per clip (one sample through one expert; a CFG pair is two): the machine-independent cost.
+        planned = sum(2 if name.endswith("_cfg_pair") else 1 for name in _dit_calls(pipeline, plan.request))
+        entry["dit_calls_per_clip"] = seen[-1].dit_calls if seen else planned
+        entry["dit_calls_saved_per_clip"] = seen[-1].dit_calls_saved if seen else 0
         entry["components"] = {}
         for name, timing in timings.items():
             row = timing.summary()

@@ -14,6 +14,7 @@ from wanrt.benchmarks.flops import PRESETS
 from wanrt.benchmarks.settings import ALL_BACKENDS, TORCH_COMPILE, TORCH_EAGER
 from wanrt.benchmarks.synthetic import CONFIGS
 from wanrt.engine.request import GenerationRequest
+from wanrt.engine.schedules import schedule_names
 from wanrt.errors import InvalidRequestError
 
 DEFAULT_OUT = Path("benchmarks/results")
@@ -47,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--width", type=int, default=None)
     shape.add_argument("--steps", type=int, default=defaults.steps)
     shape.add_argument("--guidance", type=float, default=defaults.guidance)
+    shape.add_argument("--schedule", choices=schedule_names(), default=None,
+                       help="denoising schedule (default: each model's own); give its --steps and --guidance too")
+    shape.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
+                       help="adaptive step cache threshold (default off); DiT calls per clip then count it")
     run = parser.add_argument_group("how")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--warmup", type=int, default=1)
@@ -68,7 +73,8 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
     height = args.height or (preset.height if preset else base.height)
     width = args.width or (preset.width if preset else base.width)
     return GenerationRequest(prompt=base.prompt, negative_prompt=base.negative_prompt, frames=frames, height=height,
-                             width=width, steps=args.steps, guidance=args.guidance)
+                             width=width, steps=args.steps, guidance=args.guidance, schedule=args.schedule,
+                             step_cache=args.step_cache)
 
 
 def _choices(text: str, allowed: tuple[str, ...], field: str) -> tuple[str, ...]:
@@ -173,7 +179,9 @@ def _models(args: argparse.Namespace, request: GenerationRequest, backends: tupl
 
 def _describe(request: GenerationRequest) -> str:
     cfg = f"CFG {request.guidance:g}" if request.guidance > 1 else "no CFG"
-    return f"{request.frames} frames {request.width}x{request.height}, {request.steps} steps, {cfg}"
+    extra = "".join([f", schedule {request.schedule}" if request.schedule else "",
+                     f", step cache {request.step_cache:g}" if request.step_cache else ""])
+    return f"{request.frames} frames {request.width}x{request.height}, {request.steps} steps, {cfg}{extra}"
 
 
 def _synthetic(args: argparse.Namespace, request: GenerationRequest, backends: tuple[str, ...],

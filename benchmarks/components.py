@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from wanrt.benchmarks.timing import Timing, measure
-from wanrt.engine.pipeline import VideoPipeline
+from wanrt.engine.pipeline import Progress, VideoPipeline
 from wanrt.engine.request import GenerationRequest
 from wanrt.engine.video import encode_mp4
 
@@ -70,9 +70,10 @@ def mp4_call(request: GenerationRequest) -> Callable[[], Any]:
     return lambda: b"".join(encode_mp4([frames], request.fps))
 
 
-def end_to_end_call(pipeline: VideoPipeline, request: GenerationRequest) -> Callable[[], Any]:
+def end_to_end_call(pipeline: VideoPipeline, request: GenerationRequest,
+                    on_progress: Callable[[Progress], None] | None = None) -> Callable[[], Any]:
     """The whole request as the server runs it: text, denoising, streaming decode and the MP4 bytes."""
-    return lambda: b"".join(encode_mp4(pipeline.generate(request), request.fps))
+    return lambda: b"".join(encode_mp4(pipeline.generate(request, on_progress=on_progress), request.fps))
 
 
 def time_components(calls: dict[str, Callable[[], Any]], plan: RunPlan, *, sync: Callable[[], None] | None = None,

@@ -13,10 +13,14 @@ GPU_BF16_TFLOPS = (
     ("A100", 312.0),
 )
 
-# Published per-step latencies of other systems. Each is quoted from its source, for comparison only.
+# Published latencies of other systems, per denoising step and (where published) per clip. Each is quoted from
+# its source, for comparison only.
 PEERS = (
     {"system": "SGLang", "gpu": "1x H200", "model": "Wan2.2-T2V-A14B", "shape": "832x480, 81 frames, BF16",
-     "s_per_step": 5.14, "source": "sgl-project/sglang PR #25483"},
+     "s_per_step": 5.14, "clip_s": 264, "source": "sgl-project/sglang PR #25483 (264 s for 50 steps)"},
+    {"system": "LightX2V", "gpu": "1x H200", "model": "Wan2.1-I2V-14B, 4-step distilled",
+     "shape": "480p, FP8, SageAttention2", "s_per_step": None, "clip_s": 14,
+     "source": "LightX2V's published H200 figures (191 s at 40 steps with FP8 and SageAttention2)"},
     {"system": "LightX2V", "gpu": "1x H100", "model": "Wan2.1-14B", "shape": "480p, 81 frames",
      "s_per_step": 5.18, "source": "LightX2V README benchmark table (github.com/ModelTC/lightx2v)"},
     {"system": "SGLang", "gpu": "1x H100", "model": "Wan2.1-14B", "shape": "480p, 81 frames",

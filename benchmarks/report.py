@@ -41,6 +41,11 @@ def markdown(result: dict[str, Any]) -> str:
                     cell += f" = {row['fraction_of_peak']:.1%}"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any("dit_calls_per_clip" in s for s in settings):
+        lines.append("| DiT calls per clip | " + " | ".join(
+            f"{s['dit_calls_per_clip']}" + (f" ({s['dit_calls_saved_per_clip']} saved by the step cache)"
+                                            if s.get("dit_calls_saved_per_clip") else "")
+            for s in settings) + " |")
     if "mp4_encode" in result:
         lines += ["", f"MP4 (H.264, PyAV) encode of the request's frames: {_fmt_s(result['mp4_encode']['median_s'])}."]
     rss = [f"{s['label']}: {max(r['peak_rss_mb'] or 0 for r in s['components'].values()):.0f} MB" for s in settings]
@@ -82,9 +87,9 @@ def synthetic_markdown(result: dict[str, Any]) -> str:
 
 
 def peers_markdown() -> str:
-    lines = ["| system | GPU | model | shape | s/step | source |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p['system']} | {p['gpu']} | {p['model']} | {p['shape']} | {p['s_per_step']} | {p['source']} |"
-              for p in PEERS]
+    lines = ["| system | GPU | model | shape | s/step | clip s | source |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['system']} | {p['gpu']} | {p['model']} | {p['shape']} | {p['s_per_step'] or '-'} | "
+              f"{p.get('clip_s') or '-'} | {p['source']} |" for p in PEERS]
     return "\n".join(lines) + "\n"
 
 

@@ -34,21 +34,25 @@ def expert_config(name: str, layers: int | None = None) -> dict[str, Any]:
     return config
 
 
-def build_expert(config: dict[str, Any], device: str, dtype: Any) -> Any:  # noqa: ANN401
-    """A WanTransformer3DModel with random weights, created on ``device`` (a 14B expert never sits on the host)."""
-    import torch
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = WanTransformer3DModel(**config)
-    model = model.to(dtype).eval().requires_grad_(False)
-    # As from_pretrained(torch_dtype=...) loads it: the modules diffusers keeps in fp32 (norms, modulation, rope).
+def keep_fp32_modules(model: Any) -> Any:  # noqa: ANN401
+    """As from_pretrained(torch_dtype=...) loads a model: the modules its class keeps in fp32 (diffusers' norms,
+    modulation and rope in the Wan DiT; UMT5's feed-forward output ``wo``) go back to fp32."""
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if keep & set(name.split(".")) and tensor.is_floating_point():
             tensor.data = tensor.data.float()
     return model
+
+
+def build_expert(config: dict[str, Any], device: str, dtype: Any, seed: int = 0) -> Any:  # noqa: ANN401
+    """A WanTransformer3DModel with random weights, created on ``device`` (a 14B expert never sits on the host)."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = WanTransformer3DModel(**config)
+    return keep_fp32_modules(model.to(dtype).eval().requires_grad_(False))
 
 
 def expert_inputs(config: dict[str, Any], video: VideoShape, batch: int, device: str, dtype: Any,
@@ -173,6 +177,6 @@ def time_vae_decode(vae_name: str, video: VideoShape, device: str, dtype_name: s
         caches = init(latent[:, :, :1])[1:]
         first = measure(lambda: init(latent[:, :, :1]), warmup=warmup, runs=runs, sync=sync, cuda=cuda)
         nxt = measure(lambda: step(latent[:, :, 1:2], *caches), warmup=warmup, runs=runs, sync=sync, cuda=cuda)
-    return {"vae": vae_name, "dtype": dtype_name, "height": video.height, "width": video.width, "device": device,
+    return {"vae": vae_name, "dtype": dtype_name, "video": dataclasses.asdict(video), "device": device,
             "first_frame": first.summary(), "next_frame": nxt.summary(),
             "per_clip_s": first.median_s + ((video.frames - 1) // 4) * nxt.median_s}

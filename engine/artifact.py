@@ -11,6 +11,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.graph_forms import referenced_files
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import ArtifactError, ModelFormatError
@@ -107,6 +108,10 @@ class Manifest:
     parity: list[dict[str, Any]]
     created_utc: str
     quantization: Quantization | None = None  # set by `wanrt quantize`
+    # Request defaults (engine/defaults.py), set at export; absent from artifacts made before them.
+    defaults: ModelDefaults | None = None
+    # LoRAs merged into the experts at export: {"expert", "file", "sha256", "scale", "format", "modules", ...}.
+    loras: list[dict[str, Any]] | None = None
 
     @property
     def onnxruntime_session_config(self) -> dict[str, str]:
@@ -139,6 +144,9 @@ class Manifest:
             values["spec"] = ModelSpec.from_dict(values["spec"])
         except (ModelFormatError, TypeError) as err:
             raise ArtifactError(f"{MANIFEST_NAME} has an invalid spec: {err}") from None
+        if values.get("loras") is not None and not (isinstance(values["loras"], list)
+                                                    and all(isinstance(e, dict) for e in values["loras"])):
+            raise ArtifactError(f"{MANIFEST_NAME}: loras must be a list of objects")
         for name, section in _SECTIONS.items():
             if values.get(name) is not None:
                 values[name] = section.from_dict(values[name])
@@ -147,7 +155,7 @@ class Manifest:
 
 QUANTIZATION_MODES = ("int8", "fp8")
 # Optional manifest sections parsed into their own types (the spec, required, is parsed above).
-_SECTIONS: dict[str, Any] = {"quantization": Quantization}
+_SECTIONS: dict[str, Any] = {"quantization": Quantization, "defaults": ModelDefaults}
 
 
 def _fields_of(cls: Any, data: Any, where: str | None) -> dict[str, Any]:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.loader import BACKENDS
 from wanrt.engine.request import GenerationRequest
+from wanrt.engine.schedules import schedule_names
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
+
+# Request options whose default is the model's (its manifest's defaults, engine/defaults.py): left unset here.
+MODEL_DEFAULTED = ("frames", "height", "width", "steps", "guidance", "guidance_2", "fps", "schedule", "shift")
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,21 +25,38 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = GenerationRequest.defaults()
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
-    parser.add_argument("--frames", type=int, default=defaults.frames, help="4k+1 frames (default %(default)s)")
-    parser.add_argument("--height", type=int, default=defaults.height, help="multiple of 16")
-    parser.add_argument("--width", type=int, default=defaults.width, help="multiple of 16")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--guidance", type=float, default=defaults.guidance, help="high-noise expert's CFG scale")
+    parser.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's)")
+    parser.add_argument("--height", type=int, default=None, help="multiple of 16 (default: the model's)")
+    parser.add_argument("--width", type=int, default=None, help="multiple of 16 (default: the model's)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's schedule's")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="high-noise expert's CFG scale (default: the model's schedule's)")
     parser.add_argument("--guidance-2", type=float, default=None,
-                        help="low-noise expert's CFG scale (default: same as --guidance)")
+                        help="low-noise expert's CFG scale (default: same as --guidance if given, else the model's)")
+    parser.add_argument("--schedule", choices=schedule_names(), default=None,
+                        help="denoising schedule: base (the model's scheduler) or a distilled preset, with its "
+                             "steps, guidance and shift unless given (default: the model's)")
+    parser.add_argument("--shift", type=float, default=None, help="flow shift (default: the schedule's)")
+    parser.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
+                        help="adaptive step cache: reuse an expert's last call while the estimated change stays "
+                             "under THRESHOLD (0-1; default off, or the server's setting)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--latents", type=Path, default=None,
                         help="initial noise .npy of shape (1, 16, (F-1)/4+1, H/8, W/8); overrides --seed")
-    parser.add_argument("--fps", type=int, default=defaults.fps)
+    parser.add_argument("--fps", type=int, default=None, help="default: the model's")
     parser.add_argument("--out", type=Path, required=True, help="output .mp4 (H.264) or .npy (uint8 frames)")
 
 
-def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+def unset_video_fields(args: argparse.Namespace) -> list[str]:
+    """The model-defaulted request fields the command line left unset (a client leaves them to the server)."""
+    unset = [name for name in (*MODEL_DEFAULTED, "step_cache") if getattr(args, name) is None]
+    if "guidance_2" in unset and "guidance" not in unset:
+        unset.remove("guidance_2")  # --guidance alone: the low-noise expert follows it
+    return unset
+
+
+def request_from_args(args: argparse.Namespace, defaults: ModelDefaults | None = None) -> GenerationRequest:
+    """The request the options ask for; unset ones take ``defaults`` (the model's), else wanrt's preview."""
     from wanrt.errors import InvalidRequestError
 
     latents = None
@@ -49,11 +72,13 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         raise InvalidRequestError("out", f"{args.out.parent} is not a directory")
     if args.out.is_dir():
         raise InvalidRequestError("out", f"{args.out} is a directory")
-    return GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames, height=args.height,
-        width=args.width, steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, seed=args.seed,
-        fps=args.fps, latents=latents,
-    )
+    base = GenerationRequest.defaults() if defaults is None else defaults.request(schedule=args.schedule)
+    given = {name: getattr(args, name) for name in (*MODEL_DEFAULTED, "step_cache")
+             if getattr(args, name) is not None}
+    if args.guidance is not None and args.guidance_2 is None:
+        given["guidance_2"] = None
+    return dataclasses.replace(base, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+                               latents=latents, **given)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,7 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.errors import InvalidRequestError
     from wanrt.trust.cli import check_trusted, provenance_key
 
-    request = request_from_args(args)
+    request_from_args(args)  # a bad option or output path fails before the model loads
     # Resolved before the model loads: an unusable `cuda` is one line and exit 2, `auto` says where it runs.
     devices = tuple(usable_device(d, args.backend) for d in args.devices or ("cpu",))
     if len(devices) != (2 if args.cfg_parallel else 1):
@@ -118,6 +143,7 @@ def _generate(args: argparse.Namespace) -> int:
                                  residency=args.residency, text_encoder=args.text_encoder)
     for plan in memory_plans([pipeline]):
         print(plan, file=sys.stderr)
+    request = request_from_args(args, pipeline.defaults)
     request.validate(pipeline.limits)
     admission = admission_for(pipeline, budget, devices)
     if admission is not None:

@@ -74,13 +74,14 @@ def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *, cfg_p
                 for d in (first, second))
         pipelines.append(VideoPipeline(a.spec, a.tokenizer, CfgParallelBackend(a.backend, b.backend),
                                        identity={**a.identity, "cfg_parallel": f"{first}+{second}"},
-                                       limits=a.limits))
+                                       limits=a.limits, defaults=a.defaults))
     return pipelines
 
 
 def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
     from wanrt.engine.artifact import MANIFEST_NAME, load_artifact, sha256_file
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
+    from wanrt.engine.defaults import defaults_for_artifact
     from wanrt.engine.graph_forms import onnxruntime_file
 
     manifest = load_artifact(art_dir)
@@ -96,7 +97,8 @@ def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
     return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
                          OnnxRuntimeBackend(art_dir, graphs, device=device,
                                             session_config=manifest.onnxruntime_session_config),
-                         identity=identity, graphs={name: art_dir / file for name, file in graphs.items()})
+                         identity=identity, graphs={name: art_dir / file for name, file in graphs.items()},
+                         defaults=defaults_for_artifact(manifest.defaults, spec))
 
 
 def memory_plans(pipelines: list[VideoPipeline]) -> list[str]:
@@ -108,6 +110,7 @@ def memory_plans(pipelines: list[VideoPipeline]) -> list[str]:
 def _load_diffusers(model_dir: Path, device: str, residency: str | None, text_encoder: str | None) -> VideoPipeline:
     from wanrt.engine.artifact import sha256_file
     from wanrt.engine.backends.torch import TorchBackend
+    from wanrt.engine.defaults import defaults_from_recipe, recipe_for
 
     spec = spec_from_diffusers(model_dir)
     tokenizer_json = model_dir / "tokenizer" / "tokenizer.json"
@@ -117,5 +120,6 @@ def _load_diffusers(model_dir: Path, device: str, residency: str | None, text_en
                 "model_index_sha256": sha256_file(model_dir / "model_index.json")}
     return VideoPipeline(spec, PromptTokenizer(tokenizer_json, spec.text_length),
                          TorchBackend(model_dir, spec.experts, device=device, residency=residency,
-                                      text_encoder=text_encoder), identity=identity)
+                                      text_encoder=text_encoder), identity=identity,
+                         defaults=defaults_from_recipe(recipe_for(model_dir, spec), spec))
 

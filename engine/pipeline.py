@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.engine.backends.base import Backend
+from wanrt.engine.defaults import ModelDefaults, defaults_for_artifact
 from wanrt.engine.request import GenerationRequest, Limits
-from wanrt.engine.schedulers import scheduler_from_config
+from wanrt.engine.schedules import make_scheduler
 from wanrt.engine.spec import ModelSpec
+from wanrt.engine.step_cache import CachePolicy, ExpertStepCache
 from wanrt.engine.text import PromptTokenizer, zero_padding_positions
 from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
 
@@ -27,6 +29,10 @@ class Progress:
     step: int  # steps (or latent frames) done in this stage
     total: int
     elapsed_s: float  # since the job started
+    # DiT calls so far: one sample through one expert (a guided step's cond + uncond pair is two, even in one
+    # batched call), the machine-independent cost of a clip; and those the step cache spared.
+    dit_calls: int = 0
+    dit_calls_saved: int = 0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -38,9 +44,12 @@ class VideoPipeline:
 
     def __init__(
         self, spec: ModelSpec, tokenizer: PromptTokenizer, backend: Backend, *, identity: dict[str, str],
-        limits: Limits | None = None, graphs: dict[str, Path] | None = None,
+        limits: Limits | None = None, graphs: dict[str, Path] | None = None, defaults: ModelDefaults | None = None,
+        cache_policy: CachePolicy | None = None,
     ) -> None:
         self.spec = spec
+        self.defaults = defaults or defaults_for_artifact(None, spec)  # what unset request fields mean
+        self.cache_policy = cache_policy or CachePolicy()
         self.tokenizer = tokenizer
         self.backend = backend
         self.identity = identity  # what made the video: model path, artifact hashes, backend (for audit)
@@ -70,37 +79,51 @@ class VideoPipeline:
     def _run(self, request: GenerationRequest, latents: np.ndarray, on_progress: ProgressCallback | None,
              should_stop: StopCheck | None) -> Iterator[np.ndarray]:
         started = time.monotonic()
+        counted = [0, 0]  # DiT calls made and saved, carried into the decode stage's reports
 
-        def report(stage: str, step: int, total: int) -> None:
+        def report(stage: str, step: int, total: int, *calls: int) -> None:
             if should_stop is not None and should_stop():
                 raise CancelledError(f"cancelled during {stage} at {step}/{total}")
+            if calls:
+                counted[:] = calls
             if on_progress is not None:
-                on_progress(Progress(stage, step, total, time.monotonic() - started))
+                on_progress(Progress(stage, step, total, time.monotonic() - started, *counted))
 
         scales = {self.spec.experts[0]: request.guidance, self.spec.experts[-1]: request.effective_guidance_2}
         use_cfg = any(s > 1.0 for s in scales.values())
         report("text", 0, 1)
         text = self._encode([request.prompt, request.negative_prompt] if use_cfg else [request.prompt])
         report("text", 1, 1)
-
-        scheduler = scheduler_from_config(self.spec.scheduler_config)
-        scheduler.set_timesteps(request.steps)
-        timesteps = scheduler.timesteps
-        for i, t in enumerate(timesteps):
-            expert = self._expert_for(float(t))
-            latents = scheduler.step(self._guided_prediction(expert, scales[expert], latents, float(t), text),
-                                     t, latents)
-            report("denoise", i + 1, len(timesteps))
-
+        latents = self._denoise(request, latents, text, scales, report)
         yield from self._decode(latents, report)
+
+    def _denoise(self, request: GenerationRequest, latents: np.ndarray, text: np.ndarray, scales: dict[str, float],
+                 report: Callable[..., None]) -> np.ndarray:
+        """The request's schedule, each step by its expert, a step the cache can predict without its call."""
+        schedule = request.schedule or self.defaults.schedule
+        scheduler = make_scheduler(self.spec.scheduler_config, schedule, request.steps, request.shift)
+        timesteps = scheduler.timesteps
+        cache, cache_expert = None, ""
+        calls = saved = 0  # DiT calls: one sample through one expert (a guided step's pair is two)
+        for i, t in enumerate(timesteps):
+            expert = self.spec.expert_for(float(t))
+            if cache is None or cache_expert != expert:  # a fresh cache per expert: never across the boundary
+                cache, cache_expert = ExpertStepCache(request.step_cache or 0.0, self.cache_policy), expert
+            passes = 2 if scales[expert] > 1.0 else 1
+            prediction = cache.reuse(latents, final=i == len(timesteps) - 1)
+            if prediction is None:
+                prediction = self._guided_prediction(expert, scales[expert], latents, float(t), text)
+                cache.record(latents, prediction)
+                calls += passes
+            else:
+                saved += passes
+            latents = scheduler.step(prediction, t, latents)
+            report("denoise", i + 1, len(timesteps), calls, saved)
+        return latents
 
     def _encode(self, prompts: list[str]) -> np.ndarray:
         ids, mask = self.tokenizer(prompts)
         return zero_padding_positions(self.backend.encode_text(ids, mask), mask)
-
-    def _expert_for(self, t: float) -> str:
-        boundary = self.spec.boundary_timestep
-        return self.spec.experts[0] if boundary is None or t >= boundary else self.spec.experts[1]
 
     def _guided_prediction(self, expert: str, scale: float, latents: np.ndarray, t: float,
                            text: np.ndarray) -> np.ndarray:

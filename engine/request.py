@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from wanrt.engine.schedules import check_schedule, check_shift
+from wanrt.engine.step_cache import check_threshold
 from wanrt.errors import InvalidRequestError
 
 MAX_PROMPT_BYTES = 4096
@@ -42,6 +44,11 @@ class GenerationRequest:
     seed: int = 0
     fps: int = 16
     latents: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    # None: the model's default schedule (its manifest's defaults), and that schedule's own shift.
+    schedule: str | None = None
+    shift: float | None = None
+    # Adaptive step cache threshold (engine/step_cache.py); None or 0: every step runs the network.
+    step_cache: float | None = None
 
     @classmethod
     def defaults(cls) -> GenerationRequest:
@@ -76,6 +83,12 @@ class GenerationRequest:
             _check_float("guidance_2", self.guidance_2, limits.max_guidance)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("fps", self.fps, 1, limits.max_fps)
+        if self.schedule is not None:
+            check_schedule(self.schedule)
+        if self.shift is not None:
+            check_shift(self.shift)
+        if self.step_cache is not None:
+            check_threshold(self.step_cache)
         if self.latents is not None:
             self._check_latents()
 

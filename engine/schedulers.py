@@ -129,11 +129,17 @@ class FlowMatchEulerScheduler(_FlowScheduler):
         ends = _F32(shift) * ends / (_ONE + _F32(shift - 1) * ends)
         self._sigma_max, self._sigma_min = float(ends[0]), float(ends[1])
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Builds the schedule for ``num_inference_steps`` steps and resets the step state."""
+    def set_timesteps(self, num_inference_steps: int, sigmas: Sequence[float] | None = None) -> None:
+        """Builds the schedule for ``num_inference_steps`` steps and resets the step state. ``sigmas``: the
+        unshifted sigmas to use instead (diffusers' ``set_timesteps(sigmas=...)``, float32 math as there)."""
         steps = _check_steps(num_inference_steps, self.shift_terminal)
         n = self._num_train_timesteps
-        sigmas = np.linspace(self._sigma_max * n, self._sigma_min * n, steps) / n  # float64, as diffusers
+        if sigmas is None:
+            sigmas = np.linspace(self._sigma_max * n, self._sigma_min * n, steps) / n  # float64, as diffusers
+        else:
+            sigmas = np.asarray(sigmas, dtype=np.float64).astype(np.float32)
+            if sigmas.shape != (steps,) or not np.all((sigmas > 0) & (sigmas <= 1)):
+                raise InvalidRequestError("sigmas", f"need {steps} values in (0, 1], got {sigmas.tolist()}")
         sigmas = self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
         if self.shift_terminal:
             sigmas = _stretch_to_terminal(sigmas, self.shift_terminal)

@@ -44,6 +44,11 @@ class ModelSpec:
             return None
         return self.boundary_ratio * self.num_train_timesteps
 
+    def expert_for(self, timestep: float) -> str:
+        """The expert that denoises at ``timestep``: the high-noise one at or above the boundary."""
+        boundary = self.boundary_timestep
+        return self.experts[0] if boundary is None or timestep >= boundary else self.experts[-1]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

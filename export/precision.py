@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -250,25 +249,33 @@ def _quiet_autocast() -> None:
 
 
 def emulate_bf16(path: Path) -> onnx.ModelProto:
-    """An fp32 graph that computes what the bf16 graph at ``path`` computes on a GPU, for onnxruntime's CPU.
+    """An fp32-compute graph that computes what the bf16 graph at ``path`` computes on a GPU, for onnxruntime's CPU.
 
     onnxruntime's CPU provider has no bf16 MatMul/Conv (NOT_IMPLEMENTED, 1.31). bf16 GPU kernels (TensorRT's
-    included) read bf16 tensors, accumulate in fp32 and round their result to bf16; so here every bf16 weight
-    becomes its exact fp32 value, every op runs in fp32, and each tensor the graph stores in bf16 is rounded to
-    bf16 (Cast to bf16 and back) right after the op that makes it. Same graph, same roundings.
+    included) read bf16 tensors, accumulate in fp32 and round their result to bf16; so here every op runs in
+    fp32 on the exact fp32 values of its bf16 inputs, and each tensor the graph stores in bf16 is rounded to bf16
+    (Cast to bf16 and back) right after the op that makes it. Same graph, same roundings.
+
+    The weights are not widened: each bf16 initializer stays bf16 (and where it was: a graph with external data
+    keeps pointing at its ``.data`` file) and a Cast to fp32 feeds its consumers, so a session holds the weights
+    once, at bf16's size, and widens one tensor at a time while it runs (``cpu_session`` turns off the constant
+    folding that would widen them all at load). The model returned is loaded without its external data.
     """
     types = tensor_types(onnx.load(os.fspath(path), load_external_data=False))
-    model = onnx.load(os.fspath(path), load_external_data=True)
+    model = onnx.load(os.fspath(path), load_external_data=False)
     graph = model.graph
-    for tensor in [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]:
+    for tensor in (a.t for n in graph.node for a in n.attribute if a.HasField("t")):  # small Constant values
         if tensor.data_type == _BF16:
             tensor.CopyFrom(onnx.numpy_helper.from_array(
                 onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
-    nodes = []
+    widened = {i.name: f"{i.name}__fp32" for i in graph.initializer if i.data_type == _BF16}
+    nodes = [onnx.helper.make_node("Cast", [name], [wide], to=onnx.TensorProto.FLOAT)
+             for name, wide in widened.items()]
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.name == "to" and attribute.i == _BF16:
                 attribute.i = onnx.TensorProto.FLOAT
+        node.input[:] = [widened.get(i, i) for i in node.input]
         rounded = {o: f"{o}__fp32" for o in node.output if types.get(o) == _BF16 and node.op_type != "Constant"}
         node.output[:] = [rounded.get(o, o) for o in node.output]
         nodes.append(node)
@@ -285,21 +292,86 @@ _BF16 = onnx.TensorProto.BFLOAT16
 
 
 def cpu_session(path: Path, config: Mapping[str, str] | None = None) -> Any:
-    """An onnxruntime CPU session for any exported graph (bf16 ones through ``emulate_bf16``)."""
+    """An onnxruntime CPU session for any exported graph (bf16 ones through ``emulate_bf16``).
+
+    Sessions hold the weights once: no arena, no pre-packed copies of MatMul weights (a second copy of every
+    weight, for a few percent of speed that parity checks and calibration do not need).
+    """
     import onnxruntime as ort
 
     path = Path(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
+    options.add_session_config_entry("session.disable_prepacking", "1")
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     if graph_dtype(onnx.load(os.fspath(path), load_external_data=False)) != "bf16":
         return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory(prefix="wanrt-bf16-") as scratch:  # external data: no 2 GiB limit
-        emulated = Path(scratch) / path.name
-        onnx.save_model(emulate_bf16(path), os.fspath(emulated), save_as_external_data=True,
-                        location=emulated.name + ".data", size_threshold=1024)
-        return ort.InferenceSession(os.fspath(emulated), options, providers=["CPUExecutionProvider"])
+    # Folding Cast(initializer) at load would widen every weight: keep the graph as emulate_bf16 wrote it.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     os.fspath(path.resolve().parent))
+    return ort.InferenceSession(emulate_bf16(path).SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def parity_session(path: Path, device: str = "cpu") -> Any:
+    """The onnxruntime session export's parity check runs ``path`` in: the CPU (``cpu_session``), or onnxruntime-gpu's
+    CUDA provider for ``cuda``/``cuda:N``, which runs bf16 natively. Never falls back to the CPU silently."""
+    if not device.startswith("cuda"):
+        return cpu_session(path)
+    import onnxruntime as ort
+
+    from wanrt.engine.device import parse_device
+    from wanrt.errors import BackendUnavailableError
+
+    index = parse_device(device).index
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(os.fspath(path), options,
+                                   providers=[("CUDAExecutionProvider", {"device_id": index})])
+    if "CUDAExecutionProvider" not in session.get_providers():
+        raise BackendUnavailableError(f"onnxruntime's CUDA provider is not usable here (providers: "
+                                      f"{session.get_providers()}): run export's parity on --device cpu")
+    return session
+
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[check_dtype("dtype", dtype)])
+
+
+def fp32_modules(module: Any) -> tuple[str, ...]:
+    """The parameters and buffers of ``module`` that are fp32 (block numbers as N, ``.weight``/``.bias`` dropped):
+    what a bf16/fp16 graph traced from it keeps in fp32, as the manifest records it."""
+    import torch
+
+    names = {re.sub(r"\.(weight|bias)$", "", re.sub(r"\.\d+(?=\.|$)", ".N", name))
+             for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+             if tensor.dtype == torch.float32}
+    return tuple(sorted(names))
+
+
+def keep_fp32(model: Any, modules: Any) -> Any:
+    """Puts the submodules of ``model`` named in ``modules`` (last name component) back in fp32, as
+    ``from_pretrained`` does for a model's ``_keep_in_fp32_modules``; returns ``model``."""
+    wanted = set(modules or ())
+    for name, sub in model.named_modules():
+        if name.rsplit(".", 1)[-1] in wanted:
+            sub.float()
+    return model
+
+
+def describe_precision(path: Path, dtype: str, fp32_kept: tuple[str, ...]) -> dict[str, Any]:
+    """The manifest fields of a graph exported in ``dtype``: opset, compute nodes and how many run low."""
+    saved = onnx.load(os.fspath(path), load_external_data=False)
+    opset = next(o.version for o in saved.opset_import if o.domain in ("", "ai.onnx"))
+    return Lowering(dtype, opset, *_count_compute(saved, dtype), tuple(fp32_kept)).as_dict()
 
 
 Checked = tuple[tuple[Any, ...], dict[str, Any]]  # (parity results, the graph's manifest fields)

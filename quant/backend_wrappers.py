@@ -116,4 +116,4 @@ def without_decoder(inner: Backend) -> SubstitutingBackend:
 def with_backend(pipeline: VideoPipeline, backend: Backend) -> VideoPipeline:
     """A new pipeline like ``pipeline`` (spec, tokenizer, identity, limits) that runs ``backend``."""
     return VideoPipeline(pipeline.spec, pipeline.tokenizer, backend, identity=pipeline.identity,
-                         limits=pipeline.limits)
+                         limits=pipeline.limits, defaults=pipeline.defaults)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 from typing import Any
 
 import onnx
@@ -99,10 +100,12 @@ def plan(model: onnx.ModelProto, rules: tuple[Rule, ...]) -> Placement:
     return Placement(tuple(decisions))
 
 
-def check_placement(model: onnx.ModelProto, placement: Placement, mode: str) -> tuple[list[str], list[str]]:
+def check_placement(model: onnx.ModelProto, placement: Placement, mode: str,
+                    attention: Collection[str] = ()) -> tuple[list[str], list[str]]:
     """Checks a quantized graph against the rules; returns (quantized node names, problems found).
 
-    Every Q/DQ pair must feed a planned MatMul/Gemm; each quantized node must take a per-tensor quantized
+    Every Q/DQ pair must feed a planned MatMul/Gemm (or one of the ``attention`` nodes, whose Q/K/V Q/DQ
+    quant/qdq_graph.check_attention_qdq checks); each quantized node must take a per-tensor quantized
     activation (scalar scale, zero point 0) and a constant weight of the mode's type with one scale per output
     channel (zero points 0: symmetric); no excluded node may take a dequantized input.
     """
@@ -113,7 +116,7 @@ def check_placement(model: onnx.ModelProto, placement: Placement, mode: str) -> 
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    planned = set(placement.quantize)
+    planned = set(placement.quantize) | set(attention)
     excluded = {d.name for d in placement.excluded}
     problems: list[str] = []
     for n in graph.node:
@@ -131,6 +134,8 @@ def check_placement(model: onnx.ModelProto, placement: Placement, mode: str) -> 
             continue
         if n.name in excluded:
             problems.append(f"{n.name} is excluded but takes a dequantized input")
+            continue
+        if n.name in attention:
             continue
         quantized.append(n.name)
         problems += _check_node(n, dq_inputs, inits, producer, WEIGHT_DTYPES[mode])

@@ -117,7 +117,7 @@ def quantize_artifact(source: Path, out_dir: Path, config: QuantizeConfig, *, sa
 def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: QuantizeConfig, say: Say) -> dict:
     from wanrt.engine.loader import load_pipeline
     from wanrt.export.precision import cpu_session
-    from wanrt.quant import calibration, ptq, report
+    from wanrt.quant import calibration, isolated, ptq, report
 
     spec = manifest.spec
     targets = {name: placement.EXPERT_RULES for name in spec.experts}
@@ -135,26 +135,30 @@ def _quantize_into(source: Path, manifest: Manifest, art_dir: Path, config: Quan
             (art_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / rel, art_dir / rel)
 
-    pipeline = load_pipeline(source, "onnxruntime", device=config.device)
-    requests = calibration.calibration_requests(config.calib_prompts, steps=config.calib_steps, frames=config.frames,
-                                                height=config.height, width=config.width)
-    say(f"calibration: {len(requests)} prompts x {config.calib_steps} steps on the FP32 artifact")
-    record = calibration.capture(pipeline, requests)
+    # Capture, then each graph's PTQ, each in a process of its own (quant/isolated.py): the fp32 pipeline is
+    # loaded again only for the report, never beside ModelOpt's copy of a graph.
+    scratch = art_dir / ".isolated"
+    say(f"calibration: {len(config.calib_prompts)} prompts x {config.calib_steps} steps on the FP32 artifact "
+        "(in a process of its own)")
+    record = isolated.capture(source, config, scratch)
 
     graphs = dict(manifest.graphs)
     sessions, details = {}, {}
-    for name, rules in targets.items():
+    for name in targets:
         samples = record.text_calls if name == "text_encoder" else record.samples(name)
         samples = calibration.limit_samples(samples, config.calib_max_samples)
-        say(f"{name}: {config.mode} PTQ on {len(samples)} calibration calls")
-        model, entry, detail = _quantize_one(source, art_dir, manifest.graphs[name], name, rules, samples, config)
+        say(f"{name}: {config.mode} PTQ on {len(samples)} calibration calls (in a process of its own)")
+        samples_path = isolated.save_samples(samples, scratch / f"{name}-samples.npz")
+        entry, detail = isolated.quantize_graph(source, art_dir, manifest.graphs[name], name, samples_path, config,
+                                                scratch)
         graphs[name] = entry
-        details[name] = detail
+        details[name] = GraphQuantization.from_dict(detail)
         # onnxruntime's CPU provider has no bf16 MatMul: bf16 graphs run emulated there (precision.emulate_bf16).
         on_cpu_bf16 = config.dtype == "bf16" and config.device == "cpu"
         sessions[name] = cpu_session(art_dir / entry["file"], ptq.ORT_SESSION_CONFIG) if on_cpu_bf16 \
             else ptq.session(art_dir / entry["file"], config.device)
-        del model
+    shutil.rmtree(scratch)
+    pipeline = load_pipeline(source, "onnxruntime", device=config.device)
 
     networks = report.QuantizedNetworks({n: s for n, s in sessions.items() if n != "text_encoder"},
                                         sessions.get("text_encoder"))

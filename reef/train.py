@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wanrt.engine.defaults import Recipe, write_recipe
 from wanrt.reef.config import TrainConfig
 from wanrt.reef.data import PromptBatcher, balanced_attributes, render_set
 from wanrt.reef.flow import BOUNDARY_RATIO, subject_cell_weights
@@ -175,6 +176,9 @@ def train(out_dir: Path, cfg: TrainConfig, log: Log = print, device: str = "cpu"
                            transformer=cpu(high), transformer_2=cpu(low), boundary_ratio=BOUNDARY_RATIO)
         pipe.save_pretrained(folder)
         pca.save(folder / "vae" / BASIS_FILE)  # the encoder the latents were made with
+        # What `wanrt export` records as the model's request defaults: the clips it learned, generated as its
+        # README measures them (8 steps, guidance 4 on both experts, 16 fps).
+        write_recipe(folder, Recipe("reef", cfg.frames, (f"{cfg.size}x{cfg.size}",), 8, 4.0, 4.0, 16))
         summary = {"config": dataclasses.asdict(cfg), "seconds": dict(timings),
                    "total_seconds": round(sum(timings.values()), 1), **record, "init_from": history,
                    "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),

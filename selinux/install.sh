@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Install the wanrt SELinux policy on a host (RHEL/Fedora with container-selinux, or Debian/Ubuntu with
-# refpolicy's container module): build + load the module, label the ports and the host directories,
-# create the directories docker-compose.yml mounts.  Idempotent; run as root.
+# refpolicy's container module): load the module (its port labels come with it), label the host
+# directories, create the directories docker-compose.yml mounts.  Idempotent; run as root.
 #
 # Usage: selinux/install.sh [options]
+#   --module FILE   a prebuilt wanrt.cil (selinux/build.sh, or the installer image's): nothing is compiled
+#                   here (default: build it now with selinux/build.sh: needs make and the policy devel files)
 #   --models DIR    model + engine store        (default /srv/wanrt/models)      -> wanrt_model_t
 #   --outputs DIR   generated videos            (default /var/lib/wanrt/outputs) -> wanrt_output_t
 #   --audit DIR     audit log directory         (default /var/log/wanrt)         -> wanrt_audit_t
 #   --secrets DIR   TLS material + tokens file  (default /etc/wanrt/secrets)     -> wanrt_secret_t
-#   --uid N         owner of the output and audit directories (default 10001, the image's user)
+#   --scratch DIR   caches, temporary files     (default /var/lib/wanrt/scratch) -> wanrt_tmp_t
+#   --uid N         owner of the output, audit and scratch directories (default 10001, the image's user)
 #   --allow-unconfined-docker  install even though a Docker engine here runs without SELinux support
 #                   (only when wanrt runs under Podman on this host)
-#   --uninstall     remove the module, the port labels and the fcontext rules this script added
+#   --uninstall     remove the module and the fcontext rules this script added
 #   --dry-run       print the commands instead of running them
 # Environment: SEMODULE_PRIORITY (default 400), SELINUX_DEVEL_MAKEFILE (default
 # /usr/share/selinux/devel/Makefile).
@@ -22,6 +25,8 @@ models=/srv/wanrt/models
 outputs=/var/lib/wanrt/outputs
 audit=/var/log/wanrt
 secrets=/etc/wanrt/secrets
+scratch=/var/lib/wanrt/scratch
+module=""
 uid=10001
 uninstall=false
 allow_unconfined_docker=false
@@ -35,11 +40,13 @@ while (($#)); do
         --outputs) outputs="$2"; shift 2 ;;
         --audit) audit="$2"; shift 2 ;;
         --secrets) secrets="$2"; shift 2 ;;
+        --scratch) scratch="$2"; shift 2 ;;
+        --module) module="$2"; shift 2 ;;
         --uid) uid="$2"; shift 2 ;;
         --uninstall) uninstall=true; shift ;;
         --allow-unconfined-docker) allow_unconfined_docker=true; shift ;;
         --dry-run) dry_run=true; shift ;;
-        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -61,10 +68,13 @@ die() {
 
 if ! $dry_run; then
     [[ $EUID -eq 0 ]] || die "run as root"
-    for tool in semodule semanage restorecon make; do
-        command -v "$tool" >/dev/null 2>&1 || die "$tool not found (RHEL: dnf install policycoreutils-python-utils selinux-policy-devel make)"
+    for tool in semodule restorecon; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool not found (RHEL: dnf install policycoreutils)"
     done
-    [[ -f "$makefile" ]] || die "$makefile not found (RHEL: dnf install selinux-policy-devel)"
+    if [[ -z "$module" ]]; then
+        command -v make >/dev/null 2>&1 || die "make not found: pass --module wanrt.cil (prebuilt), or dnf install make"
+        [[ -f "$makefile" ]] || die "$makefile not found: pass --module wanrt.cil (prebuilt), or dnf install selinux-policy-devel"
+    fi
     semodule -l | grep -qx container || die "the container policy module is not loaded (RHEL: dnf install container-selinux)"
 fi
 
@@ -74,8 +84,10 @@ declare -A default_dirs=(
     [wanrt_output_t]=/var/lib/wanrt/outputs
     [wanrt_secret_t]=/etc/wanrt/secrets
     [wanrt_audit_t]=/var/log/wanrt
+    [wanrt_tmp_t]=/var/lib/wanrt/scratch
 )
-labels=("wanrt_model_t:$models" "wanrt_output_t:$outputs" "wanrt_audit_t:$audit" "wanrt_secret_t:$secrets")
+labels=("wanrt_model_t:$models" "wanrt_output_t:$outputs" "wanrt_audit_t:$audit" "wanrt_secret_t:$secrets"
+        "wanrt_tmp_t:$scratch")
 
 fcontext_spec() {
     printf '%s(/.*)?' "$(realpath -m "$1")"
@@ -93,10 +105,6 @@ if $uninstall; then
             run semanage fcontext -d "$(fcontext_spec "$dir")" || true
         fi
     done
-    while read -r type proto port _; do
-        [[ -z "$type" || "$type" == \#* ]] && continue
-        run semanage port -d -p "$proto" "$port" || true
-    done <"$here/wanrt.ports"
     run semodule -X "$priority" -r wanrt || true
     for entry in "${labels[@]}"; do
         if [[ -e "${entry#*:}" ]]; then run restorecon -RF "${entry#*:}"; fi
@@ -117,37 +125,42 @@ if command -v docker >/dev/null 2>&1 && ! $allow_unconfined_docker; then
     fi
 fi
 
-# 1. build and load the module (from a scratch copy: the devel Makefile writes next to its sources).
-build="$(mktemp -d)"
-trap 'rm -rf "$build"' EXIT
-cp "$here/wanrt.te" "$here/wanrt.if" "$here/wanrt.fc" "$build/"
-run make -s -C "$build" -f "$makefile" wanrt.pp
-run semodule -X "$priority" -i "$build/wanrt.pp"
+# 1. the module: prebuilt, or built now (rules and port labels in one CIL file), then loaded. Port labels
+#    that versions before 2.0 added with `semanage port` would duplicate the module's: remove them first.
+if [[ -z "$module" ]]; then
+    build="$(mktemp -d)"
+    trap 'rm -rf "$build"' EXIT
+    run bash "$here/build.sh" "$build"
+    module="$build/wanrt.cil"
+fi
+if command -v semanage >/dev/null 2>&1; then
+    while read -r type proto port _; do
+        [[ -z "$type" || "$type" == \#* ]] && continue
+        if ! $dry_run && semanage port -l -C | grep -qE "^${type}[[:space:]]"; then
+            run semanage port -d -p "$proto" "$port"
+        fi
+    done <"$here/wanrt.ports"
+fi
+run semodule -X "$priority" -i "$module"
 
-# 2. ports: -a, or -m when the port already has a (policy or local) label.
-while read -r type proto port _; do
-    [[ -z "$type" || "$type" == \#* ]] && continue
-    if ! run semanage port -a -t "$type" -p "$proto" "$port" 2>/dev/null; then
-        run semanage port -m -t "$type" -p "$proto" "$port"
-    fi
-done <"$here/wanrt.ports"
-
-# 3. directories, ownership, labels.
+# 2. directories: fcontext rules for non-default paths (semanage), then create and label.
 for entry in "${labels[@]}"; do
     type="${entry%%:*}" dir="${entry#*:}"
     if ! is_default "$type" "$dir"; then
         spec="$(fcontext_spec "$dir")"
+        $dry_run || command -v semanage >/dev/null 2>&1 \
+            || die "semanage not found: $dir is not a default path (RHEL: dnf install policycoreutils-python-utils)"
         if ! run semanage fcontext -a -t "$type" "$spec" 2>/dev/null; then
             run semanage fcontext -m -t "$type" "$spec"
         fi
     fi
 done
 run install -d -m 0755 "$models"
-run install -d -o "$uid" -g "$uid" -m 0750 "$outputs" "$audit"
+run install -d -o "$uid" -g "$uid" -m 0750 "$outputs" "$audit" "$scratch"
 run install -d -o root -g "$uid" -m 0750 "$secrets"
 for entry in "${labels[@]}"; do
     run restorecon -RF "${entry#*:}"
 done
 
-echo "install.sh: wanrt policy loaded; ports $(grep -Ev '^\s*(#|$)' "$here/wanrt.ports" | awk '{print $2 "/" $3 "=" $1}' | xargs)" \
-     "labelled; $models $outputs $audit $secrets labelled"
+echo "install.sh: wanrt policy loaded with its port labels ($(grep -Ev '^\s*(#|$)' "$here/wanrt.ports" | awk '{print $2 "/" $3 "=" $1}' | xargs));" \
+     "$models $outputs $audit $secrets $scratch labelled"

@@ -25,6 +25,7 @@ from wanrt.server.errors import ConfigError
 from wanrt.server.jobs import JobManager
 from wanrt.server.metrics import Metrics
 from wanrt.server.protocol import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MIN_PING_INTERVAL_MS, SERVER_SEND_BYTES
+from wanrt.server.reload import TlsMaterial
 from wanrt.server.service import ModelFacts, VideoGenerationService
 
 log = logging.getLogger("wanrt.server")
@@ -33,6 +34,9 @@ log = logging.getLogger("wanrt.server")
 # because a thread is always free to say so.
 _SPARE_THREADS = 16
 _SEND_GRACE_S = 5.0  # after the last job, time for handlers to send their final messages
+# With --stop-timeout: what the drain keeps back from the engine's kill deadline for everything after the jobs
+# (cancel, last messages, HTTP fetches, shutdown: four waits of _SEND_GRACE_S at most).
+STOP_MARGIN_S = 4 * _SEND_GRACE_S
 
 
 def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
@@ -88,16 +92,18 @@ class WanrtServer:
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
+        self._admission_stopped_at: float | None = None
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
-                                  self.admission),
+                                  self.admission, defaults=first.defaults, step_cache=config.step_cache),
             self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
             provenance=config.provenance_key(),
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
-        interceptors = [TokenInterceptor(self.tokens, self.service.audit_denied)] if self.tokens else []
+        self._token_interceptor = TokenInterceptor(self.tokens, self.service.audit_denied) if self.tokens else None
+        interceptors = [self._token_interceptor] if self._token_interceptor else []
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wanrt-grpc"),
             interceptors=interceptors, options=server_options(self.max_request_bytes),
@@ -109,6 +115,7 @@ class WanrtServer:
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
         self._health_grpc: grpc.Server | None = None
         self.health_port: int | None = None
+        self._tls: TlsMaterial | None = None
         try:
             self.port = self._bind()
             self._bind_health()
@@ -127,11 +134,10 @@ class WanrtServer:
             if config.insecure:
                 port = self._grpc.add_insecure_port(address)
             else:
-                ca = Path(config.client_ca).read_bytes() if config.client_ca else None
-                credentials = grpc.ssl_server_credentials(
-                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
-                    root_certificates=ca, require_client_auth=ca is not None)
-                port = self._grpc.add_secure_port(address, credentials)
+                # Certificates grpc fetches again at each handshake after a reload (SIGHUP: server/reload.py).
+                self._tls = TlsMaterial(Path(config.tls_cert), Path(config.tls_key),
+                                        None if config.client_ca is None else Path(config.client_ca))
+                port = self._grpc.add_secure_port(address, self._tls.grpc_credentials())
         except RuntimeError as err:
             raise ConfigError("listen", f"cannot listen on {address}: {err}") from None
         if not port:
@@ -192,19 +198,64 @@ class WanrtServer:
             log.info("serving OpenAI-compatible /v1/videos on HTTP%s port %d", "" if self.config.insecure else "S",
                      self.http.port)
 
+    def reload(self) -> dict[str, object]:
+        """SIGHUP: reopen the audit log (rotation) and read the TLS material and the token file again. Jobs and
+        calls in flight are untouched; a file that fails its checks is refused and the one in use stays."""
+        outcome: dict[str, object] = {"tls": None, "tokens": None, "errors": []}
+        self.audit.reopen()
+        if self._tls is not None:
+            try:
+                changed = self._tls.reload()
+                if changed and self.http is not None:
+                    self.http.reload_tls(self._tls.cert, self._tls.key, self._tls.ca)
+                outcome["tls"] = "changed" if changed else "unchanged"
+            except ConfigError as err:
+                outcome["errors"].append(str(err))
+        if self.config.tokens is not None:
+            try:
+                tokens = TokenStore.load(Path(self.config.tokens))
+                self.tokens = tokens
+                self._token_interceptor.use(tokens)
+                if self.http is not None:
+                    self.http.api.tokens = tokens
+                outcome["tokens"] = tokens.valid_now()
+            except ConfigError as err:
+                outcome["errors"].append(str(err))
+        for error in outcome["errors"]:
+            log.error("reload refused, the material in use stays: %s", error)
+        log.info("reloaded: TLS %s, %s token(s) valid", outcome["tls"], outcome["tokens"])
+        return outcome
+
     def _audit_failed(self) -> None:
         # Without an audit trail the service must not go on answering: orchestrators see NOT_SERVING.
         for service in ("", SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    def stop_admitting(self) -> None:
+        """First step of a drain (SIGUSR1, a Kubernetes preStop hook): refuse new calls (UNAVAILABLE), turn the
+        service's readiness NOT_SERVING, let every admitted job run on. Liveness ("") stays SERVING."""
+        if self._admission_stopped_at is None:
+            self._admission_stopped_at = time.monotonic()
+        self._draining.set()
+        self.jobs.stop_accepting()
+        self.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("admission stopped: %d job(s) live run on", self.jobs.live_jobs)
+
+    def drain_grace(self) -> float:
+        """Seconds the jobs get: --grace-seconds, or with --stop-timeout what is left of the engine's kill deadline
+        (counted from the first stop signal) less STOP_MARGIN_S."""
+        if self.config.stop_timeout is None:
+            return self.config.grace_seconds
+        began = self._admission_stopped_at if self._admission_stopped_at is not None else time.monotonic()
+        return max(0.0, self.config.stop_timeout - STOP_MARGIN_S - (time.monotonic() - began))
+
     def drain(self, grace_seconds: float | None = None) -> bool:
         """SIGTERM: NOT_SERVING at once, refuse new calls, let running and queued jobs finish within the grace,
         cancel what is left, stop. Returns True when every job finished in time."""
-        grace = self.config.grace_seconds if grace_seconds is None else grace_seconds
+        self.stop_admitting()
+        grace = self.drain_grace() if grace_seconds is None else grace_seconds
         deadline, began = time.monotonic() + grace, time.time()
-        self._draining.set()
         self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
-        self.jobs.stop_accepting()
         log.info("draining: %d job(s) live, grace %.1f s", self.jobs.live_jobs, grace)
         finished = self.jobs.wait_idle(max(0.0, deadline - time.monotonic()))
         if not finished:

@@ -2,12 +2,16 @@
 
 Token file: JSON lines, one token each; blank lines and lines starting with ``#`` are ignored::
 
-    {"id": "batch-renderer", "sha256": "<hex SHA-256 of the token's UTF-8 bytes>", "methods": ["Generate"]}
+    {"id": "batch-renderer", "sha256": "<hex SHA-256 of the token's UTF-8 bytes>", "methods": ["Generate"],
+     "expires": "2027-03-31T00:00:00Z"}
 
-``methods`` (optional) lists the wanrt.v1.VideoGeneration methods the token may call (default: all). The file
-holds only hashes, so reading it reveals no token. Make a token with ``wanrt token new --id NAME --append
-FILE`` (prints the token once), or hash one you have: ``wanrt token hash < token.txt`` or
-``printf %s "$TOKEN" | sha256sum``. Clients send ``authorization: Bearer <token>``.
+``methods`` (optional) lists the wanrt.v1.VideoGeneration methods the token may call (default: all). ``expires``
+(optional, RFC 3339 UTC) ends the token: from then on it is refused (UNAUTHENTICATED, "expired"), checked at each
+call, so no reload is needed for it to stop working. One id may have several tokens: that is how a token is
+rotated (``wanrt token rotate``: a new token, and the old ones of that id expire after an overlap). The file holds
+only hashes, so reading it reveals no token. Make a token with ``wanrt token new --id NAME --append FILE`` (prints
+the token once), or hash one you have: ``wanrt token hash < token.txt`` or ``printf %s "$TOKEN" | sha256sum``.
+Clients send ``authorization: Bearer <token>``. The server reloads the file on SIGHUP (``wanrt reload``).
 
 Health checking and reflection are exempt from tokens (a container HEALTHCHECK holds none) but not from
 mutual TLS, which the TLS handshake enforces before any method runs.
@@ -16,6 +20,7 @@ mutual TLS, which the TLS handshake enforces before any method runs.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import json
@@ -42,6 +47,39 @@ class TokenEntry:
     id: str
     sha256: str
     methods: frozenset[str]
+    expires: datetime.datetime | None = None  # aware, UTC
+
+    def expired(self, now: datetime.datetime) -> bool:
+        return self.expires is not None and now >= self.expires
+
+    def to_json(self) -> dict:
+        record: dict = {"id": self.id, "sha256": self.sha256}
+        if self.methods != frozenset(METHODS):
+            record["methods"] = sorted(self.methods)
+        if self.expires is not None:
+            record["expires"] = format_time(self.expires)
+        return record
+
+
+def format_time(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(field: str, value: object) -> datetime.datetime:
+    """RFC 3339 with an explicit offset ("Z" or "+hh:mm"); a time without a zone is refused, not guessed."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is not None:
+            return moment.astimezone(datetime.UTC)
+    raise ConfigError("tokens", f"{field}: 'expires' must be an RFC 3339 time with a zone, e.g. "
+                                f"2027-03-31T00:00:00Z, got {value!r}")
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,38 +92,29 @@ class AuthResult:
 
 
 class TokenStore:
-    def __init__(self, entries: Sequence[TokenEntry]) -> None:
+    def __init__(self, entries: Sequence[TokenEntry], clock: Callable[[], datetime.datetime] = _utcnow) -> None:
         self._entries = tuple(entries)
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def entries(self) -> tuple[TokenEntry, ...]:
+        return self._entries
+
+    def valid_now(self) -> int:
+        now = self._clock()
+        return sum(not e.expired(now) for e in self._entries)
+
     @classmethod
-    def load(cls, path: Path) -> TokenStore:
+    def load(cls, path: Path, clock: Callable[[], datetime.datetime] = _utcnow) -> TokenStore:
         """Parses the file strictly: a typo must not silently widen or drop access."""
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError("tokens", f"cannot read {path}: {err}") from None
-        entries: list[TokenEntry] = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError("tokens", f"{where}: not JSON: {err.msg}") from None
-            entries.append(_entry(where, record))
-        ids = [e.id for e in entries]
-        hashes = [e.sha256 for e in entries]
-        if len(set(ids)) != len(ids):
-            raise ConfigError("tokens", f"{path}: token ids must be unique")
-        if len(set(hashes)) != len(hashes):
-            raise ConfigError("tokens", f"{path}: the same token hash is listed twice")
-        if not entries:
-            raise ConfigError("tokens", f"{path} lists no token: no call could be authorised")
-        return cls(entries)
+        entries = read_entries(path)
+        store = cls(entries, clock)
+        if not store.valid_now():
+            raise ConfigError("tokens", f"{path}: every token in it has expired: no call could be authorised")
+        return store
 
     def check(self, metadata: Sequence[tuple[str, str | bytes]] | None, method: str) -> AuthResult:
         """``method``: the short name, e.g. "Generate"."""
@@ -100,18 +129,45 @@ class TokenStore:
                 match = entry
         if match is None:
             return AuthResult(None, grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+        if match.expired(self._clock()):
+            return AuthResult(match.id, grpc.StatusCode.UNAUTHENTICATED,
+                              f"token {match.id!r} expired at {format_time(match.expires)}")
         if method not in match.methods:
             return AuthResult(match.id, grpc.StatusCode.PERMISSION_DENIED,
                               f"token {match.id!r} may not call {method}")
         return AuthResult(match.id)
 
 
+def read_entries(path: Path) -> list[TokenEntry]:
+    """The token file's entries, checked line by line; ConfigError naming the line otherwise."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("tokens", f"cannot read {path}: {err}") from None
+    entries: list[TokenEntry] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError("tokens", f"{where}: not JSON: {err.msg}") from None
+        entries.append(_entry(where, record))
+    hashes = [e.sha256 for e in entries]
+    if len(set(hashes)) != len(hashes):
+        raise ConfigError("tokens", f"{path}: the same token hash is listed twice")
+    if not entries:
+        raise ConfigError("tokens", f"{path} lists no token: no call could be authorised")
+    return entries
+
+
 def _entry(where: str, record: object) -> TokenEntry:
     if not isinstance(record, dict):
         raise ConfigError("tokens", f"{where}: each line must be a JSON object")
-    unknown = set(record) - {"id", "sha256", "methods"}
+    unknown = set(record) - {"id", "sha256", "methods", "expires"}
     if unknown:
-        raise ConfigError("tokens", f"{where}: unknown keys {sorted(unknown)} (allowed: id, sha256, methods)")
+        raise ConfigError("tokens", f"{where}: unknown keys {sorted(unknown)} (allowed: id, sha256, methods, expires)")
     token_id, digest = record.get("id"), record.get("sha256")
     if not isinstance(token_id, str) or not _ID.match(token_id):
         raise ConfigError("tokens", f"{where}: 'id' must be 1-64 characters of letters, digits and _.@:-")
@@ -123,7 +179,8 @@ def _entry(where: str, record: object) -> TokenEntry:
     bad = sorted(set(methods) - set(METHODS))
     if bad:
         raise ConfigError("tokens", f"{where}: unknown methods {bad} (known: {', '.join(METHODS)})")
-    return TokenEntry(token_id, digest, frozenset(methods))
+    expires = parse_time(where, record["expires"]) if "expires" in record else None
+    return TokenEntry(token_id, digest, frozenset(methods), expires)
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -153,6 +210,10 @@ class TokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, tokens: TokenStore, on_denied: DeniedHook | None = None) -> None:
         self._tokens = tokens
         self._on_denied = on_denied
+
+    def use(self, tokens: TokenStore) -> None:
+        """A reloaded token file: calls that start from now on are checked against it (one reference swap)."""
+        self._tokens = tokens
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> object:
         method = short_method(handler_call_details.method)

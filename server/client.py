@@ -63,6 +63,9 @@ class GenerationResult:
     client_request_id: str
     queue_position: int
     c2pa_manifest: bytes = b""  # the server's C2PA sidecar for these bytes, when it signs provenance
+    dit_calls: int = 0  # DiT calls the clip took (a guided step is two) and those the step cache saved
+    dit_calls_saved: int = 0
+    schedule: str = ""
 
 
 class Client:
@@ -171,7 +174,8 @@ def _result(r: pb.Result, accepted: pb.Accepted | None, sha256: str, received: i
         timings={"queued_s": t.queued_s, "text_s": t.text_s, "denoise_s": t.denoise_s, "decode_s": t.decode_s,
                  "total_s": t.total_s},
         identity=dict(r.identity), client_request_id=r.client_request_id,
-        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest)
+        queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest,
+        dit_calls=r.dit_calls, dit_calls_saved=r.dit_calls_saved, schedule=r.schedule)
 
 
 def translate_error(err: grpc.RpcError) -> WanrtError:
@@ -242,7 +246,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wanrt.engine.cli import request_from_args
+    from wanrt.engine.cli import request_from_args, unset_video_fields
 
     request = request_from_args(args)
     out: Path = args.out
@@ -258,10 +262,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                               file=sys.stderr)
         bar.update(progress.step - bar.n)
 
+    message = request_to_proto(request, video_format=RAW_RGB24 if raw else MP4,
+                               client_request_id=args.client_request_id)
+    for name in unset_video_fields(args):  # the server fills them with its model's defaults
+        message.ClearField(name)
     partial = out.with_name(f".{out.name}.partial")  # a failed call leaves no partial clip behind
     try:
         with connect(args) as client, open(partial, "wb") as sink:
-            result = client.generate(request, video_format=RAW_RGB24 if raw else MP4, timeout=args.timeout,
+            result = client.generate(message, video_format=RAW_RGB24 if raw else MP4, timeout=args.timeout,
                                      client_request_id=args.client_request_id, on_progress=show,
                                      sink=None if raw else sink)
             if raw:

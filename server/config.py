@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wanrt.engine.device import parse_device
 from wanrt.engine.loader import BACKENDS
+from wanrt.engine.step_cache import check_threshold
 from wanrt.errors import InvalidRequestError
 from wanrt.server.errors import ConfigError
 
@@ -119,6 +120,9 @@ class ServerConfig:
     c2pa_key: Path | None = None
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
+    # The engine's kill deadline after it starts stopping the container (Kubernetes terminationGracePeriodSeconds):
+    # set, it replaces grace_seconds, and the jobs get what is left of it (app.WanrtServer.drain_grace).
+    stop_timeout: float | None = None
     # Tighten the model's limits (never widen them), e.g. to what this machine's memory can hold. Unset on a
     # CPU-only server: CPU_MAXIMA.
     max_frames: int | None = None
@@ -135,6 +139,7 @@ class ServerConfig:
     health_listen: str | None = None
     health_socket: Path | None = None
     memory_budget: int | None = None  # bytes; default: the cgroup limit, else physical memory, less a reserve
+    step_cache: float | None = None  # adaptive step cache threshold for requests that do not set one (None: off)
 
     @property
     def maxima(self) -> dict[str, int]:
@@ -205,6 +210,10 @@ class ServerConfig:
         if not isinstance(self.grace_seconds, int | float) or not math.isfinite(self.grace_seconds) \
                 or self.grace_seconds < 0:
             raise ConfigError("grace_seconds", f"must be a finite number >= 0, got {self.grace_seconds!r}")
+        if self.stop_timeout is not None and (not isinstance(self.stop_timeout, int | float)
+                                              or not math.isfinite(self.stop_timeout) or self.stop_timeout <= 30):
+            raise ConfigError("stop_timeout", f"must be a number of seconds above 30 (the last 20 s are kept for "
+                                              f"shutting down), got {self.stop_timeout!r}")
         for name in LIMIT_OPTIONS:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 1 << 20)
@@ -212,6 +221,11 @@ class ServerConfig:
             _check_int("max_request_bytes", self.max_request_bytes, 64 * 1024, 1 << 30)
         if self.memory_budget is not None:
             _check_int("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
+        if self.step_cache is not None:
+            try:
+                check_threshold(self.step_cache)
+            except InvalidRequestError as err:
+                raise ConfigError("step_cache", err.message) from None
         return self
 
     def provenance_key(self) -> object | None:

@@ -11,7 +11,9 @@ import numpy as np
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.request import GenerationRequest
+from wanrt.engine.schedules import check_schedule
 from wanrt.errors import InvalidRequestError
 from wanrt.server.protocol import MP4, RAW_RGB24
 from wanrt.server.v1 import wanrt_pb2 as pb
@@ -49,20 +51,31 @@ def _reject_unknown_fields(message: Message, prefix: str) -> None:
                 _reject_unknown_fields(item, f"{prefix}{field.name}.")
 
 
-def request_from_proto(message: pb.GenerateRequest) -> tuple[GenerationRequest, str]:
-    """-> (engine request, video format). Range checks are left to GenerationRequest.validate."""
+def request_from_proto(message: pb.GenerateRequest, defaults: ModelDefaults | None = None, *,
+                       step_cache: float | None = None) -> tuple[GenerationRequest, str]:
+    """-> (engine request, video format). Unset fields take the model's ``defaults`` (those of the schedule the
+    message names, if another), the step cache the server's ``step_cache``. Range checks are left to
+    GenerationRequest.validate."""
     if message.format not in FORMAT_NAMES:
         raise InvalidRequestError("format", f"unknown VideoFormat {message.format}")
     _check_client_request_id(message.client_request_id)
+    schedule = message.schedule if message.HasField("schedule") else None
+    if schedule is not None:
+        check_schedule(schedule)
+    base = DEFAULTS if defaults is None else defaults.request(schedule=schedule)
+    base = dataclasses.replace(base, step_cache=step_cache)
 
     def opt(name: str) -> Any:
-        return getattr(message, name) if message.HasField(name) else getattr(DEFAULTS, name)
+        return getattr(message, name) if message.HasField(name) else getattr(base, name)
 
-    request = GenerationRequest(
-        prompt=message.prompt, negative_prompt=message.negative_prompt, frames=opt("frames"), height=opt("height"),
-        width=opt("width"), steps=opt("steps"), guidance=opt("guidance"),
-        guidance_2=message.guidance_2 if message.HasField("guidance_2") else None, seed=opt("seed"),
-        fps=opt("fps"), latents=_latents(message.latents) if message.HasField("latents") else None,
+    # guidance_2 unset follows the guidance the caller set; with neither set, the model's pair.
+    guidance_2 = opt("guidance_2") if message.HasField("guidance_2") or not message.HasField("guidance") else None
+    request = dataclasses.replace(
+        base, prompt=message.prompt, negative_prompt=message.negative_prompt, frames=opt("frames"),
+        height=opt("height"), width=opt("width"), steps=opt("steps"), guidance=opt("guidance"),
+        guidance_2=guidance_2, seed=opt("seed"), fps=opt("fps"), schedule=opt("schedule"),
+        shift=opt("shift"), step_cache=opt("step_cache"),
+        latents=_latents(message.latents) if message.HasField("latents") else None,
     )
     return request, FORMAT_NAMES[message.format]
 
@@ -91,8 +104,9 @@ def request_to_proto(request: GenerationRequest, *, video_format: str = MP4,
         height=request.height, width=request.width, steps=request.steps, guidance=request.guidance,
         seed=request.seed, fps=request.fps, format=FORMAT_ENUMS[video_format], client_request_id=client_request_id,
     )
-    if request.guidance_2 is not None:
-        message.guidance_2 = request.guidance_2
+    for name in ("guidance_2", "schedule", "shift", "step_cache"):
+        if getattr(request, name) is not None:
+            setattr(message, name, getattr(request, name))
     if request.latents is not None:
         latents = np.ascontiguousarray(request.latents, dtype="<f4")
         message.latents.shape.extend(latents.shape)

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +35,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.request import GenerationRequest, Limits
+from wanrt.engine.schedules import check_schedule
 from wanrt.errors import InsufficientMemoryError, InvalidRequestError, WanrtError
 from wanrt.server.auth import TokenStore
 from wanrt.server.config import HostPort
@@ -49,8 +52,8 @@ log = logging.getLogger("wanrt.server.http")
 # Token permissions: a token that may call Generate may create, watch, fetch and delete its own videos.
 TOKEN_METHOD = "Generate"
 _INT_FIELDS = ("frames", "steps", "seed", "fps")
-_FLOAT_FIELDS = ("guidance", "guidance_2")
-_TEXT_FIELDS = ("prompt", "negative_prompt", "model", "size", "seconds")
+_FLOAT_FIELDS = ("guidance", "guidance_2", "shift", "step_cache")
+_TEXT_FIELDS = ("prompt", "negative_prompt", "model", "size", "seconds", "schedule")
 _FIELDS = _TEXT_FIELDS + _INT_FIELDS + _FLOAT_FIELDS
 _SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 _MAX_LIST = 100
@@ -116,7 +119,8 @@ class VideoAsk:
     seconds_given: str | None  # as the client wrote it, for error messages
 
 
-def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> VideoAsk:
+def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits, defaults: ModelDefaults | None = None, *,
+                     step_cache: float | None = None) -> VideoAsk:
     """Field by field, strictly: an unknown or mistyped field is a 400 naming it."""
     for key in body:
         if key == "input_reference":
@@ -126,7 +130,7 @@ def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> V
     if "prompt" not in body:
         raise InvalidRequestError("prompt", "is required")
     values: dict[str, Any] = {}
-    for name in ("prompt", "negative_prompt"):
+    for name in ("prompt", "negative_prompt", "schedule"):
         if name in body:
             values[name] = _text(name, body[name])
     model = body.get("model")
@@ -145,6 +149,9 @@ def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> V
             raise InvalidRequestError("size", f"must be WIDTHxHEIGHT, e.g. {DEFAULTS.width}x{DEFAULTS.height}; "
                                               f"got {size!r}")
         values["width"], values["height"] = int(match.group(1)), int(match.group(2))
+    if "schedule" in values:
+        check_schedule(values["schedule"])
+    base = GenerationRequest.defaults() if defaults is None else defaults.request(schedule=values.get("schedule"))
     seconds = body.get("seconds")
     if seconds is not None:
         if "frames" in values:
@@ -152,8 +159,10 @@ def parse_video_body(body: dict[str, Any], model_name: str, limits: Limits) -> V
         duration = _number("seconds", seconds)
         if duration <= 0:
             raise InvalidRequestError("seconds", f"must be greater than 0, got {seconds!r}")
-        values["frames"] = frames_for_seconds(duration, values.get("fps", DEFAULTS.fps), limits)
-    request = GenerationRequest(**values)
+        values["frames"] = frames_for_seconds(duration, values.get("fps", base.fps), limits)
+    if "guidance" in values and "guidance_2" not in values:
+        values["guidance_2"] = None  # follows the guidance given, not the model's pair
+    request = dataclasses.replace(base, **{"step_cache": step_cache, **values})
     return VideoAsk(request, f"{request.width}x{request.height}", None if seconds is None else str(seconds))
 
 
@@ -334,7 +343,8 @@ class VideosApi:
                 raise InvalidRequestError("x-client-request-id",
                                           f"must be at most {MAX_CLIENT_REQUEST_ID} printable ASCII characters")
             body = await self._read_body(request)
-            ask = parse_video_body(body, self.model_name, self.service.facts.limits)
+            facts = self.service.facts
+            ask = parse_video_body(body, self.model_name, facts.limits, facts.defaults, step_cache=facts.step_cache)
             try:
                 self.service.check_request(ask.request, MP4, call.record)
             except InvalidRequestError as err:
@@ -500,6 +510,7 @@ class HttpListener:
                                 keep_bytes=config.http_keep_bytes)
         api = VideosApi(server.service, self.store, tokens=server.tokens, max_request_bytes=server.max_request_bytes,
                         model_name=model_name(server.service.facts.identity), draining=server.service.draining)
+        self.api = api  # its token store is replaced on reload (WanrtServer.reload)
         self.address = config.http_address
         self._socket = bind_socket(self.address)
         self.port = int(self._socket.getsockname()[1])
@@ -522,6 +533,15 @@ class HttpListener:
             time.sleep(0.01)
         if not self._server.started:
             raise ConfigError("http_listen", "the HTTP server did not start (see the log)")
+
+    def reload_tls(self, cert: Path, key: Path, ca: Path | None) -> None:
+        """New handshakes use the new certificate; a reloaded client CA is added to the trusted ones (OpenSSL
+        cannot drop a CA from a live context: removing one takes a restart)."""
+        context = getattr(self._server.config, "ssl", None)  # set by uvicorn when the server loads its config
+        if context is not None:
+            context.load_cert_chain(str(cert), str(key))
+            if ca is not None:
+                context.load_verify_locations(cafile=str(ca))
 
     def stop(self) -> None:
         self._server.should_exit = True

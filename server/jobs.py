@@ -54,6 +54,8 @@ class DoneEvent:
     nbytes: int
     frames: int
     timings: dict[str, float]  # queued_s, text_s, denoise_s, decode_s
+    dit_calls: int = 0  # DiT calls the clip took, and those the step cache saved (engine.pipeline.Progress)
+    dit_calls_saved: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Job:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._finished = False  # guarded by the manager's lock: the final event goes out exactly once
         self._stage_ends: dict[str, float] = {}  # stage -> elapsed_s when it finished
+        self._dit_calls = (0, 0)  # made, saved: from the latest progress
 
     def cancel(self, reason: str = "client") -> None:
         """Idempotent; a queued job leaves the queue now, a running one stops at its next step boundary."""
@@ -243,6 +246,7 @@ class JobManager:
             last_step[0] = progress.elapsed_s
             if progress.step == progress.total:
                 job._stage_ends[progress.stage] = progress.elapsed_s
+            job._dit_calls = (progress.dit_calls, progress.dit_calls_saved)
             job._emit(ProgressEvent(progress))
 
         try:
@@ -265,7 +269,7 @@ class JobManager:
                     digest.update(data)
                     nbytes += len(data)
                     job._emit(DataEvent(data))
-            return DoneEvent(digest.hexdigest(), nbytes, frames, job._timings(time.monotonic()))
+            return DoneEvent(digest.hexdigest(), nbytes, frames, job._timings(time.monotonic()), *job._dit_calls)
         except Exception as err:  # reported to the caller; the worker must keep serving
             if not isinstance(err, CancelledError):
                 log.exception("job %s failed", job.id)

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 import wanrt
 from wanrt.engine.admission import Admission
+from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.request import MAX_PROMPT_BYTES, GenerationRequest, Limits
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import CancelledError, InsufficientMemoryError, InvalidRequestError
@@ -78,6 +79,8 @@ class ModelFacts:
     identity: dict[str, str]
     max_request_bytes: int
     admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
+    defaults: ModelDefaults | None = None  # what unset request fields take (None: wanrt's preview defaults)
+    step_cache: float | None = None  # the server's step cache threshold for requests that do not set one
 
 
 def caller(context: grpc.ServicerContext, token_id: str | None) -> dict[str, Any]:
@@ -223,6 +226,7 @@ class VideoGenerationService:
 
     def _model_info(self) -> pb.ModelInfo:
         facts, limits, spec = self.facts, self.reported_limits, self.facts.spec
+        base = DEFAULTS if facts.defaults is None else facts.defaults.request()
         return pb.ModelInfo(
             identity=facts.identity,
             limits=pb.Limits(max_frames=limits.max_frames, frame_multiple=limits.frame_multiple,
@@ -230,9 +234,10 @@ class VideoGenerationService:
                              size_multiple=limits.size_multiple, max_steps=limits.max_steps,
                              max_guidance=limits.max_guidance, max_fps=limits.max_fps,
                              max_prompt_bytes=MAX_PROMPT_BYTES, max_request_bytes=facts.max_request_bytes),
-            defaults=pb.Defaults(frames=DEFAULTS.frames, height=DEFAULTS.height, width=DEFAULTS.width,
-                                 steps=DEFAULTS.steps, guidance=DEFAULTS.guidance, seed=DEFAULTS.seed,
-                                 fps=DEFAULTS.fps),
+            defaults=pb.Defaults(frames=base.frames, height=base.height, width=base.width, steps=base.steps,
+                                 guidance=base.guidance, seed=base.seed, fps=base.fps,
+                                 guidance_2=base.effective_guidance_2, schedule=base.schedule or "",
+                                 shift=base.shift or 0.0),
             experts=list(spec.experts), boundary_ratio=spec.boundary_ratio or 0.0,
             latent_channels=spec.latent_channels, vae_scale_temporal=spec.vae_scale_temporal,
             vae_scale_spatial=spec.vae_scale_spatial, workers=self.jobs.workers, queue_size=self.jobs.queue_size,
@@ -269,7 +274,7 @@ class VideoGenerationService:
     def _parse_generate(self, raw: bytes, call: _Call) -> tuple[GenerationRequest, str, str]:
         message = parse_message(raw, pb.GenerateRequest)
         call.record["client_request_id"] = message.client_request_id or None
-        request, video_format = request_from_proto(message)
+        request, video_format = request_from_proto(message, self.facts.defaults, step_cache=self.facts.step_cache)
         self.check_request(request, video_format, call.record)
         return request, video_format, message.client_request_id
 
@@ -336,7 +341,9 @@ class VideoGenerationService:
             job_id=job.id, video_sha256=done.sha256, video_bytes=done.nbytes, format=FORMAT_ENUMS[job.format],
             frames=done.frames, height=request.height, width=request.width, fps=request.fps, steps=request.steps,
             seed=request.seed, latents_given=request.latents is not None, timings=pb.Timings(**timings),
-            identity=self.facts.identity, client_request_id=client_request_id,
+            identity=self.facts.identity, client_request_id=client_request_id, dit_calls=done.dit_calls,
+            dit_calls_saved=done.dit_calls_saved, schedule=request.schedule or "", shift=request.shift or 0.0,
+            step_cache=request.step_cache or 0.0,
         ))
         output, manifest = self.job_output(job, done, video)
         if manifest is not None:
@@ -347,7 +354,8 @@ class VideoGenerationService:
 
     def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
         """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
-        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames}
+        output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames,
+                  "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved}
         if self.provenance is None:
             return output, None
         manifest = self._provenance(video, job.id)

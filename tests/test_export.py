@@ -129,13 +129,13 @@ def test_non_empty_out_dir_is_refused(tmp_path, tiny_model_dir):
 
 def test_parity_failure_leaves_nothing(tmp_path, single_expert_model_dir, monkeypatch):
     seen: list[list[str]] = []
-    real = onnx_io.check_parity
+    real = onnx_io.compare
 
-    def strict(path, module, feeds, *, tolerance):
+    def strict(path, feeds, expected, **kwargs):
         seen.append(sorted(p.name for p in Path(path).parent.iterdir()))
-        return real(path, module, feeds, tolerance=-1.0)  # no error can be <= -1
+        return real(path, feeds, expected, **{**kwargs, "tolerance": -1.0})  # no error can be <= -1
 
-    monkeypatch.setattr(onnx_io, "check_parity", strict)
+    monkeypatch.setattr(onnx_io, "compare", strict)
     parent = tmp_path / "arts"
     with pytest.raises(ExportVerificationError, match="text_encoder.onnx"):
         export_pipeline(single_expert_model_dir, parent / "out")

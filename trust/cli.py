@@ -81,6 +81,79 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chain.set_defaults(handler=_audit_verify)
     _register_qualify(subparsers)
 
+    confinement = subparsers.add_parser(
+        "confinement", help="show how this process is confined (SELinux context, selinuxfs, canary)",
+        description="Prints, as one JSON line, what `serve --require-selinux-type` looks at: the process's SELinux "
+                    "context, selinuxfs' enforce flag when visible, and the canary (a TCP connect to 127.0.0.1:50051 "
+                    "that the wanrt policy denies with EACCES). With --require-selinux-type, exit 2 with the likely "
+                    "cause unless the process runs as that type and the canary is denied. Run it in the container: "
+                    "docker compose exec wanrt wanrt confinement")
+    confinement.add_argument("--require-selinux-type", metavar="TYPE", default=None)
+    confinement.set_defaults(handler=_confinement)
+    _register_image_attestation(subparsers)
+
+
+def _register_image_attestation(subparsers: argparse._SubParsersAction) -> None:
+    attest = subparsers.add_parser(
+        "attest-image", help="sign SLSA provenance for a built container image (DSSE, `wanrt keygen` keys)",
+        description="Writes an in-toto Statement (SLSA Provenance v1) whose subject is the image digest, naming "
+                    "the Dockerfile, target, base image, build arguments, source revision and the digests of the "
+                    "files that decide the image's contents, signed with KEY. Check it with "
+                    "`wanrt verify-image-attestation`.")
+    attest.add_argument("--image", required=True, help="image name, e.g. registry/wanrt:gpu")
+    attest.add_argument("--digest", required=True, help="sha256:... of the image (docker/podman image inspect "
+                                                         "--format '{{.Id}}', or the pushed manifest digest)")
+    attest.add_argument("--target", required=True, help="the Dockerfile target built (cpu, gpu)")
+    attest.add_argument("--dockerfile", type=Path, default=Path("Dockerfile"))
+    attest.add_argument("--base-image", required=True, help="the base image reference, pinned by digest")
+    attest.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
+    attest.add_argument("--material", type=Path, action="append", default=[],
+                        help="a file that decides the image's contents (locks, pyproject.toml); repeatable")
+    attest.add_argument("--revision", default="", help="source revision (git commit)")
+    attest.add_argument("--builder", default="podman", help="builder id recorded in the provenance")
+    attest.add_argument("--started", required=True, help="RFC 3339 build start")
+    attest.add_argument("--finished", required=True, help="RFC 3339 build end")
+    attest.add_argument("--key", type=Path, required=True, help="private key made by `wanrt keygen`")
+    attest.add_argument("--out", type=Path, required=True, help="envelope to write (.dsse.json)")
+    attest.set_defaults(handler=_attest_image)
+    check = subparsers.add_parser("verify-image-attestation",
+                                  help="check an image's signed provenance against a trusted key and its digest")
+    check.add_argument("attestation", type=Path)
+    check.add_argument("--digest", required=True, help="sha256:... of the image about to run")
+    add_trust_argument(check)
+    check.set_defaults(handler=_verify_image_attestation)
+
+
+def _attest_image(args: argparse.Namespace) -> int:
+    from wanrt.errors import InvalidRequestError
+    from wanrt.trust.image_provenance import attest, provenance_statement
+    from wanrt.trust.keys import load_signer
+
+    build_args = {}
+    for item in args.build_arg:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidRequestError("build_arg", f"must be NAME=VALUE, got {item!r}")
+        build_args[name] = value
+    statement = provenance_statement(args.image, args.digest, target=args.target, dockerfile=args.dockerfile,
+                                     base_image=args.base_image, build_args=build_args, materials=args.material,
+                                     revision=args.revision, builder=args.builder, started=args.started,
+                                     finished=args.finished)
+    print(attest(statement, load_signer(args.key), args.out))
+    return 0
+
+
+def _verify_image_attestation(args: argparse.Namespace) -> int:
+    from wanrt.errors import SignatureError
+    from wanrt.trust.image_provenance import summary, verify_attestation
+    from wanrt.trust.keys import trusted_keys
+
+    keys = trusted_keys(args.trust)
+    if not keys:
+        raise SignatureError("no trusted key: pass --trust KEY.pub or set WANRT_TRUST")
+    print(summary(verify_attestation(args.attestation, args.digest, keys)))
+    return 0
+
 
 def _guard_with_trust(parser: argparse.ArgumentParser) -> None:
     """Adds --trust to another stage's command that takes ``--engines`` or ``--model``: the folder's signature is
@@ -144,6 +217,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
     report = verify_chain(args.files, keys, expect_head=expect)
     print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
           f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
+    return 0
+
+
+def _confinement(args: argparse.Namespace) -> int:
+    import json
+
+    from wanrt.trust.confinement import inspect, require_selinux_type
+
+    found = require_selinux_type(args.require_selinux_type) if args.require_selinux_type else inspect()
+    print(json.dumps({"context": found.context, "type": found.type, "enforce": found.enforce,
+                      "canary_errno": found.canary_errno, "canary_denied": found.canary_denied,
+                      "summary": found.describe()}))
     return 0
 
 

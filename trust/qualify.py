@@ -88,7 +88,9 @@ def qualify(options: QualifyOptions, pipeline_loader: Callable[[Path, str, str],
 
 
 def installation(options: QualifyOptions) -> list[Check]:
-    from wanrt.trust.confinement import current_type, enforcing
+    from wanrt.errors import ConfinementError
+    from wanrt.trust.confinement import inspect as inspect_confinement
+    from wanrt.trust.confinement import judge
     from wanrt.trust.folders import verify_folder
 
     versions = {name: _version(name) for name in COMPONENTS}
@@ -102,15 +104,16 @@ def installation(options: QualifyOptions) -> list[Check]:
                             {"subjects": {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}}))
     except WanrtError as err:
         checks.append(Check("IQ", "artifact signature", "fail", str(err)))
-    found, mode = current_type(), enforcing()
-    selinux = {"type": found, "enforcing": mode}
+    found = inspect_confinement()
+    selinux = {"type": found.type, "enforcing": found.enforce, "canary_errno": found.canary_errno}
     if options.require_selinux_type:
-        ok = found == options.require_selinux_type and mode is True
-        checks.append(Check("IQ", "SELinux type", "pass" if ok else "fail",
-                            f"process type {found}, enforcing {mode}; required {options.require_selinux_type}",
-                            selinux))
+        try:
+            judge(options.require_selinux_type, found)
+            checks.append(Check("IQ", "SELinux type", "pass", found.describe(), selinux))
+        except ConfinementError as err:
+            checks.append(Check("IQ", "SELinux type", "fail", str(err), selinux))
     else:
-        checks.append(Check("IQ", "SELinux type", "info", f"process type {found}, enforcing {mode}", selinux))
+        checks.append(Check("IQ", "SELinux type", "info", found.describe(), selinux))
     gpus = _gpus()
     needs_gpu = options.backend == "tensorrt" or options.device.startswith("cuda")
     status = ("pass" if gpus else "fail") if needs_gpu else "info"

@@ -23,7 +23,7 @@ EXIT_FAILED = 1  # a check failed (e.g. export parity) or the runtime is unavail
 # `wanrt generate --backend onnxruntime` never imports torch through the export stage.
 _STAGES = ("wanrt.export.cli", "wanrt.engine.cli", "wanrt.server.cli",
            "wanrt.engine.tensorrt.cli", "wanrt.quant.cli", "wanrt.evaluate.cli",
-           "wanrt.trust.cli", "wanrt.benchmarks.cli")
+           "wanrt.trust.cli", "wanrt.benchmarks.cli", "wanrt.plan.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,12 +2,14 @@
 # The A14B torch measurements on one GPU machine (H100/H200) with PyTorch (CUDA), no TensorRT and no network,
 # in one command of about 8 minutes, from the repository root:
 #
-#   OUT=/some/dir bash benchmarks/gpu/run.sh        # results: $OUT/gpu-a14b/*.json (default OUT: benchmarks/results)
+#   OUT=/some/dir bash benchmarks/gpu/run.sh        # results: $OUT/gpu-a14b/*.json + summary.md
 #
-# diffusers (pure Python) may be missing there, and that machine cannot reach PyPI: its wheel travels with the
-# working tree in benchmarks/gpu/wheels/ (gitignored, ~8 MB), fetched beforehand where PyPI is reachable:
+# Each job runs in a process of its own and leaves its JSON even when another fails or the budget runs out
+# (python -m wanrt.benchmarks.gpu_a14b --help). The Python packages it needs beyond the machine's PyTorch stack
+# are listed in benchmarks/gpu/wheels.txt; on a machine without network they travel with the working tree in
+# benchmarks/gpu/wheels/ (gitignored), fetched beforehand where PyPI is reachable:
 #
-#   pip download --no-deps -d benchmarks/gpu/wheels diffusers==0.42.1 importlib_metadata zipp huggingface_hub safetensors
+#   pip download --no-deps -d benchmarks/gpu/wheels -r benchmarks/gpu/wheels.txt
 #
 # wanrt itself is not pip-installed there (that needs setuptools and resolves dependencies): a folder of symlinks
 # gives the stage folders their wanrt.<stage> names, as pyproject's package-dir does.
@@ -17,18 +19,25 @@ PY="${PYTHON:-python3}"
 OUT="${OUT:-benchmarks/results}"
 WHEELS=benchmarks/gpu/wheels
 
-if ! "$PY" -c "import diffusers" 2>/dev/null; then
-  "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" diffusers \
-    || "$PY" -m pip install --quiet --no-index --no-deps "$WHEELS"/*.whl
-fi
-
 SITE="$(mktemp -d)"
 trap 'rm -rf "$SITE"' EXIT
 mkdir "$SITE/wanrt"
 ln -s "$PWD"/wanrt/*.py "$SITE/wanrt/"
 for stage in benchmarks export engine reef; do ln -s "$PWD/$stage" "$SITE/wanrt/$stage"; done
+# PYTHONSAFEPATH: the repository root (the working directory) holds a plain wanrt/ that would shadow the site.
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
+
+# Every module the jobs import, checked before any GPU time is spent; the carried wheels fill what is missing.
+CHECK='import diffusers, transformers, tokenizers, onnx, torch, wanrt.benchmarks.gpu_e2e, wanrt.export.vae_decoder'
+if ! "$PY" -c "$CHECK" 2>/dev/null && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE/wheels" "$WHEELS"/*.whl
+  export PYTHONPATH="$PYTHONPATH:$SITE/wheels"
+fi
+if ! "$PY" -c "$CHECK"; then
+  echo "run.sh: a module above is missing; fetch benchmarks/gpu/wheels.txt's wheels into $WHEELS (see its header)" >&2
+  exit 2
+fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-# A run cut short still leaves every job it finished (each writes its JSON when done).
-PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" timeout "${BUDGET_S:-480}" "$PY" -m wanrt.benchmarks.gpu_a14b \
-  --out "$OUT/gpu-a14b" "$@"
+# The jobs keep to BUDGET_S between them; the outer timeout only guards the guard.
+"$PY" -m wanrt.benchmarks.gpu_a14b --out "$OUT/gpu-a14b" --budget-s "${BUDGET_S:-480}" "$@"

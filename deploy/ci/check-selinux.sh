@@ -38,7 +38,7 @@ while (($#)); do
 done
 
 missing=()
-for tool in make checkmodule semodule_package semodule matchpathcon zstd; do
+for tool in make checkmodule semodule_package semodule matchpathcon zstd /usr/libexec/selinux/hll/pp; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [[ -f "$devel_makefile" ]] || missing+=("$devel_makefile (selinux-policy-dev)")
@@ -89,12 +89,12 @@ if [[ ! -f "$base/container/container.pp" || ! -f "$base/podman/podman.pp" ]]; t
 fi
 modules=("$base/container/container.pp" "$base/podman/podman.pp")
 
-# 2. the wanrt module, from a copy (the devel Makefile writes next to its sources).
-rm -rf "$workdir/wanrt"
-mkdir -p "$workdir/wanrt"
-cp "$repo"/selinux/wanrt.te "$repo"/selinux/wanrt.if "$repo"/selinux/wanrt.fc "$workdir/wanrt/"
-build_module "$workdir/wanrt"
-modules+=("$workdir/wanrt/wanrt.pp")
+# 2. the wanrt module as shipped: one CIL file with the rules and the port labels (selinux/build.sh).
+if ! bash "$repo/selinux/build.sh" "$workdir/wanrt" >"$workdir/wanrt-build.log" 2>&1; then
+    cat "$workdir/wanrt-build.log" >&2
+    exit 3
+fi
+modules+=("$workdir/wanrt/wanrt.cil")
 
 # 3. extra modules (each FILE.te, with FILE.if / FILE.fc beside it when present).
 for te in "${extra[@]}"; do
@@ -110,8 +110,7 @@ for te in "${extra[@]}"; do
     modules+=("$dir/$name.pp")
 done
 
-# 4. link everything into a private copy of the policy store; port labels as semanage would
-#    write them (ports.local), so the linked policy carries the portcons of selinux/install.sh.
+# 4. link everything into a private copy of the policy store (the port labels come with wanrt.cil).
 root="$workdir/root"
 rm -rf "$root"
 mkdir -p "$root/etc" "$root/var/lib"
@@ -120,12 +119,6 @@ cp -a /var/lib/selinux "$root/var/lib/"
 conf="$root/etc/selinux/semanage.conf"
 sed -i '/^[[:space:]]*expand-check[[:space:]]*=/d' "$conf"
 echo "expand-check=$expand_check" >>"$conf"
-ports_local="$root/var/lib/selinux/default/active/ports.local"
-: >"$ports_local"
-while read -r type proto port _; do
-    [[ -z "$type" || "$type" == \#* ]] && continue
-    echo "portcon $proto $port system_u:object_r:$type:s0" >>"$ports_local"
-done <"$repo/selinux/wanrt.ports"
 if ! semodule -p "$root" -s default -n -i "${modules[@]}" >"$workdir/link.log" 2>&1; then
     grep -v 'not in password file' "$workdir/link.log" >&2 || true
     echo "check-selinux: linking failed (modules: ${modules[*]##*/}; neverallow checks: $expand_check)" >&2

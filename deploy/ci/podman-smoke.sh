@@ -12,6 +12,11 @@
 #                    generated and decoded with PyAV, the audit record written, and the running container's
 #                    root file system read-only and its user not root
 #
+# Confinement (always): `serve --require-selinux-type wanrt_container_t` in the hardened container, and again
+# with label=disable. On a host that confines (SELinux enforcing, wanrt module loaded) the first must start and
+# --serve serves with the flag, the second must be refused as spc_t. On a host without SELinux (CI, Debian)
+# both must be refused with that cause, and `wanrt confinement` shows the canary ran in the container.
+#
 # Host recipe (Debian 12, root; see shared notes): runc (crun fails on this cgroup setup), cgroupfs, file
 # events logger, explicit ulimits (no CAP_SYS_RESOURCE here), all through CONTAINERS_CONF; the base image is
 # `debootstrap --variant=minbase bookworm` + `podman import` (no registry), the build runs with
@@ -32,7 +37,7 @@ while (($#)); do
         --workdir) workdir="$2"; shift 2 ;;
         --rebuild-base) rebuild_base=true; shift ;;
         --serve) serve=true; shift ;;
-        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "podman-smoke: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -89,6 +94,7 @@ podman build --format docker --isolation=chroot --network host --pull=never --la
     || { tail -n 40 "$workdir/build.log" >&2; echo "podman-smoke: build failed (full log: $workdir/build.log)" >&2; exit 1; }
 t2="$(now)"
 new_id="$(podman image inspect --format '{{.Id}}' "$image")"
+image_digest="sha256:${new_id#sha256:}"
 if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then podman rmi "$old_id" >/dev/null 2>&1 || true; fi
 echo "podman-smoke: built $image in $((t2 - t1)) s ($(podman image inspect --format '{{.Size}}' "$image") bytes)"
 
@@ -111,6 +117,42 @@ podman run "${hardened[@]}" --no-healthcheck --entrypoint /opt/wanrt/bin/python 
     'import importlib.metadata as m, onnxruntime, av, numpy, wanrt; print("wanrt", m.version("wanrt"), "onnxruntime", onnxruntime.__version__)' \
     || fail "the package does not import in the hardened container"
 
+# 4a. confinement, from inside the hardened container.
+if [[ "$(cat /sys/fs/selinux/enforce 2>/dev/null || true)" == 1 ]] && semodule -l 2>/dev/null | grep -qx wanrt; then
+    host_confines=true
+else
+    host_confines=false
+fi
+report="$(podman run "${hardened[@]}" --no-healthcheck "$image" confinement)" || fail "wanrt confinement failed"
+echo "podman-smoke: confinement seen from inside: $report"
+# The canary ran inside the container: a connect() with an errno, EACCES only where SELinux denies it.
+python3 -c 'import json, sys; r = json.loads(sys.argv[1]); assert "canary_errno" in r and r["canary_denied"] == (r["type"] == "wanrt_container_t"), r' "$report" \
+    || fail "the confinement report is not what this host should give: $report"
+refusal() {  # refusal SECURITY_OPT...: serve with the flag; prints its stderr, fails if it started
+    local err
+    if err="$(podman run --rm --network host --read-only --tmpfs "/tmp:rw,nosuid,nodev,noexec,size=64m" --cap-drop ALL \
+            --security-opt no-new-privileges "$@" --user 10001:10001 --no-healthcheck "$image" serve --insecure \
+            --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --audit-log /tmp/audit.jsonl \
+            --require-selinux-type wanrt_container_t 2>&1 >/dev/null)"; then
+        return 1
+    fi
+    printf '%s' "$err"
+}
+if $host_confines; then
+    echo "podman-smoke: this host confines (SELinux enforcing, wanrt module loaded): --serve runs with the flag"
+    disabled="$(refusal --security-opt label=disable)" || fail "serve started with label=disable"
+    [[ "$disabled" == *"runs as spc_t"*"label=disable"* ]] || fail "label=disable refused for the wrong cause: $disabled"
+else
+    labelled="$(refusal --security-opt label=type:wanrt_container_t)" || fail "serve started without SELinux"
+    disabled="$(refusal --security-opt label=disable)" || fail "serve started with label=disable"
+    for err in "$labelled" "$disabled"; do
+        [[ "$err" == *"--require-selinux-type wanrt_container_t: SELinux is not enabled in this kernel"* ]] \
+            || fail "refused for the wrong cause: $err"
+    done
+    echo "podman-smoke: no SELinux on this host: serve --require-selinux-type refused in the container, labelled and" \
+         "with label=disable, both for that cause (the passing path needs an SELinux host)"
+fi
+
 # 4b. supply chain: the image's Python environment is exactly the hashed lock plus wanrt itself, and its
 #     CycloneDX SBOM (from that lock, so from what the image holds) is written beside the logs.
 installed="$(podman run "${hardened[@]}" --no-healthcheck --entrypoint /opt/wanrt/bin/python "$image" -c \
@@ -125,12 +167,45 @@ if locked != installed:
     sys.exit(1)
 print(f"podman-smoke: the image's environment is the lock ({len(locked)} packages) plus wanrt")
 PY
-sbom_tool="$(dirname "${WANRT_PYTHON:-$repo/.venv/bin/python}")/cyclonedx-py"
-[[ -x "$sbom_tool" ]] || fail "cyclonedx-py missing (deploy/ci/install-tools.sh)"
-"$sbom_tool" requirements --pyproject "$repo/pyproject.toml" --of JSON --output-reproducible \
-    -o "$workdir/sbom-cpu.cdx.json" "$repo/deploy/docker/requirements-cpu.lock" 2>"$workdir/sbom.log" \
-    || { cat "$workdir/sbom.log" >&2; fail "SBOM not written"; }
-echo "podman-smoke: CycloneDX SBOM of the image's environment: $workdir/sbom-cpu.cdx.json"
+# The image's own CycloneDX SBOM (deploy/docker/sbom.py, written at build): valid CycloneDX 1.5, its OS packages
+# are dpkg's, and its Python distributions are exactly what the interpreter sees (the lock plus wanrt).
+podman run "${hardened[@]}" --no-healthcheck --entrypoint /bin/cat "$image" /opt/wanrt/share/sbom.cdx.json \
+    >"$workdir/sbom-cpu.cdx.json" || fail "the image carries no SBOM"
+host_py="${WANRT_PYTHON:-$repo/.venv/bin/python}"
+"$host_py" - "$workdir/sbom-cpu.cdx.json" "$installed" <<'PY' || fail "the image's SBOM is not valid or not complete"
+import json, re, sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+text = open(sys.argv[1]).read()
+errors = JsonStrictValidator(SchemaVersion.V1_5).validate_str(text)
+assert errors is None, errors
+purls = [c.get("purl", "") for c in json.loads(text)["components"]]
+debs = {p.split("/")[2].split("@")[0] for p in purls if p.startswith("pkg:deb/")}
+pypi = {p.split("/")[1] for p in purls if p.startswith("pkg:pypi/")}
+norm = lambda pin: re.sub(r"[-_.]+", "-", pin.split("==")[0]).lower() + "@" + pin.split("==")[1]
+installed = {norm(line) for line in sys.argv[2].split() if line}
+assert {"libc6", "python3.11", "ca-certificates"} <= debs, sorted(debs)[:20]
+assert pypi == installed, (sorted(pypi - installed), sorted(installed - pypi))
+print(f"podman-smoke: SBOM: CycloneDX 1.5, {len(debs)} OS packages, {len(pypi)} Python distributions (= installed)")
+PY
+
+# Signed SLSA provenance of the built image, checked against its digest (and refused for another digest).
+"$host_py" -c 'import sys; from wanrt.cli import main; sys.exit(main())' keygen "$workdir/attest.key" >/dev/null
+attest=("$host_py" -c 'import sys; from wanrt.cli import main; sys.exit(main())')
+"${attest[@]}" attest-image --image "$image" --digest "$image_digest" --target cpu --dockerfile "$repo/Dockerfile" \
+    --base-image "$base_image@sha256:$(podman image inspect --format '{{.Id}}' "$base_image" | sed 's/^sha256://')" \
+    --build-arg "VCS_REF=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --material "$repo/deploy/docker/requirements-cpu.lock" --material "$repo/pyproject.toml" \
+    --material "$repo/Dockerfile" --revision "$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)" \
+    --started "$(date -u -d "@$t1" +%Y-%m-%dT%H:%M:%SZ)" --finished "$(date -u -d "@$t2" +%Y-%m-%dT%H:%M:%SZ)" \
+    --key "$workdir/attest.key" --out "$workdir/provenance-cpu.dsse.json" >/dev/null || fail "attest-image failed"
+"${attest[@]}" verify-image-attestation "$workdir/provenance-cpu.dsse.json" --digest "$image_digest" \
+    --trust "$workdir/attest.key.pub" >/dev/null || fail "the image's provenance does not verify"
+if "${attest[@]}" verify-image-attestation "$workdir/provenance-cpu.dsse.json" --digest "sha256:$(printf x | sha256sum | cut -d' ' -f1)" \
+        --trust "$workdir/attest.key.pub" >/dev/null 2>&1; then
+    fail "the provenance verified for another image"
+fi
+echo "podman-smoke: signed SLSA provenance for $image ($image_digest) verifies: $workdir/provenance-cpu.dsse.json"
 t3="$(now)"
 
 # 5. (needs the server) serve with TLS on loopback, exactly as docker-compose.yml wires secrets and volumes,
@@ -151,7 +226,6 @@ if $serve; then
         -extfile "$sec/san.ext" -out "$sec/tls.crt" 2>/dev/null
     chown 10001:10001 "$sec/tls.key"
     chmod 0400 "$sec/tls.key"
-    host_py="${WANRT_PYTHON:-$repo/.venv/bin/python}"
     [[ -x "$host_py" ]] || fail "no host interpreter with wanrt at $host_py (set WANRT_PYTHON)"
     wanrt=("$host_py" -c 'import sys; from wanrt.cli import main; sys.exit(main())')
     # The token goes to the host side only; the container gets its SHA-256 line, readable by its UID.
@@ -159,6 +233,8 @@ if $serve; then
     chmod 0600 "$sec/token"
     chown 10001:10001 "$sec/tokens.jsonl"
     model_args=()
+    confine_args=()
+    if $host_confines; then confine_args=(--require-selinux-type wanrt_container_t); fi
     served=/opt/wanrt/reef-model  # the image's embedded demo model, as docker-compose.yml serves it
     if [[ -n "${SMOKE_MODEL:-}" ]]; then
         model_args=(-v "$(realpath "$SMOKE_MODEL"):/models/smoke:ro")
@@ -168,7 +244,7 @@ if $serve; then
         -v "$sec/tls.crt:/run/secrets/wanrt_tls_cert:ro" -v "$sec/tls.key:/run/secrets/wanrt_tls_key:ro" \
         -v "$sec/ca.crt:/run/secrets/wanrt_tls_ca:ro" -v "$sec/tokens.jsonl:/run/secrets/wanrt_tokens:ro" \
         -v "$out:/var/lib/wanrt/outputs" -v "$audit:/var/log/wanrt" "${model_args[@]}" \
-        "$image" serve --model "$served" --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
+        "$image" serve "${confine_args[@]}" --model "$served" --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 \
         --health-socket /tmp/wanrt-health.sock \
         --tls-cert /run/secrets/wanrt_tls_cert --tls-key /run/secrets/wanrt_tls_key \
         --tokens /run/secrets/wanrt_tokens --audit-log /var/log/wanrt/audit.jsonl >/dev/null
@@ -183,7 +259,7 @@ if $serve; then
         sleep 2
     done
     $ok || { podman logs "$name" >&2 || true; fail "the image HEALTHCHECK did not pass (the container exited, or 120 s went by)"; }
-    echo "podman-smoke: server healthy (TLS, image HEALTHCHECK) in the hardened container"
+    echo "podman-smoke: server healthy (TLS, image HEALTHCHECK) in the hardened container${confine_args[*]:+, confined (${confine_args[*]})}"
 
     # The running container, as the kernel sees it: not root, and its root file system refuses writes.
     [[ "$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$name")" == true ]] || fail "root file system not read-only"

@@ -1,6 +1,10 @@
 #!/usr/bin/python3
 """Assert the wanrt SELinux security goals against a linked binary policy (offline, setools).
 
+The same table is checked on two policies: Debian's refpolicy with its container module (CI), and RHEL 10 /
+CentOS Stream 10 targeted policy with container-selinux's own container module, both built from their sources
+(deploy/ci/check-selinux-rhel.sh; recorded in selinux/README.md).
+
 Runs under Debian's /usr/bin/python3 (python3-setools); the project venv cannot import setools.
 
     /usr/bin/python3 deploy/ci/selinux_goals.py POLICY [--file-contexts FILE] [--json OUT]
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -48,24 +53,26 @@ DANGEROUS_CAPS = [
 ]
 DANGEROUS_CAPS2 = ["mac_admin", "mac_override", "syslog", "bpf", "perfmon", "checkpoint_restore",
                    "wake_alarm", "audit_read", "block_suspend"]
-# The capability set refpolicy's container_domain grants every container domain (cannot be
-# subtracted in SELinux).  The runtime layer (cap_drop: [ALL], non-root UID, no-new-privileges)
-# removes them from the process; this goal catches any capability *added* on top.
-INHERITED_CAPS = ["dac_override", "kill", "setgid", "setuid", "sys_boot", "sys_chroot"]
-# Same for capabilities inside a user namespace the process creates (cap_userns only covers
-# objects owned by that namespace).
-INHERITED_USERNS_CAPS = ["chown", "dac_override", "dac_read_search", "fowner", "kill", "setgid", "setuid"]
-
-# Types the domain may write files in (default booleans): ours, the container's own
-# overlay/tmpfs content, its own /proc entries, and the net sysctls of its private network
-# namespace (both inherited from container_domain), and fusefs (rootless overlay, inherited).
-WRITE_ALLOWED = ["wanrt_output_t", "wanrt_audit_t", "container_file_t", DOMAIN, "sysctl_net_t", "fusefs_t"]
-# Device nodes the domain may open/read/write/ioctl/map (default booleans): the GPU type, the
-# harmless standard nodes, and nodes the engine creates inside the container (container_*).
-DEVICES_ALLOWED = [
-    "xserver_misc_device_t", "null_device_t", "zero_device_t", "urandom_device_t", "random_device_t",
-    "devtty_t", "container_devpts_t", "container_file_t", "container_ro_file_t",
-]
+# Types the domain may write files in (any boolean): outputs, the audit log (append), scratch. Not the image's
+# container_file_t, which it executes.
+# And its own /proc/<pid> entries (the process's own type, no storage): the platform's `allow domain self:file`
+# reaches the goals expanded, with the domain itself as source.
+WRITE_ALLOWED = ["wanrt_output_t", "wanrt_audit_t", "wanrt_tmp_t", DOMAIN]
+# What the platform grants EVERY process type: rules whose source is the policy-wide `domain` attribute, or a
+# set attribute the compiler made from it (CIL's "<module>_typeattr_N", e.g. `domain -{ some_t }`). No module can
+# subtract them and they are the same for every confined service on that OS (RHEL 10: read abrt_t's /proc
+# entries, append to inherited temporary files, mmap under domain_can_mmap_files ...; refpolicy: /dev/zero, the
+# controlling tty). The goals judge what is above that floor: the wanrt module's own rules and every other
+# attribute the domain holds (S6 pins that list, so no attribute can bring rules in unseen). The floor is
+# counted and printed, and listed by --floor.
+PLATFORM_ATTRS = ["domain"]
+DEVICES_ALLOWED = ["xserver_misc_device_t", "null_device_t", "urandom_device_t", "random_device_t", "container_file_t"]
+# Attributes the domain may hold: the platform's, and MCS constraint (S6).
+DOMAIN_ATTRS = ["domain", "mcs_constrained_type", "mlsrangetrans"]
+# The only socket classes the domain may use: TCP (its own ports, N4/N5) and unix sockets.
+SOCKETS_ALLOWED = ["tcp_socket", "unix_stream_socket", "unix_dgram_socket"]
+# The runtimes' attributes: container-selinux (RHEL) and refpolicy (Debian); each policy has one of them.
+ENGINE_ATTRS = ["container_runtime_domain", "container_engine_domain"]
 SENSITIVE_READ = [
     "shadow_t", "user_home_t", "user_home_dir_t", "xdg_data_t", "xdg_config_t", "ssh_home_t", "gpg_secret_t",
     "krb5_keytab_t", "proc_kcore_t", "memory_device_t", "kmsg_device_t", "auditd_log_t", "var_log_t", "cert_t",
@@ -82,18 +89,22 @@ class Goal:
 
 GOALS: list[Goal] = [
     # ---- structure ----------------------------------------------------------------------
-    Goal("S1", "domain is a container domain (engine may start it; MCS-separated)", "attrs",
-         {"type": DOMAIN, "has": ["container_domain", "mcs_constrained_type"],
-          "lacks": ["container_net_domain", "privileged_container_domain", "unconfined_domain_type",
-                    "container_engine_domain", "can_load_kernmodule", "can_load_policy",
-                    "can_setenforce", "can_write_shadow_passwords", "kern_unconfined", "sysctl_type"]}),
+    Goal("S1", "domain is no container_domain (nothing inherited), MCS-constrained, not net/privileged/unconfined",
+         "attrs", {"type": DOMAIN, "has": ["domain", "mcs_constrained_type"],
+                   "lacks": ["container_domain", "container_net_domain", "privileged_container_domain",
+                             "unconfined_domain_type", "container_engine_domain", "container_runtime_domain",
+                             "can_load_kernmodule", "can_load_policy", "can_setenforce",
+                             "can_write_shadow_passwords", "kern_unconfined", "sysctl_type"]}),
     Goal("S2", "domain is not permissive", "not_permissive", {"type": DOMAIN}),
+    Goal("S6", "the domain holds no attribute but the platform's (domain, set attributes) and MCS", "attrs_only",
+         {"type": DOMAIN, "allowed": DOMAIN_ATTRS}),
     Goal("S3", "content and port types are file/port types", "attrs_each",
          {"types": {"wanrt_model_t": ["file_type"], "wanrt_output_t": ["file_type"],
                     "wanrt_secret_t": ["file_type"], "wanrt_audit_t": ["file_type", "logfile"],
+                    "wanrt_tmp_t": ["file_type"],
                     **{t: ["port_type"] for t in PORT_TYPES}}}),
     Goal("S4", "a container engine can enter the domain under no-new-privileges", "enter",
-         {"engine_attr": "container_engine_domain"}),
+         {"engine_attrs": ENGINE_ATTRS}),
     Goal("S5", "image content (container_file_t) is the entrypoint", "may",
          {"targets": ["container_file_t"], "classes": ["file"], "perms": ["entrypoint", "execute", "read"]}),
     # ---- MAY ------------------------------------------------------------------------------
@@ -124,13 +135,22 @@ GOALS: list[Goal] = [
          {"targets": None, "perms": {}, "pairs": [
              (DOMAIN, "unix_stream_socket", ["create", "bind", "listen", "accept", "connect", "connectto"]),
              ("container_file_t", "sock_file", ["create", "write", "unlink"])]}),
+    Goal("M9", "scratch: what it creates in container_file_t directories is wanrt_tmp_t, which it manages",
+         "may_each", {"targets": ["wanrt_tmp_t"],
+                      "perms": {"file": ["create", "open", "write", "read", "unlink", "rename"],
+                                "dir": ["create", "add_name", "remove_name", "rmdir"]},
+                      "transitions": [("container_file_t", "file", "wanrt_tmp_t"),
+                                      ("container_file_t", "dir", "wanrt_tmp_t")]}),
+    Goal("C1", "the confinement canary is denied and silent: no name_connect, a dontaudit on the gRPC port",
+         "dontaudit", {"target": "wanrt_grpc_port_t", "class": "tcp_socket", "perm": "name_connect"}),
     # ---- MUST NOT -------------------------------------------------------------------------
     Goal("N1", "no write/create/relabel/mounton on models (wanrt_model_t)", "must_not",
          {"targets": ["wanrt_model_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
     Goal("N2", "no write on secrets (wanrt_secret_t)", "must_not",
          {"targets": ["wanrt_secret_t"], "classes": FILE_CLASSES, "perms": WRITE_PERMS}),
-    Goal("N3", "nothing executable from models, outputs, the audit log or secrets", "must_not",
-         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_audit_t", "wanrt_secret_t"], "classes": ["file"],
+    Goal("N3", "nothing executable from models, outputs, scratch, the audit log or secrets", "must_not",
+         {"targets": ["wanrt_model_t", "wanrt_output_t", "wanrt_tmp_t", "wanrt_audit_t", "wanrt_secret_t"],
+          "classes": ["file"],
           "perms": EXEC_PERMS}),
     Goal("A2", "audit log: no write at an offset, truncate, rename, unlink, link or relabel (wanrt_audit_t)",
          "must_not", {"targets": ["wanrt_audit_t"], "classes": ["file"],
@@ -151,15 +171,11 @@ GOALS: list[Goal] = [
          {"targets": [DOMAIN], "classes": ["capability"], "perms": DANGEROUS_CAPS}),
     Goal("N6u", "no dangerous capabilities in a child user namespace either", "must_not",
          {"targets": [DOMAIN], "classes": ["cap_userns"],
-          "perms": [c for c in DANGEROUS_CAPS if c not in INHERITED_USERNS_CAPS]}),
+          "perms": DANGEROUS_CAPS}),
     Goal("N7", "no capability2 privileges (bpf, perfmon, mac_*, syslog ...)", "must_not",
          {"targets": [DOMAIN], "classes": ["capability2", "cap2_userns"], "perms": DANGEROUS_CAPS2}),
-    Goal("N8", "capabilities limited to the set inherited from container_domain", "only",
-         {"classes": ["capability"], "perms": "*", "targets": [DOMAIN], "perm_allow": INHERITED_CAPS,
-          "mode": "any"}),
-    Goal("N8u", "user-namespace capabilities limited to the inherited set", "only",
-         {"classes": ["cap_userns"], "perms": "*", "targets": [DOMAIN], "perm_allow": INHERITED_USERNS_CAPS,
-          "mode": "any"}),
+    Goal("N8", "no capability at all, in any user namespace, under any boolean", "must_not",
+         {"targets": [DOMAIN], "classes": ["capability", "cap_userns", "capability2", "cap2_userns"], "perms": "*"}),
     Goal("N9", "no ptrace of any process, no domain transition out, no setexec/setcurrent", "must_not",
          {"targets": "*", "classes": ["process"],
           "perms": ["ptrace", "transition", "dyntransition", "setexec", "setcurrent"]}),
@@ -172,9 +188,9 @@ GOALS: list[Goal] = [
     Goal("N12", "no read of shadow, home directories, keytabs, kcore, kmem, host logs, host certs", "must_not",
          {"targets": SENSITIVE_READ, "classes": ["file", "chr_file", "lnk_file"], "perms": READ_PERMS,
           "optional": True}),
-    Goal("N13", "writes only to wanrt_output_t and the container's own types", "only",
-         {"classes": ["file"], "perms": ["write", "append", "create"], "targets": "*",
-          "target_allow": WRITE_ALLOWED, "mode": "default"}),
+    Goal("N13", "file writes only to wanrt_output_t, wanrt_tmp_t and wanrt_audit_t (append), under any boolean",
+         "only", {"classes": ["file"], "perms": ["write", "append", "create"], "targets": "*",
+                  "target_allow": WRITE_ALLOWED, "mode": "any"}),
     Goal("N14", "no policy/kernel control (load_policy, setenforce, setbool, module load)", "must_not",
          {"targets": "*", "classes": ["security", "system"],
           "perms": ["load_policy", "setenforce", "setbool", "setsecparam", "module_load", "module_request",
@@ -186,6 +202,15 @@ GOALS: list[Goal] = [
           "perms": ["create"]}),
     Goal("N16", "no routing-table changes (netlink_route nlmsg_write)", "must_not",
          {"targets": [DOMAIN], "classes": ["netlink_route_socket"], "perms": ["nlmsg_write"]}),
+    Goal("W1", "no type both writable and executable (never executes what it can write)", "write_xor_exec", {}),
+    Goal("X1", "no execmem, execstack, execheap, nor execmod on any file", "must_not_each",
+         {"pairs": [([DOMAIN], "process", ["execmem", "execstack", "execheap"], []),
+                    ("*", "file", ["execmod"], [])]}),
+    Goal("X2", "no socket class but TCP and unix sockets (no udp, raw, packet, netlink, sctp, vsock ...)",
+         "sockets_only", {"allowed": SOCKETS_ALLOWED}),
+    Goal("X3", "no read or search of other processes' /proc entries (any domain but its own)", "must_not",
+         {"targets": "domain", "classes": ["file", "dir", "lnk_file"], "perms": ["read", "open", "search"],
+          "except_targets": [DOMAIN]}),
 ]
 
 
@@ -195,6 +220,10 @@ def _conditional(rule: object) -> object | None:
         return rule.conditional
     except Exception:  # noqa: BLE001 - setools.exception.RuleNotConditional
         return None
+
+
+def _is_platform(source: str) -> bool:
+    return source in PLATFORM_ATTRS or re.fullmatch(r"\w+_typeattr_\d+", source) is not None
 
 
 class GoalError(Exception):
@@ -216,8 +245,12 @@ class Checker:
         # (target type, class) -> perm -> list of grants; a grant is None (unconditional) or
         # (boolean expression text, enabled with default booleans?)
         self.access: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        self.floor: list[str] = []  # the platform's rules for every process type (PLATFORM_ATTRS)
         for rule in setools.TERuleQuery(self.p, ruletype=["allow"], source=DOMAIN,
                                         source_indirect=True).results():
+            if _is_platform(str(rule.source)):
+                self.floor.append(str(rule))
+                continue
             cls = str(rule.tclass)
             cond = _conditional(rule)
             if cond is None:
@@ -282,11 +315,17 @@ class Checker:
             problems += [f"{name} lacks attribute {x}" for x in want if x not in attrs]
         return problems
 
+    def k_attrs_only(self, a: dict) -> list[str]:
+        attrs = {str(x) for x in self.p.lookup_type(a["type"]).attributes()}
+        return [f"has attribute {x}" for x in sorted(attrs) if x not in a["allowed"] and not _is_platform(x)]
+
     def k_not_permissive(self, a: dict) -> list[str]:
         return [f"{a['type']} is permissive"] if self.p.lookup_type(a["type"]).ispermissive else []
 
     def k_enter(self, a: dict) -> list[str]:
-        engines = set(self._types(a["engine_attr"]))
+        engines = set().union(*(self._types(name, optional=True) for name in a["engine_attrs"]))
+        if not engines:
+            raise GoalError(f"none of {a['engine_attrs']} is in the policy: was a container module linked?")
         st = self.setools
 
         def sources(cls: str, perm: str) -> set[str]:
@@ -299,7 +338,42 @@ class Checker:
             return out
 
         ok = engines & sources("process", "transition") & sources("process2", "nnp_transition")
-        return [] if ok else [f"no type in {a['engine_attr']} has process transition + process2 nnp_transition"]
+        return [] if ok else [f"no type in {a['engine_attrs']} has process transition + process2 nnp_transition"]
+
+    def k_dontaudit(self, a: dict) -> list[str]:
+        problems = [self._fmt(a["target"], a["class"], a["perm"], g)
+                    for g in [self.granted(a["target"], a["class"], a["perm"], "any")] if g]
+        q = self.setools.TERuleQuery(self.p, ruletype=["dontaudit"], source=DOMAIN, source_indirect=True,
+                                     target=a["target"], tclass=[a["class"]], perms=[a["perm"]])
+        if not any(True for _ in q.results()):
+            problems.append(f"no dontaudit {a['target']}:{a['class']} {a['perm']}: the canary would log a denial")
+        return problems
+
+    def k_must_not_each(self, a: dict) -> list[str]:
+        problems = []
+        for targets, cls, perms, excepted in a["pairs"]:
+            problems += self.k_must_not({"targets": targets, "classes": [cls], "perms": perms,
+                                         "except_targets": excepted, "optional": True})
+        return problems
+
+    def k_write_xor_exec(self, _a: dict) -> list[str]:
+        problems = []
+        for tgt in self._types("*"):
+            writes = [p for p in ("write", "append", "create") if self.granted(tgt, "file", p, "any")]
+            runs = [p for p in ("execute", "execute_no_trans", "entrypoint", "execmod")
+                    if self.granted(tgt, "file", p, "any")]
+            if writes and runs:
+                problems.append(f"{tgt}:file {'/'.join(writes)} and {'/'.join(runs)}")
+        return problems
+
+    def k_sockets_only(self, a: dict) -> list[str]:
+        problems = []
+        for (tgt, cls), perms in sorted(self.access.items()):
+            if not (cls.endswith("_socket") or cls == "socket") or cls in a["allowed"]:
+                continue
+            for perm, grants in sorted(perms.items()):
+                problems.append(self._fmt(tgt, cls, perm, grants))
+        return problems
 
     def k_may(self, a: dict) -> list[str]:
         problems = []
@@ -317,18 +391,24 @@ class Checker:
         for tgt, cls, perms in pairs:
             self._types(tgt)  # existence check
             problems += [f"{tgt}:{cls} {p} not granted" for p in perms if not self.granted(tgt, cls, p)]
+        for parent, cls, new in a.get("transitions", []):
+            q = self.setools.TERuleQuery(self.p, ruletype=["type_transition"], source=DOMAIN, target=parent,
+                                         tclass=[cls])
+            if not any(str(r.default) == new for r in q.results()):
+                problems.append(f"no type_transition {DOMAIN} {parent}:{cls} {new}")
         return problems
 
     def k_must_not(self, a: dict) -> list[str]:
         mode = a.get("mode", "any")
-        excepted = set(self._types(a["except_targets"])) if a.get("except_targets") else set()
+        excepted = set(self._types(a["except_targets"], optional=True)) if a.get("except_targets") else set()
         targets = self._types(a["targets"], optional=a.get("optional", False))
         problems = []
         for tgt in targets:
             if tgt in excepted:
                 continue
             for cls in self._classes(a["classes"]):
-                for perm in a["perms"]:
+                perms = sorted(self.access.get((tgt, cls), {})) if a["perms"] == "*" else a["perms"]
+                for perm in perms:
                     grants = self.granted(tgt, cls, perm, mode)
                     if grants:
                         problems.append(self._fmt(tgt, cls, perm, grants))
@@ -385,6 +465,7 @@ def fcontext_results(file_contexts: str) -> list[dict]:
         "/srv/wanrt/models/wan2.2/transformer.engine": "wanrt_model_t",
         "/var/lib/wanrt/outputs/0001.mp4": "wanrt_output_t",
         "/var/log/wanrt/audit.jsonl": "wanrt_audit_t",
+        "/var/lib/wanrt/scratch/.cache/wanrt/memory.npz": "wanrt_tmp_t",
         "/etc/wanrt/secrets/tls.key": "wanrt_secret_t",
         "/dev/nvidia0": "xserver_misc_device_t",
         "/dev/nvidiactl": "xserver_misc_device_t",
@@ -406,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("policy", help="binary policy (policy.33) with the wanrt module linked in")
     ap.add_argument("--file-contexts", help="file_contexts of the same store (enables the F goals)")
     ap.add_argument("--json", help="write the results here as JSON")
+    ap.add_argument("--floor", action="store_true",
+                    help="also list the platform's rules for every process type (not judged by the goals)")
     args = ap.parse_args(argv)
     try:
-        results = Checker(args.policy).run()
+        checker = Checker(args.policy)
+        results = checker.run()
         if args.file_contexts:
             results += fcontext_results(args.file_contexts)
     except ImportError as exc:
@@ -424,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"        - {prob}")
         if len(r["problems"]) > 20:
             print(f"        ... {len(r['problems']) - 20} more")
+    hint = "" if args.floor else " (--floor lists them)"
+    print(f"platform floor: {len(checker.floor)} rules the policy grants every process type (attribute "
+          f"{'/'.join(PLATFORM_ATTRS)} and its set attributes), outside the goals{hint}")
+    if args.floor:
+        print("\n".join(f"    {rule}" for rule in sorted(checker.floor)))
     failed = [r["id"] for r in results if not r["ok"]]
     if failed:
         print(f"selinux goals: {len(failed)} of {len(results)} FAILED: {', '.join(failed)}")

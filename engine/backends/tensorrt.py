@@ -17,6 +17,7 @@ import numpy as np
 
 from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, load_artifact, sha256_file
 from wanrt.engine.backends.base import DecoderState
+from wanrt.engine.defaults import defaults_for_artifact
 from wanrt.engine.device import parse_device, resolve_device
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.tensorrt.engine_manifest import (
@@ -315,4 +316,5 @@ def load_tensorrt_pipeline(engines_dir: Path, device: str, *, residency: str | N
         **{f"{graph}_engine_sha256": e.sha256 for graph, e in engines.engines.items()},
     }
     return VideoPipeline(spec, PromptTokenizer(art_dir / TOKENIZER_NAME, spec.text_length), backend,
-                         identity=identity, limits=engines.limits)
+                         identity=identity, limits=engines.limits,
+                         defaults=defaults_for_artifact(artifact.defaults, spec))

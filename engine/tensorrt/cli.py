@@ -60,11 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_build)
 
     verify = subparsers.add_parser(
-        "verify", help="check TensorRT engines against onnxruntime on this GPU (per network and end to end)",
-        description="Runs the same inputs through the engines and through onnxruntime on the artifact they were "
-                    "built from: max/mean relative error and cosine per network, PSNR and SSIM over N prompts, "
-                    "latency per component. Writes a JSON report; exits 1 when a number is past its threshold "
-                    "(defaults follow each engine's precision).")
+        "verify", help="check TensorRT engines against a reference on this GPU (per network and end to end)",
+        description="Runs the same inputs through the engines and through a reference: the model itself in bf16 "
+                    "torch on the GPU (--torch-reference DIFFUSERS_FOLDER, one network at a time, before the engines "
+                    "load: the reference at A14B size), or onnxruntime on the artifact they were built from (small "
+                    "models). Max/mean relative error and cosine per network, PSNR and SSIM over N prompts, latency "
+                    "per component, at a reduced shape unless --frames/--height/--width say otherwise. Writes a JSON "
+                    "report; exits 1 when a number is past its threshold (defaults follow each engine's precision).")
     verify.add_argument("--engines", type=Path, required=True, help="engines folder made by `wanrt build-engines`")
     verify.add_argument("--prompts", type=int, default=2, help="end-to-end clips to compare (default %(default)s)")
     verify.add_argument("--steps", type=int, default=4, help="denoising steps per clip (default %(default)s)")
@@ -72,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--reference", type=Path, default=None,
                         help="artifact onnxruntime runs as the reference (default: the engines' own; give an fp32 "
                              "export of the same model to measure bf16/fp16/quantized engines against fp32)")
+    verify.add_argument("--torch-reference", type=Path, default=None, metavar="DIFFUSERS_FOLDER",
+                        help="the diffusers folder the engines come from: reference in bf16 torch on this GPU")
+    verify.add_argument("--frames", type=int, default=None, help="clip size (default 17x480x832, or the engines' "
+                                                                  "tuned size if smaller)")
+    verify.add_argument("--height", type=int, default=None)
+    verify.add_argument("--width", type=int, default=None)
     verify.add_argument("--report", type=Path, default=None, help="JSON report (default: verify.json here)")
     verify.add_argument("--max-rel", type=float, default=None, help="largest max relative error per network")
     verify.add_argument("--min-cosine", type=float, default=None, help="smallest cosine per network")
@@ -86,15 +94,26 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.prompts < 0 or args.steps < 1:
         raise InvalidRequestError("prompts" if args.prompts < 0 else "steps", "must be positive")
+    if args.torch_reference is not None and args.reference is not None:
+        raise InvalidRequestError("reference", "give --reference (onnxruntime) or --torch-reference, not both")
+    shape = None
+    if any(v is not None for v in (args.frames, args.height, args.width)):
+        from wanrt.engine.tensorrt.engine_manifest import read_engines_manifest
+        from wanrt.engine.tensorrt.profiles import VideoShape
+        from wanrt.engine.tensorrt.torch_reference import default_shape
+
+        engines = read_engines_manifest(args.engines)
+        reduced = default_shape(engines.opt, engines.limits)
+        shape = VideoShape(args.frames or reduced.frames, args.height or reduced.height, args.width or reduced.width)
     report = verify_engines(args.engines, prompts=args.prompts, steps=args.steps, device=args.device,
-                            reference=args.reference,
+                            reference=args.reference, torch_model=args.torch_reference, shape=shape,
                             thresholds=Thresholds(args.max_rel, args.min_cosine, args.min_psnr, args.min_ssim))
     path = args.report or Path("verify.json")
     write_report(report, path)
     print(summary(report))
     print(path)
     if not report["passed"]:
-        raise VerificationFailed(f"the engines differ from onnxruntime past the thresholds (see {path})")
+        raise VerificationFailed(f"the engines differ from the reference past the thresholds (see {path})")
     return 0
 
 

@@ -287,6 +287,9 @@ def make_per_stage_fits(plan: MemoryPlan) -> bool:
 # output and the feed-forward hidden layer in the compute dtype (fused attention never materialises the L x L
 # scores): for the batch of two (cond/uncond) the pipeline runs.
 _DIT_STREAM_VALUES = 2  # x dim, per token
+# The stream's itemsize in every export: modulation and gated residual adds run in fp32 (diffusers' .float()), and
+# UMT5's fp32 `wo` promotes its residual stream.
+STREAM_ITEMSIZE = 4
 _DIT_COMPUTE_VALUES = 4  # x dim, per token, plus the feed-forward width
 # The VAE decoder at full resolution: the widest tensors of its last up-block, a few alive at once.
 _VAE_LIVE_TENSORS = 4
@@ -319,13 +322,15 @@ def decoder_cache_bytes(layout: Iterable[tuple[int, int]], latent_height: int, l
     return sets * values * itemsize
 
 
-# Wan2.2-T2V-A14B (diffusers' configs), parameters per dtype of a `wanrt export --dtype bf16` (export/precision.py's
-# rules; tests/trt/test_trt_memory.py counts them on the real modules): two 40-layer DiT experts (dim 5120,
-# ffn 13824), umT5-XXL's encoder, the Wan2.1 VAE decoder (fp32 unless exported with --vae-dtype bf16).
+# Wan2.2-T2V-A14B (diffusers' configs), parameters per dtype of a `wanrt export --dtype bf16`, which traces each
+# network as diffusers/transformers load it in bf16 (export/onnx_io.py; tests/trt/test_trt_memory.py counts them on
+# the real modules): two 40-layer DiT experts (dim 5120, ffn 13824), umT5-XXL's encoder, the Wan2.1 VAE decoder
+# (fp32 unless exported with --vae-dtype bf16). The torch backend loads the same modules the same way.
 A14B_EXPERT_PARAMS = 14_288_753_728  # parameters and the rotary tables (buffers) each expert graph holds
-A14B_EXPERT_FP32_PARAMS = 235_111_424  # condition embedder, patch embedding, norms, modulation tables, rope
+# WanTransformer3DModel._keep_in_fp32_modules: rope, time_embedder, scale_shift_table, norm1/2/3.
+A14B_EXPERT_FP32_PARAMS = 29_446_144
 A14B_TEXT_PARAMS = 5_680_910_336
-A14B_TEXT_FP32_PARAMS = 1_006_833_664  # the feed-forward outputs `wo` and the RMS norms
+A14B_TEXT_FP32_PARAMS = 1_006_632_960  # UMT5's feed-forward outputs `wo` (export/text_encoder.py keeps them fp32)
 A14B_VAE_DECODER_PARAMS = 73_295_603  # decoder and post_quant_conv: each of the init and step engines holds them
 A14B_DIM, A14B_FFN = 5120, 13824
 A14B_TEXT_DIM, A14B_TEXT_FFN, A14B_TEXT_LENGTH = 4096, 10240, 512
@@ -350,9 +355,8 @@ def a14b_engines(frames: int, height: int, width: int, dit_itemsize: int = 2, te
     (the graphs' fp32 I/O, int64 token ids), scratch from the activation model (fp32 residual stream)."""
     tokens = dit_tokens(frames, height, width)
     latent = (16, (frames - 1) // 4 + 1, height // 8, width // 8)
-    stream = 4  # the residual stream and modulation stay fp32 in every export
-    dit = dit_scratch(tokens, A14B_DIM, A14B_FFN, dit_itemsize, stream_itemsize=stream)
-    text = dit_scratch(A14B_TEXT_LENGTH, A14B_TEXT_DIM, A14B_TEXT_FFN, text_itemsize, stream_itemsize=stream)
+    dit = dit_scratch(tokens, A14B_DIM, A14B_FFN, dit_itemsize, stream_itemsize=STREAM_ITEMSIZE)
+    text = dit_scratch(A14B_TEXT_LENGTH, A14B_TEXT_DIM, A14B_TEXT_FFN, text_itemsize, stream_itemsize=STREAM_ITEMSIZE)
     # The streaming decoder makes 4 frames per step at full resolution.
     vae = vae_scratch(4, height, width, A14B_VAE_FULLRES_CHANNELS, vae_itemsize)
     dit_io = _io_bytes(((2, *latent), 4), ((2,), 4), ((2, A14B_TEXT_LENGTH, A14B_TEXT_DIM), 4), ((2, *latent), 4))
@@ -369,10 +373,8 @@ def a14b_engines(frames: int, height: int, width: int, dit_itemsize: int = 2, te
             EngineMemory("vae_decoder_step", A14B_VAE_DECODER_PARAMS * vae_itemsize, vae, vae_io["step"]))
 
 
-# The torch backend loads the same modules with torch_dtype=bfloat16: diffusers keeps its `_keep_in_fp32_modules`
-# (rope, time_embedder, scale_shift_table, norm1/2/3) in fp32; transformers keeps UMT5's `wo` fp32 only under
-# fp16, so in bf16 the whole text encoder is bf16. Its VAE decoder is fp32 (the encoder stays on the host).
-A14B_TORCH_EXPERT_FP32_PARAMS = 29_446_144
+# The torch backend: transformers keeps UMT5's `wo` fp32 only under fp16, so in bf16 the whole text encoder is
+# bf16. Its VAE decoder is fp32 (the encoder stays on the host).
 
 
 def a14b_torch_engines(frames: int, height: int, width: int) -> tuple[EngineMemory, ...]:
@@ -380,7 +382,7 @@ def a14b_torch_engines(frames: int, height: int, width: int) -> tuple[EngineMemo
     the same model in bf16 throughout (diffusers casts the residual stream back to bf16 after each block)."""
     tokens = dit_tokens(frames, height, width)
     dit = dit_scratch(tokens, A14B_DIM, A14B_FFN, 2)
-    expert = _weight_bytes(A14B_EXPERT_PARAMS, A14B_TORCH_EXPERT_FP32_PARAMS, 2)
+    expert = _weight_bytes(A14B_EXPERT_PARAMS, A14B_EXPERT_FP32_PARAMS, 2)
     return (EngineMemory("text_encoder", A14B_TEXT_PARAMS * 2,
                          dit_scratch(A14B_TEXT_LENGTH, A14B_TEXT_DIM, A14B_TEXT_FFN, 2)),
             EngineMemory("transformer", expert, dit), EngineMemory("transformer_2", expert, dit),

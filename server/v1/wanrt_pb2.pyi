@@ -38,7 +38,7 @@ class Latents(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., float32_data: _Optional[bytes] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "frames", "height", "width", "steps", "guidance", "guidance_2", "seed", "fps", "latents", "format", "client_request_id")
+    __slots__ = ("prompt", "negative_prompt", "frames", "height", "width", "steps", "guidance", "guidance_2", "seed", "fps", "latents", "format", "client_request_id", "schedule", "shift", "step_cache")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,9 @@ class GenerateRequest(_message.Message):
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_FIELD_NUMBER: _ClassVar[int]
+    STEP_CACHE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     frames: int
@@ -65,7 +68,10 @@ class GenerateRequest(_message.Message):
     latents: Latents
     format: VideoFormat
     client_request_id: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., seed: _Optional[int] = ..., fps: _Optional[int] = ..., latents: _Optional[_Union[Latents, _Mapping]] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+    schedule: str
+    shift: float
+    step_cache: float
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., seed: _Optional[int] = ..., fps: _Optional[int] = ..., latents: _Optional[_Union[Latents, _Mapping]] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., client_request_id: _Optional[str] = ..., schedule: _Optional[str] = ..., shift: _Optional[float] = ..., step_cache: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("accepted", "progress", "video", "result")
@@ -122,7 +128,7 @@ class Timings(_message.Message):
     def __init__(self, queued_s: _Optional[float] = ..., text_s: _Optional[float] = ..., denoise_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest")
+    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest", "dit_calls", "dit_calls_saved", "schedule", "shift", "step_cache")
     class IdentityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +151,11 @@ class Result(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     C2PA_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    DIT_CALLS_FIELD_NUMBER: _ClassVar[int]
+    DIT_CALLS_SAVED_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_FIELD_NUMBER: _ClassVar[int]
+    STEP_CACHE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     video_sha256: str
     video_bytes: int
@@ -160,7 +171,12 @@ class Result(_message.Message):
     identity: _containers.ScalarMap[str, str]
     client_request_id: str
     c2pa_manifest: bytes
-    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ...) -> None: ...
+    dit_calls: int
+    dit_calls_saved: int
+    schedule: str
+    shift: float
+    step_cache: float
+    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ..., dit_calls: _Optional[int] = ..., dit_calls_saved: _Optional[int] = ..., schedule: _Optional[str] = ..., shift: _Optional[float] = ..., step_cache: _Optional[float] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ()
@@ -193,7 +209,7 @@ class Limits(_message.Message):
     def __init__(self, max_frames: _Optional[int] = ..., frame_multiple: _Optional[int] = ..., min_size: _Optional[int] = ..., max_height: _Optional[int] = ..., max_width: _Optional[int] = ..., size_multiple: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_guidance: _Optional[float] = ..., max_fps: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class Defaults(_message.Message):
-    __slots__ = ("frames", "height", "width", "steps", "guidance", "seed", "fps")
+    __slots__ = ("frames", "height", "width", "steps", "guidance", "seed", "fps", "guidance_2", "schedule", "shift")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +217,9 @@ class Defaults(_message.Message):
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_2_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_FIELD_NUMBER: _ClassVar[int]
     frames: int
     height: int
     width: int
@@ -208,7 +227,10 @@ class Defaults(_message.Message):
     guidance: float
     seed: int
     fps: int
-    def __init__(self, frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., fps: _Optional[int] = ...) -> None: ...
+    guidance_2: float
+    schedule: str
+    shift: float
+    def __init__(self, frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., fps: _Optional[int] = ..., guidance_2: _Optional[float] = ..., schedule: _Optional[str] = ..., shift: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("identity", "limits", "defaults", "experts", "boundary_ratio", "latent_channels", "vae_scale_temporal", "vae_scale_spatial", "workers", "queue_size", "server_version")

@@ -31,10 +31,23 @@ def test_bench_writes_json_markdown_and_plot_for_the_demo_model(tmp_path, capsys
     # have the same widths, so which expert a step uses does not change the count).
     assert rows["end_to_end"]["flops"] == 2 * pair["flops"] == 2 * rows["transformer_2_cfg_pair"]["flops"]
     assert result["mp4_encode"]["median_s"] > 0
+    # DiT calls per clip, as the run made them: 2 steps, each a CFG pair (two samples through an expert).
+    assert (setting["dit_calls_per_clip"], setting["dit_calls_saved_per_clip"]) == (4, 0)
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "t.md").read_text()
     assert "| transformer_cfg_pair |" in table and "onnxruntime fp32 (model)" in table
+    assert "| DiT calls per clip | 4 |" in table
     assert str(tmp_path / "t.json") in capsys.readouterr().out
+
+
+def test_bench_counts_dit_calls_of_a_distilled_schedule(tmp_path):
+    """4 Euler steps without guidance: 4 DiT calls per clip where 4 guided steps make 8."""
+    assert main(["bench", "--backends", "onnxruntime", "--components", "end_to_end", "--frames", "5", "--height",
+                 "16", "--width", "16", "--schedule", "lightning-4step", "--steps", "4", "--guidance", "1",
+                 "--runs", "1", "--warmup", "0", "--end-to-end-runs", "1", "--peak-tflops", "0.5", "--out",
+                 str(tmp_path), "--name", "d"]) == 0
+    [setting] = json.loads((tmp_path / "d.json").read_text())["settings"]
+    assert setting["dit_calls_per_clip"] == 4
 
 
 def test_bench_refuses_an_unknown_backend(tmp_path, capsys):

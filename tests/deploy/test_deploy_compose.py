@@ -124,7 +124,7 @@ def test_non_root_fixed_uid(service: dict) -> None:
 
 def test_mounts(service: dict) -> None:
     vols = {v["target"]: v for v in service["volumes"]}
-    assert set(vols) == {"/models", "/var/lib/wanrt/outputs", "/var/log/wanrt"}
+    assert set(vols) == {"/models", "/var/lib/wanrt/outputs", "/var/log/wanrt", "/var/cache/wanrt"}
     assert vols["/models"]["read_only"] is True
     for vol in vols.values():
         assert vol["type"] == "bind"
@@ -234,3 +234,24 @@ def test_podman_gpu_override_maps_the_gpu_by_cdi_and_stays_confined(compose_env:
     # the rest of the hardening is untouched by the override
     assert gpu["read_only"] is True and gpu["cap_drop"] == ["ALL"]
     assert gpu["deploy"]["resources"]["limits"]["pids"]
+
+
+def test_one_audit_file_per_service(config: dict) -> None:
+    """Two servers appending to one file would fork its hash chain: every service has a file of its own."""
+    files = []
+    for service in config["services"].values():
+        cmd = [_s(c) for c in service["command"]]
+        files.append(cmd[cmd.index("--audit-log") + 1])
+    assert len(files) == len(set(files)) == len(config["services"]), files
+
+
+def test_writes_go_to_scratch_never_to_the_image_label(service: dict) -> None:
+    """The /tmp tmpfs carries the image's own label (container_file_t, executable to the domain): the domain may
+    not write files there, so HOME, TMPDIR and the caches point at the scratch volume (wanrt_tmp_t)."""
+    vols = {v["target"]: v for v in service["volumes"]}
+    scratch = vols["/var/cache/wanrt"]
+    assert scratch["type"] == "bind" and not scratch.get("read_only")
+    assert _s(scratch["source"]) == "/var/lib/wanrt/scratch"
+    env = service["environment"]
+    for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "CUDA_CACHE_PATH"):
+        assert _s(env[name]).startswith("/var/cache/wanrt"), name

@@ -122,6 +122,12 @@ def test_quick_run_writes_a_wan22_pipeline_folder(quick_run):
     summary = json.loads((quick_run / "reef_training.json").read_text(encoding="utf-8"))
     assert summary["config"]["seed"] == 3 and summary["threads"] == 1
     assert all(np.isfinite(v) for v in summary["losses"].values())
+    # Its generation recipe, which export records as the artifact's request defaults.
+    from wanrt.engine.defaults import recipe_for
+
+    recipe = recipe_for(quick_run, spec)
+    assert (recipe.name, recipe.frames, recipe.sizes) == ("reef", summary["config"]["frames"],
+                                                          (f"{summary['config']['size']}x{summary['config']['size']}",))
 
 
 def test_quick_run_generates_with_the_torch_backend(quick_run):

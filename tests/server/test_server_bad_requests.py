@@ -165,7 +165,7 @@ class FaultyBackendStandIn:
     pipeline's spec and limits; it generates nothing, and nothing here claims it does."""
 
     def __init__(self, real) -> None:
-        self.spec, self.limits, self.identity = real.spec, real.limits, real.identity
+        self.spec, self.limits, self.identity, self.defaults = real.spec, real.limits, real.identity, real.defaults
 
     def generate(self, request, *, on_progress=None, should_stop=None):
         raise RuntimeError("CUDA error: an illegal memory access at 0xdeadbeef in /opt/secret/path.so")

@@ -58,8 +58,10 @@ def test_certificate_problems_are_named(base, certs, tmp_path):
     json.dumps({"id": "a", "sha256": hash_token("t"), "method": ["Generate"]}),  # typo'd key
     json.dumps({"id": "a", "sha256": hash_token("t"), "methods": ["Generat"]}),
     json.dumps({"id": "a b", "sha256": hash_token("t")}),
-    json.dumps({"id": "a", "sha256": hash_token("t")}) + "\n" + json.dumps({"id": "a", "sha256": hash_token("u")}),
+    # (one id with two tokens is allowed: that is rotation, tests/server/test_server_reload.py)
     json.dumps({"id": "a", "sha256": hash_token("t")}) + "\n" + json.dumps({"id": "b", "sha256": hash_token("t")}),
+    json.dumps({"id": "a", "sha256": hash_token("t"), "expires": "2001-01-01T00:00:00Z"}),  # every token expired
+    json.dumps({"id": "a", "sha256": hash_token("t"), "expires": "2099-01-01"}),  # no zone: refused, not guessed
 ])
 def test_bad_token_files_are_refused(base, tmp_path, content):
     tokens = tmp_path / "tokens.jsonl"

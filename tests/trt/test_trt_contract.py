@@ -93,8 +93,8 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     assert not any({"MultiHeadAttention", "Softmax"} & set(b["op_types"]) for b in report["built"])
     # The foreign timing cache was reported and replaced by this build's own.
     assert "was rejected by TensorRT" in steps["build"]["log"] and steps["build"]["cache_rebuilt"]
-    assert "memory plan (resident)" in steps["build"]["log"]
-    assert "memory plan (per-stage)" in steps["build_per_stage"]
+    assert "memory plan (resident, text encoder resident)" in steps["build"]["log"]
+    assert "memory plan (per-stage, text encoder" in steps["build_per_stage"]
     assert "memory plan (streaming" in steps["build_streaming"]
 
     assert steps["generate"] == {"engines": True, "engines-per-stage": True, "engines-streaming": True}
@@ -118,6 +118,11 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     assert verify["report"]["passed"] and len(verify["report"]["clips"]) == 2
     assert set(verify["report"]["networks"]) == {"text_encoder", "transformer", "transformer_2", "vae_decoder_init",
                                                  "vae_decoder_step"}
+    torch_ref = steps["verify_torch"]
+    assert torch_ref["rc"] == 0, torch_ref["stderr"]
+    assert torch_ref["report"]["reference_kind"].startswith("torch bf16") and torch_ref["report"]["passed"]
+    assert set(torch_ref["report"]["networks"]) == {"text_encoder", "transformer", "transformer_2"}
+    assert torch_ref["report"]["shape"] == {"frames": 5, "height": 32, "width": 32}  # the engines' own, smaller
     strict = steps["verify_strict"]
     assert strict["rc"] == 1 and strict["passed"] is False and "past the thresholds" in strict["stderr"]
 

@@ -1,26 +1,19 @@
 #!/usr/bin/env bash
-# Print a MachineConfig that installs the wanrt SELinux module and its port labels on every node of a
-# machine-config pool (OpenShift; RHCOS has no compiler, so the module comes built).
+# Print a MachineConfig that loads the wanrt SELinux module, port labels included, on every node of a
+# machine-config pool (OpenShift; RHCOS has no compiler and no semanage: the module comes built, as CIL, and
+# semodule alone loads it).
 #
-# Usage: deploy/k8s/openshift/machineconfig.sh WANRT_PP [POOL]   > 99-wanrt-selinux.yaml
-#   WANRT_PP  wanrt.pp built on RHEL 9 against container-selinux:
-#             make -f /usr/share/selinux/devel/Makefile wanrt.pp   (in a copy of selinux/)
-#   POOL      machine-config pool (default: worker)
-# Then: oc apply -f 99-wanrt-selinux.yaml  (the pool's nodes reboot one at a time).
+# Usage: deploy/k8s/openshift/machineconfig.sh WANRT_CIL [POOL]   > 99-wanrt-selinux.yaml
+#   WANRT_CIL  wanrt.cil from selinux/build.sh (on RHEL 9/10 with selinux-policy-devel, or the installer image's)
+#   POOL       machine-config pool (default: worker)
+# Then: oc apply -f 99-wanrt-selinux.yaml  (the pool's nodes reboot one at a time), and label those nodes
+# wanrt.io/selinux-module=<the module's version> (the server pods require it).
 set -euo pipefail
 
-pp="${1:?usage: machineconfig.sh WANRT_PP [POOL]}"
+pp="${1:?usage: machineconfig.sh WANRT_CIL [POOL]}"
 pool="${2:-worker}"
 [[ -s "$pp" ]] || { echo "machineconfig.sh: $pp is not a non-empty file" >&2; exit 2; }
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ports="$here/../../../selinux/wanrt.ports"
-
-# One semanage call per labelled port, the same table selinux/install.sh applies.
-label_ports=""
-while read -r type proto port _; do
-    [[ -z "$type" || "$type" == \#* ]] && continue
-    label_ports+="ExecStart=/bin/sh -c 'semanage port -a -t $type -p $proto $port || semanage port -m -t $type -p $proto $port'"$'\n'
-done <"$ports"
+grep -q '^(portcon ' "$pp" || { echo "machineconfig.sh: $pp carries no port labels: build it with selinux/build.sh" >&2; exit 2; }
 sha="$(sha256sum "$pp" | cut -d' ' -f1)"
 
 cat <<YAML
@@ -36,7 +29,7 @@ spec:
       version: 3.4.0
     storage:
       files:
-        - path: /etc/wanrt/selinux/wanrt.pp
+        - path: /etc/wanrt/selinux/wanrt.cil
           mode: 0644
           overwrite: true
           contents:
@@ -49,14 +42,13 @@ spec:
           enabled: true
           contents: |
             [Unit]
-            Description=Load the wanrt SELinux module and label its ports
+            Description=Load the wanrt SELinux module (rules and port labels)
             Before=kubelet.service
-            ConditionPathExists=/etc/wanrt/selinux/wanrt.pp
+            ConditionPathExists=/etc/wanrt/selinux/wanrt.cil
             [Service]
             Type=oneshot
             RemainAfterExit=yes
-            ExecStart=/usr/sbin/semodule -X 400 -i /etc/wanrt/selinux/wanrt.pp
-$(printf '%s' "$label_ports" | sed 's/^/            /')
+            ExecStart=/usr/sbin/semodule -X 400 -i /etc/wanrt/selinux/wanrt.cil
             [Install]
             WantedBy=multi-user.target
 YAML

@@ -224,6 +224,10 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--plant", default=None, help="Class.method:OLD=NEW in engine/tensorrt/engine.py")
     parser.add_argument("--only-serve", action="store_true", help="build one folder and serve it, nothing else")
+    parser.add_argument("--only-build", action="store_true",
+                        help="build one folder, nothing else (graphs onnxruntime cannot run here: bf16 at full width)")
+    parser.add_argument("--max", nargs=3, default=None, metavar=("FRAMES", "HEIGHT", "WIDTH"),
+                        help="--only-build: the largest request (default 5 32 32)")
     args = parser.parse_args()
     art, work = args.artifact, args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -233,6 +237,12 @@ def main() -> int:
     try:
         if args.plant:
             plant(args.plant)
+        if args.only_build:
+            sizes = ["--max-frames", args.max[0], "--max-height", args.max[1], "--max-width", args.max[2],
+                     "--opt-frames", args.max[0]] if args.max else [*MAX, "--opt-frames", "5"]
+            rc, err = cli("build-engines", "--model", str(art), "--out", str(work / "engines"), *sizes)
+            report["steps"]["build"] = {"rc": rc, "log": err[-3000:]}
+            raise StopScenario
         cache = work / "timing.cache"
         cache.write_bytes(b"timing-cache:9.0.0:another-gpu")
         log = build(art, work / "engines", "--timing-cache", str(cache), "--workspace-gib", "2")
@@ -261,6 +271,14 @@ def main() -> int:
                       "--reference", str(art), "--report", str(work / "verify.json"))
         report["steps"]["verify"] = {"rc": rc, "stderr": err[-2000:],
                                      "report": json.loads((work / "verify.json").read_text()) if rc == 0 else None}
+        # The same engines against the model itself in bf16 torch (the reference at A14B size; here on the CPU).
+        source = json.loads((art / "manifest.json").read_text())["source_model"]["path"]
+        rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "1", "--steps", "2",
+                      "--torch-reference", source, "--report", str(work / "verify-torch.json"))
+        report["steps"]["verify_torch"] = {
+            "rc": rc, "stderr": err[-2000:],
+            "report": json.loads((work / "verify-torch.json").read_text()) if (work / "verify-torch.json").exists()
+            else None}
         # A threshold no clip can meet (PSNR is capped at 100 dB): verify must exit 1 and say why.
         rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "1", "--steps", "1",
                       "--min-psnr", "101", "--report", str(work / "verify-strict.json"))

@@ -84,7 +84,30 @@ class SimParser:
         self.network.outputs = [SimTensor(v.name, (), "") for v in graph.output]
         self.network.onnx_path = str(Path(model).resolve())
         self.network.op_types = sorted({n.op_type for n in graph.node})  # what the parser was handed
+        self.network.attention = _attention_inputs(graph)
         return True
+
+
+def _attention_inputs(graph: Any) -> list[dict]:
+    """Per Attention node the parser is handed: what makes its Q, K and V (a DequantizeLinear of a QuantizeLinear
+    to which element type, or a plain op), and the softmax quantization recorded on it."""
+    producer = {o: n for n in graph.node for o in n.output}
+    types = {i.name: i.data_type for i in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type != "Attention":
+            continue
+        inputs = []
+        for name in node.input[:3]:
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and len(q.input) > 2:
+                inputs.append(f"QDQ:{onnx.TensorProto.DataType.Name(types.get(q.input[2], 0))}")
+            else:
+                inputs.append(dq.op_type if dq is not None else "input")
+        meta = {m.key: m.value for m in node.metadata_props}
+        found.append({"name": node.name, "qkv": inputs, "softmax": meta.get("wanrt.softmax_quantization")})
+    return found
 
 
 class SimProfile:
@@ -162,7 +185,7 @@ class SimBuilder:
         net, cfg = object.__getattribute__(network, "_sim"), object.__getattribute__(config, "_sim")
         strongly_typed = bool(net.flags & (1 << int(REAL.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
         ENGINES_BUILT.append({"onnx": net.onnx_path, "strongly_typed": strongly_typed, "flags": sorted(cfg.flags),
-                              "op_types": getattr(net, "op_types", [])})
+                              "op_types": getattr(net, "op_types", []), "attention": getattr(net, "attention", [])})
         if strongly_typed and cfg.flags & set(_PRECISION_FLAGS):
             return None  # TensorRT: precision flags are not allowed on a strongly typed network
         if not cfg.profiles:
