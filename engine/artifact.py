@@ -9,12 +9,15 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.graph_forms import referenced_files
 from wanrt.engine.spec import ModelSpec
 from wanrt.errors import ArtifactError, ModelFormatError
+
+if TYPE_CHECKING:
+    from wanrt.engine.model_files import ManifestCheck, ModelFolder
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -200,39 +203,49 @@ def load_artifact(art_dir: Path, *, verify_hashes: bool = True) -> Manifest:
     Checks: the manifest exists, parses and has a known format; every listed file is present (and, with
     ``verify_hashes``, unchanged); every graph's file is listed; no unlisted ONNX file lies in the folder.
     """
-    from wanrt.engine.manifest_file import read_manifest
+    from wanrt.engine.model_files import ModelFolder
 
-    art_dir = Path(art_dir)
-    data = read_manifest(art_dir, MANIFEST_NAME, format_version=FORMAT_VERSION,
-                         not_found="not a wanrt artifact (make one with `wanrt export`)",
-                         outdated="re-export the model with this version")
-    manifest = Manifest.from_dict(data)
-    _check_files(art_dir, manifest, verify_hashes)
+    with ModelFolder(art_dir, strict=False) as folder:
+        manifest, _ = open_artifact(folder)
+        if verify_hashes:
+            for rel, expected in manifest.files.items():
+                folder.digest(rel, expected, listed_in=MANIFEST_NAME)
     return manifest
 
 
-def _check_files(art_dir: Path, manifest: Manifest, verify_hashes: bool) -> None:
+def open_artifact(folder: ModelFolder, check: ManifestCheck | None = None) -> tuple[Manifest, str]:
+    """The artifact's manifest, read once through ``folder`` (``check`` sees its bytes first), and their sha256.
+    Checks what the manifest says against the folder (listed files present, no unlisted graph); the files'
+    hashes are checked by whoever reads them (ModelFolder.read/digest)."""
+    from wanrt.engine.manifest_file import parse_manifest
+    from wanrt.engine.model_files import read_manifest_bytes
+
+    raw = read_manifest_bytes(folder, MANIFEST_NAME, check,
+                              not_found="not a wanrt artifact (make one with `wanrt export`)")
+    data = parse_manifest(folder.where(MANIFEST_NAME), raw.tobytes(), format_version=FORMAT_VERSION,
+                          outdated="re-export the model with this version")
+    manifest = Manifest.from_dict(data)
+    _check_files(folder, manifest)
+    return manifest, raw.sha256
+
+
+def _check_files(folder: ModelFolder, manifest: Manifest) -> None:
+    where = folder.where(MANIFEST_NAME)
     for rel in manifest.files:
         # A manifest must not point outside its folder (absolute paths, "..").
         parts = PurePosixPath(rel)
         if parts.is_absolute() or ".." in parts.parts or rel == MANIFEST_NAME:
-            raise ArtifactError(f"{art_dir / MANIFEST_NAME} lists an invalid path {rel!r}")
+            raise ArtifactError(f"{where} lists an invalid path {rel!r}")
     for name, graph in manifest.graphs.items():
         for file in referenced_files(graph):
             if file not in manifest.files:
-                raise ArtifactError(f"{art_dir / MANIFEST_NAME}: graph {name!r} file {file!r} is not listed in files")
+                raise ArtifactError(f"{where}: graph {name!r} file {file!r} is not listed in files")
     for rel in manifest.files:
-        if not (art_dir / rel).is_file():
-            raise ArtifactError(f"{art_dir / rel} is listed in {MANIFEST_NAME} but missing")
-    for rel in _listed_on_disk(art_dir):
+        if not folder.exists(rel):
+            raise ArtifactError(f"{folder.where(rel)} is listed in {MANIFEST_NAME} but missing")
+    for rel in folder.files():
         if rel.endswith(_MODEL_SUFFIXES) and rel not in manifest.files:
-            raise ArtifactError(f"{art_dir / rel} is not listed in {MANIFEST_NAME}: remove it or re-export")
-    if verify_hashes:
-        for rel, expected in manifest.files.items():
-            actual = sha256_file(art_dir / rel)
-            if actual != expected:
-                raise ArtifactError(f"{art_dir / rel} does not match {MANIFEST_NAME} (sha256 {actual}, "
-                                    f"expected {expected}): the file changed after export")
+            raise ArtifactError(f"{folder.where(rel)} is not listed in {MANIFEST_NAME}: remove it or re-export")
 
 
 def _listed_on_disk(art_dir: Path) -> list[str]:

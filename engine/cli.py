@@ -127,7 +127,7 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.video import write_video
     from wanrt.errors import InvalidRequestError
-    from wanrt.trust.cli import check_trusted, provenance_key
+    from wanrt.trust.cli import provenance_key, trusted_check
 
     request_from_args(args)  # a bad option or output path fails before the model loads
     # Resolved before the model loads: an unusable `cuda` is one line and exit 2, `auto` says where it runs.
@@ -138,9 +138,9 @@ def _generate(args: argparse.Namespace) -> int:
     budget = None if args.memory_budget is None else parse_size("memory_budget", args.memory_budget)
     model = _model_or_default(args)
     provenance = provenance_key(args)
-    check_trusted(model, args.trust)
     (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel,
-                                 residency=args.residency, text_encoder=args.text_encoder)
+                                 check=trusted_check(args.trust), residency=args.residency,
+                                 text_encoder=args.text_encoder)
     for plan in memory_plans([pipeline]):
         print(plan, file=sys.stderr)
     request = request_from_args(args, pipeline.defaults)

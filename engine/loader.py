@@ -6,10 +6,11 @@ import importlib
 from pathlib import Path
 
 from wanrt.engine.device import CudaProbe, parse_device, resolve_device
+from wanrt.engine.model_files import ManifestCheck
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.spec import spec_from_diffusers
 from wanrt.engine.text import PromptTokenizer
-from wanrt.errors import InvalidRequestError, ModelFormatError
+from wanrt.errors import ArtifactError, InvalidRequestError, ModelFormatError
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 # Where each backend says why it cannot use a CUDA device (its ``cuda_problem``), and whether it has a CPU path.
@@ -33,10 +34,12 @@ def usable_device(device: str, backend: str) -> str:
     return resolve_device(device, backend, probe, cpu_capable=cpu_capable)
 
 
-def load_pipeline(model: Path, backend: str, *, device: str = "cpu", residency: str | None = None,
-                  text_encoder: str | None = None) -> VideoPipeline:
+def load_pipeline(model: Path, backend: str, *, device: str = "cpu", check: ManifestCheck | None = None,
+                  residency: str | None = None, text_encoder: str | None = None) -> VideoPipeline:
     """Checks the model (hashes, configs) and loads every network before returning: failures come at start.
 
+    ``check`` (trust's signature check, for ``--trust``) sees the model folder's manifest bytes before anything
+    else is read; every file is then read once, strictly inside the folder, hashed against that manifest.
     ``residency`` (resident | per-stage) and ``text_encoder`` (resident | release | cpu) place the GPU backends'
     networks (engine/tensorrt/memory.py); None lets the memory plan (or the engines' build) choose."""
     parse_device(device)  # a mistyped device fails alike for every backend, before anything loads
@@ -46,58 +49,72 @@ def load_pipeline(model: Path, backend: str, *, device: str = "cpu", residency: 
             if value is not None:
                 raise InvalidRequestError(field, "places the networks of the tensorrt and torch backends; "
                                                  "onnxruntime runs every graph in one process")
-        return _load_artifact(model, usable_device(device, backend))
+        return _load_artifact(model, usable_device(device, backend), check)
     if backend == "torch":
+        if check is not None:
+            raise ModelFormatError("--trust checks wanrt artifact and engines folders; the torch backend loads a "
+                                   "diffusers folder, which carries no wanrt signature")
         return _load_diffusers(model, usable_device(device, backend), residency, text_encoder)
     if backend == "tensorrt":  # model: an engines folder from `wanrt build-engines` (it names its artifact)
         from wanrt.engine.backends.tensorrt import load_tensorrt_pipeline
 
         # Probes the device itself, after every check of the engines folder that needs no TensorRT.
-        return load_tensorrt_pipeline(model, device, residency=residency, text_encoder=text_encoder)
+        return load_tensorrt_pipeline(model, device, check, residency=residency, text_encoder=text_encoder)
     raise ModelFormatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def load_pipelines(model: Path, backend: str, devices: tuple[str, ...], *, cfg_parallel: bool = False,
-                   residency: str | None = None, text_encoder: str | None = None) -> list[VideoPipeline]:
+                   check: ManifestCheck | None = None, residency: str | None = None,
+                   text_encoder: str | None = None) -> list[VideoPipeline]:
     """One pipeline per worker: one per device, or with ``cfg_parallel`` one per pair of devices, the pair
     running the cond and uncond halves of each guided step at once (backends/cfg_parallel.py)."""
+    placement = {"check": check, "residency": residency, "text_encoder": text_encoder}
     if not cfg_parallel:
-        return [load_pipeline(model, backend, device=device, residency=residency, text_encoder=text_encoder)
-                for device in devices]
+        return [load_pipeline(model, backend, device=device, **placement) for device in devices]
     if len(devices) < 2 or len(devices) % 2:
         raise ModelFormatError(f"--cfg-parallel pairs devices: give an even number of --device, got {len(devices)}")
     from wanrt.engine.backends.cfg_parallel import CfgParallelBackend
 
     pipelines = []
     for first, second in zip(devices[::2], devices[1::2], strict=True):
-        a, b = (load_pipeline(model, backend, device=d, residency=residency, text_encoder=text_encoder)
-                for d in (first, second))
+        a, b = (load_pipeline(model, backend, device=d, **placement) for d in (first, second))
         pipelines.append(VideoPipeline(a.spec, a.tokenizer, CfgParallelBackend(a.backend, b.backend),
                                        identity={**a.identity, "cfg_parallel": f"{first}+{second}"},
                                        limits=a.limits, defaults=a.defaults))
     return pipelines
 
 
-def _load_artifact(art_dir: Path, device: str) -> VideoPipeline:
-    from wanrt.engine.artifact import MANIFEST_NAME, load_artifact, sha256_file
+def _load_artifact(art_dir: Path, device: str, check: ManifestCheck | None) -> VideoPipeline:
+    from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, open_artifact
     from wanrt.engine.backends.onnxruntime import OnnxRuntimeBackend
     from wanrt.engine.defaults import defaults_for_artifact
     from wanrt.engine.graph_forms import onnxruntime_file
+    from wanrt.engine.model_files import ModelFolder
 
-    manifest = load_artifact(art_dir)
+    folder = ModelFolder(art_dir, strict=check is not None)
+    manifest, manifest_sha256 = open_artifact(folder, check)
     spec = manifest.spec
+    if TOKENIZER_NAME not in manifest.files:
+        raise ArtifactError(f"{folder.where(MANIFEST_NAME)} does not list {TOKENIZER_NAME}")
+    tokenizer = folder.read(TOKENIZER_NAME, manifest.files[TOKENIZER_NAME], listed_in=MANIFEST_NAME)
     # Each graph's onnxruntime form where export made one (linear-memory attention), the graph itself otherwise.
     graphs = {name: onnxruntime_file(entry) for name, entry in manifest.graphs.items()}
+    backend = OnnxRuntimeBackend(folder, graphs, device=device, session_config=manifest.onnxruntime_session_config,
+                                 file_hashes=manifest.files)
+    ran = backend.files_read
+    for rel, expected in manifest.files.items():  # listed but not run here (other graph forms, configs): checked
+        if rel not in ran and rel != TOKENIZER_NAME:
+            folder.digest(rel, expected, listed_in=MANIFEST_NAME)
+    # What ran, by the hashes of the bytes that were read (equal to the manifest's, or loading stopped above).
     identity = {
         "backend": "onnxruntime",
         "model": str(art_dir.resolve()),
-        "manifest_sha256": sha256_file(art_dir / MANIFEST_NAME),
-        **{f"{name}_sha256": manifest.files[file] for name, file in graphs.items()},
+        "manifest_sha256": manifest_sha256,
+        **{f"{name}_sha256": ran[file] for name, file in graphs.items()},
     }
-    return VideoPipeline(spec, PromptTokenizer(art_dir / "tokenizer.json", spec.text_length),
-                         OnnxRuntimeBackend(art_dir, graphs, device=device,
-                                            session_config=manifest.onnxruntime_session_config),
-                         identity=identity, graphs={name: art_dir / file for name, file in graphs.items()},
+    return VideoPipeline(spec, PromptTokenizer(tokenizer.tobytes(), spec.text_length,
+                                               where=folder.where(TOKENIZER_NAME)),
+                         backend, identity=identity, graphs=backend.estimate_graphs,
                          defaults=defaults_for_artifact(manifest.defaults, spec))
 
 

@@ -24,15 +24,22 @@ def read_manifest(folder: Path, name: str, *, format_version: int, not_found: st
     if not folder.is_dir():
         raise ArtifactError(f"{folder} is not a directory")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{folder} has no {name}: {not_found}") from None
+    return parse_manifest(path, data, format_version=format_version, outdated=outdated)
+
+
+def parse_manifest(path: Path, data: bytes, *, format_version: int, outdated: str) -> dict[str, Any]:
+    """A manifest's exact bytes, parsed (the bytes a signature was checked on: see engine/model_files.py)."""
+    try:
+        parsed = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
+    if not isinstance(parsed, dict):
         raise ArtifactError(f"{path} is not a JSON object")
-    version = data.get("format_version")
+    version = parsed.get("format_version")
     if version != format_version:
         raise ArtifactError(f"{path} has format_version {version!r}; this wanrt reads format {format_version} "
                             f"({outdated})")
-    return data
+    return parsed

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
+import io
 import os
 import re
 import threading
@@ -291,7 +293,53 @@ def cache_dir() -> Path:
     return Path(base) / "wanrt"
 
 
-def _load_cached(path: Path) -> GraphProfile | None:
+def _cache_key() -> bytes | None:
+    """The installation's key authenticating cached profiles; None (no cache) when there is no usable state
+    folder: a profile nobody can vouch for is made again, never trusted."""
+    from wanrt.errors import StateError
+    from wanrt.state import secret
+
+    try:
+        return secret("cache.key")
+    except StateError:
+        return None
+
+
+def _load_trusted(path: Path, key: str) -> GraphProfile | None:
+    """A cached profile whose tag this installation's key verifies for ``key`` (the graph and probes it was made
+    for); None for a missing, foreign or altered file (an overwritten profile must not let a request past the
+    memory budget)."""
+    mac_key = _cache_key()
+    if mac_key is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    tag, body = data[:_TAG_BYTES], data[_TAG_BYTES:]
+    if not hmac.compare_digest(tag, _tag(mac_key, key, body)):
+        return None
+    return _load_cached(io.BytesIO(body))
+
+
+def _store_trusted(path: Path, key: str, profile: GraphProfile) -> None:
+    mac_key = _cache_key()
+    if mac_key is None:
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, **dataclasses.asdict(profile))
+    body = buffer.getvalue()
+    _store_bytes(path, _tag(mac_key, key, body) + body)
+
+
+def _tag(mac_key: bytes, key: str, body: bytes) -> bytes:
+    return hmac.new(mac_key, f"wanrt memory profile v2\0{key}\0".encode() + body, hashlib.sha256).digest()
+
+
+_TAG_BYTES = 32
+
+
+def _load_cached(path: Path | io.BytesIO) -> GraphProfile | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             return GraphProfile(name=str(data["name"]), probe_size=float(data["probe_size"]),
@@ -303,12 +351,17 @@ def _load_cached(path: Path) -> GraphProfile | None:
 
 
 def _store_cached(path: Path, profile: GraphProfile) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **dataclasses.asdict(profile))
+    _store_bytes(path, buffer.getvalue())
+
+
+def _store_bytes(path: Path, data: bytes) -> None:
     """Best effort: a read-only home (the confined container) only means profiling again next start."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with open(partial, "wb") as out:
-            np.savez(out, **dataclasses.asdict(profile))
+        partial.write_bytes(data)
         partial.replace(path)
     except OSError:
         pass
@@ -345,7 +398,7 @@ def load_profiles(jobs: Mapping[str, tuple[Path, list]]) -> dict[str, GraphProfi
         for name, key in keys.items():
             if key in _CACHE:
                 profiles[name] = _CACHE[key]
-            elif (cached := _load_cached(cache_dir() / f"memory-{key}.npz")) is not None:
+            elif (cached := _load_trusted(cache_dir() / f"memory-{key}.profile", key)) is not None:
                 profiles[name] = _CACHE[key] = cached
         todo: dict[str, str] = {}  # key -> the first graph name that needs it
         for name, key in keys.items():
@@ -354,7 +407,7 @@ def load_profiles(jobs: Mapping[str, tuple[Path, list]]) -> dict[str, GraphProfi
         if todo:
             for key, profile in _profile_in_child({key: jobs[name] for key, name in todo.items()}).items():
                 _CACHE[key] = profile
-                _store_cached(cache_dir() / f"memory-{key}.npz", profile)
+                _store_trusted(cache_dir() / f"memory-{key}.profile", key, profile)
         return {name: dataclasses.replace(_CACHE[key], name=name) for name, key in keys.items()}
 
 

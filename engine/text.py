@@ -26,16 +26,21 @@ def clean_prompt(text: str) -> str:
 class PromptTokenizer:
     """Turns prompts into fixed-length (ids, mask) pairs: truncated and padded to ``length`` tokens."""
 
-    def __init__(self, tokenizer_json: Path, length: int) -> None:
+    def __init__(self, tokenizer_json: Path | bytes, length: int, *, where: object = None) -> None:
+        """``tokenizer_json``: the file, or its bytes as already read and checked (``where`` names them)."""
         from tokenizers import Tokenizer
 
+        where = where or tokenizer_json
         try:
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
+            if isinstance(tokenizer_json, bytes):
+                self._tokenizer = Tokenizer.from_buffer(tokenizer_json)
+            else:
+                self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
         except Exception as err:  # the library raises plain Exception subclasses from Rust
-            raise ModelFormatError(f"cannot read tokenizer {tokenizer_json}: {err}") from None
+            raise ModelFormatError(f"cannot read tokenizer {where}: {err}") from None
         pad_id = self._tokenizer.token_to_id(PAD_TOKEN)
         if pad_id is None:
-            raise ModelFormatError(f"tokenizer {tokenizer_json} has no {PAD_TOKEN!r} token")
+            raise ModelFormatError(f"tokenizer {where} has no {PAD_TOKEN!r} token")
         self._tokenizer.enable_truncation(max_length=length)
         self._tokenizer.enable_padding(length=length, pad_id=pad_id, pad_token=PAD_TOKEN)
         self.length = length

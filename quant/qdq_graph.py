@@ -50,7 +50,7 @@ class QdqResult:
     def attention_record(self, mode: str) -> dict[str, Any]:
         return {"qdq": mode, "inputs": ["query", "key", "value"], "nodes": len(self.attention),
                 "softmax": {"quantize_to": mode, "amax": 1.0, "scale": 1.0 / _QMAX[mode]}} if self.attention \
-            else {"qdq": None}
+            else {"qdq": None, "nodes": 0}
 
 
 def insert_qdq(source: Path, dest: Path, ranges: CalibratedRanges, rules: tuple[placement.Rule, ...]) -> QdqResult:

@@ -27,6 +27,7 @@ from wanrt.server.metrics import Metrics
 from wanrt.server.protocol import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MIN_PING_INTERVAL_MS, SERVER_SEND_BYTES
 from wanrt.server.reload import TlsMaterial
 from wanrt.server.service import ModelFacts, VideoGenerationService
+from wanrt.state import key_id
 
 log = logging.getLogger("wanrt.server")
 
@@ -88,7 +89,12 @@ class WanrtServer:
         self.memory_budget = None if self.admission is None else self.admission.budget.bytes
         self.max_request_bytes = config.max_request_bytes or default_max_request_bytes(first.spec, self.limits)
         self.metrics = Metrics()
-        self.audit = open_audit_log(config)
+        prompt_key = config.prompt_key()
+        provenance = config.provenance_key()
+        if provenance is None:
+            log.warning("provenance off (--no-provenance): videos carry no C2PA manifest (recorded in the audit log)")
+        self.audit = open_audit_log(config, meta={"prompt_hmac_key_id": key_id(prompt_key),
+                                                  "provenance": getattr(provenance, "origin", "off")})
         self.tokens = TokenStore.load(Path(config.tokens)) if config.tokens is not None else None
         self.jobs = JobManager(pipelines, config.queue_size, self.metrics)
         self._draining = threading.Event()
@@ -98,8 +104,8 @@ class WanrtServer:
         self.service = VideoGenerationService(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
                                   self.admission, defaults=first.defaults, step_cache=config.step_cache),
-            self.audit, self.metrics, keep_prompt_text=config.audit_prompts,
-            provenance=config.provenance_key(),
+            self.audit, self.metrics, keep_prompt_text=config.audit_prompts, prompt_key=prompt_key,
+            provenance=provenance,
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)
         threads = len(pipelines) + config.queue_size + _SPARE_THREADS
         self._token_interceptor = TokenInterceptor(self.tokens, self.service.audit_denied) if self.tokens else None

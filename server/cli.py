@@ -65,11 +65,18 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--insecure", action="store_true", help="plaintext; only allowed on a loopback address")
     parser.add_argument("--audit-log", type=Path, required=True, help="JSON-lines audit log, appended")
     parser.add_argument("--audit-prompts", action="store_true",
-                        help="keep prompt text in the audit log (default: SHA-256 only)")
+                        help="keep prompt text in the audit log (default: an HMAC only, see --audit-prompt-key)")
+    parser.add_argument("--audit-prompt-key", type=Path, default=None, metavar="FILE",
+                        help="secret (hex, 0600) prompts are audited under as HMAC-SHA256 (default: this "
+                             "installation's, made on first use in $WANRT_STATE_DIR)")
     add_provenance_arguments(parser)
     parser.add_argument("--audit-signing-key", type=Path, help="key (`wanrt keygen`) that signs audit checkpoints")
     parser.add_argument("--audit-checkpoint-every", type=int, default=0, metavar="N",
-                        help="with --audit-signing-key: a signed checkpoint after every N records")
+                        help="with --audit-signing-key: a signed checkpoint after every N records (also at start, "
+                             "rotation and shutdown)")
+    parser.add_argument("--audit-head-sink", metavar="FILE|syslog[:ADDRESS]", default=None,
+                        help="with --audit-signing-key: also write every signed head here (a file on another "
+                             "mount, or syslog/journald), for `wanrt audit verify --heads`")
     parser.add_argument("--queue-size", type=int, default=8, help="jobs waiting beyond the running ones")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long jobs may take to finish before they are cancelled")
@@ -95,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     from wanrt.engine.budget import parse_size
     from wanrt.engine.loader import load_pipelines, memory_plans, usable_device
     from wanrt.server.app import WanrtServer
-    from wanrt.trust.cli import check_trusted
+    from wanrt.trust.cli import trusted_check
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -107,8 +114,11 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
+        audit_prompt_key=args.audit_prompt_key,
         audit_checkpoint_every=args.audit_checkpoint_every, audit_signing_key=args.audit_signing_key,
+        audit_head_sink=args.audit_head_sink,
         c2pa_cert=args.c2pa_cert or _env_path("WANRT_C2PA_CERT"), c2pa_key=args.c2pa_key or _env_path("WANRT_C2PA_KEY"),
+        no_provenance=args.no_provenance,
         queue_size=args.queue_size, grace_seconds=args.grace_seconds, stop_timeout=args.stop_timeout,
         max_frames=args.max_frames,
         max_height=args.max_height, max_width=args.max_width, max_steps=args.max_steps,
@@ -140,9 +150,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         confined = require_selinux_type(args.require_selinux_type)
         logging.getLogger("wanrt.server").info("confinement: %s", confined.describe())
-    check_trusted(config.model, args.trust)
     pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel,
-                               residency=args.residency, text_encoder=args.text_encoder)
+                               check=trusted_check(args.trust), residency=args.residency,
+                               text_encoder=args.text_encoder)
     for plan in memory_plans(pipelines):  # the plan the server starts with: what build-engines printed, measured
         logging.getLogger("wanrt.server").info("%s", plan)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight

@@ -113,11 +113,14 @@ class ServerConfig:
     tokens: Path | None = None  # set: wanrt.v1 calls need a bearer token listed there (see auth.py)
     insecure: bool = False  # plaintext; only on loopback addresses
     audit_log: Path | None = None
-    audit_prompts: bool = False  # keep prompt text in the audit log (default: its SHA-256 only)
+    audit_prompts: bool = False  # keep prompt text in the audit log (default: its HMAC only)
+    audit_prompt_key: Path | None = None  # the HMAC key prompts are audited under (default: the installation's)
     audit_checkpoint_every: int = 0  # with audit_signing_key: a signed checkpoint every N records
     audit_signing_key: Path | None = None
+    audit_head_sink: str | None = None  # a file, or syslog[:ADDRESS]: every signed head written there too
     c2pa_cert: Path | None = None  # with c2pa_key: every MP4 result carries a signed C2PA sidecar manifest
     c2pa_key: Path | None = None
+    no_provenance: bool = False  # opt out of C2PA (without c2pa_cert every MP4 is signed with the installation's)
     queue_size: int = 8  # jobs waiting beyond the ones running
     grace_seconds: float = 30.0  # on SIGTERM, how long running and queued jobs may take to finish
     # The engine's kill deadline after it starts stopping the container (Kubernetes terminationGracePeriodSeconds):
@@ -228,15 +231,34 @@ class ServerConfig:
                 raise ConfigError("step_cache", err.message) from None
         return self
 
-    def provenance_key(self) -> object | None:
-        """The C2PA signing key (checked like the TLS pair), or None when provenance is off."""
-        from wanrt.errors import InvalidRequestError
-        from wanrt.trust.provenance import key_from_options
+    def prompt_key(self) -> bytes:
+        """The key prompts are audited under: --audit-prompt-key (shared by replicas that must agree), else this
+        installation's own (wanrt/state.py), made on first use. Unusable: ConfigError, the server does not start."""
+        from wanrt.errors import StateError
+        from wanrt.state import read_secret, secret
 
         try:
-            return key_from_options(self.c2pa_cert, self.c2pa_key)
+            return read_secret(self.audit_prompt_key) if self.audit_prompt_key else secret("audit-prompts.key")
+        except StateError as err:
+            raise ConfigError("audit_prompt_key", str(err)) from None
+
+    def provenance_key(self) -> object | None:
+        """The C2PA signing key (checked like the TLS pair): the operator's, else this installation's own (made
+        on first use), or None with --no-provenance."""
+        from wanrt.errors import InvalidRequestError, StateError
+        from wanrt.trust.cli import installation_provenance_key
+        from wanrt.trust.provenance import key_from_options
+
+        if self.no_provenance:
+            if self.c2pa_cert is not None or self.c2pa_key is not None:
+                raise ConfigError("no_provenance", "cannot be combined with --c2pa-cert/--c2pa-key")
+            return None
+        try:
+            return key_from_options(self.c2pa_cert, self.c2pa_key) or installation_provenance_key()
         except InvalidRequestError as err:
             raise ConfigError(err.field, err.message) from None
+        except StateError as err:
+            raise ConfigError("c2pa_cert", str(err)) from None
 
     def _check_transport(self, listen: HostPort) -> None:
         tls_given = [name for name in ("tls_cert", "tls_key", "client_ca") if getattr(self, name) is not None]
@@ -286,16 +308,12 @@ class ServerConfig:
         if self.audit_log is None:
             raise ConfigError("audit_log", "is required: every request is recorded")
         path = Path(self.audit_log)
-        if path.exists() and not path.is_file():
-            raise ConfigError("audit_log", f"{path} exists and is not a regular file")
-        if not path.parent.is_dir():
-            raise ConfigError("audit_log", f"directory {path.parent} does not exist")
-        try:
-            with open(path, "a", encoding="utf-8"):
-                pass
-        except OSError as err:
-            raise ConfigError("audit_log", f"cannot append to {path}: {err.strerror}") from None
+        # Checked without creating anything: the log is created when the server starts, 0600 and with its first
+        # record in it (server/audit.py), so a start refused later leaves no file behind.
+        check_appendable("audit_log", path)
         _check_int("audit_checkpoint_every", self.audit_checkpoint_every, 0, 10**9)
+        self._check_head_sink(path)
+        self.prompt_key()
         if (self.audit_signing_key is None) != (self.audit_checkpoint_every == 0):
             raise ConfigError("audit_signing_key", "and --audit-checkpoint-every N (N > 0) go together")
         if self.audit_signing_key is not None:
@@ -306,6 +324,39 @@ class ServerConfig:
                 load_signer(_readable_file("audit_signing_key", self.audit_signing_key))
             except SignatureError as err:
                 raise ConfigError("audit_signing_key", str(err)) from None
+
+    def _check_head_sink(self, audit_log: Path) -> None:
+        if self.audit_head_sink is None:
+            return
+        if self.audit_signing_key is None:
+            raise ConfigError("audit_head_sink", "holds signed heads: it needs --audit-signing-key")
+        from wanrt.server.audit_sink import same_mount, syslog_target
+
+        target = self.audit_head_sink
+        if target == "syslog" or target.startswith("syslog:"):
+            syslog_target(target)
+            return
+        sink = Path(target.removeprefix("file:"))
+        check_appendable("audit_head_sink", sink)
+        if sink.resolve() == audit_log.resolve():
+            raise ConfigError("audit_head_sink", "must not be the audit log itself")
+        if same_mount(sink, audit_log):
+            import logging
+
+            logging.getLogger("wanrt.server").warning(
+                "--audit-head-sink %s is on the audit log's file system: whoever can rewrite the log there can "
+                "likely rewrite the heads too (put it on another mount, or use syslog)", sink)
+
+
+def check_appendable(field: str, path: Path) -> None:
+    """A file the server will append to (creating it if absent), checked without creating it."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(field, f"{path} exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise ConfigError(field, f"directory {path.parent} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise ConfigError(field, f"cannot append to {path}: permission denied")
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

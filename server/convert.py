@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import math
 from typing import Any, TypeVar
 
@@ -114,18 +115,22 @@ def request_to_proto(request: GenerationRequest, *, video_format: str = MP4,
     return message
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+def prompt_hmac(text: str, key: bytes) -> str:
+    """HMAC-SHA256 of a prompt under the server's audit key: equal prompts match across the log, but a guessed
+    prompt cannot be confirmed from the log without the key (a plain sha256 could be)."""
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
-def audit_params(request: GenerationRequest, video_format: str, *, keep_text: bool) -> dict[str, Any]:
-    """The request as the audit log records it: prompts hashed unless the operator chose to keep them."""
+def audit_params(request: GenerationRequest, video_format: str, *, keep_text: bool,
+                 prompt_key: bytes) -> dict[str, Any]:
+    """The request as the audit log records it: prompts as HMACs, their text only if the operator chose to keep
+    it (--audit-prompts)."""
     params = {k: v for k, v in dataclasses.asdict(dataclasses.replace(request, latents=None)).items()
               if k not in ("prompt", "negative_prompt", "latents")}
     params["format"] = video_format
     for name in ("prompt", "negative_prompt"):
         text = getattr(request, name)
-        params[f"{name}_sha256"] = sha256_text(text)
+        params[f"{name}_hmac"] = prompt_hmac(text, prompt_key)
         if keep_text:
             params[name] = text
     if request.latents is not None:

@@ -461,7 +461,7 @@ class VideosApi:
             call.record["output"] = {"sha256": video.sha256, "bytes": len(video.video), "format": MP4}
             if variant == "c2pa":
                 if video.c2pa_manifest is None:
-                    raise InvalidRequestError("variant", "this server signs no C2PA manifest (no --c2pa-cert)")
+                    raise InvalidRequestError("variant", "this server signs no C2PA manifest (--no-provenance)")
                 return Response(video.c2pa_manifest, media_type="application/c2pa")
             video.fetched = True
             return Response(video.video, media_type="video/mp4", headers={

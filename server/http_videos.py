@@ -150,7 +150,7 @@ class VideoStore:
         call, job = video.call, video.job
         timings = {**done.timings, "total_s": time.monotonic() - call.received_at}
         try:
-            output, manifest = self.service.job_output(job, done, data)
+            output, data, manifest = self.service.embedded_output(job, done, data)  # the download carries it
             # Recorded before the video can be fetched: no client holds a clip the audit log does not know.
             call.finish(grpc.StatusCode.OK, timings=rounded_timings(timings), identity=self.service.facts.identity,
                         output=output)
@@ -162,7 +162,7 @@ class VideoStore:
             return
         now = self._clock()
         with self._lock:
-            video.video, video.sha256, video.c2pa_manifest = data, done.sha256, manifest
+            video.video, video.sha256, video.c2pa_manifest = data, output["sha256"], manifest
             video.status, video.progress = "completed", 100
             video.completed_at, video.expires_at = now, now + self.keep_seconds
             self._evict_over_budget_locked()

@@ -155,7 +155,7 @@ class VideoGenerationService:
     checked it; without tokens configured there is no interceptor and no token id."""
 
     def __init__(self, jobs: JobManager, facts: ModelFacts, audit: AuditLog, metrics: Metrics, *,
-                 keep_prompt_text: bool = False,
+                 keep_prompt_text: bool = False, prompt_key: bytes,
                  draining: Callable[[], bool] = lambda: False,
                  on_audit_failure: Callable[[], None] = lambda: None, provenance: object | None = None) -> None:
         self.jobs = jobs
@@ -163,6 +163,7 @@ class VideoGenerationService:
         self.audit = audit
         self.metrics = metrics
         self.keep_prompt_text = keep_prompt_text
+        self.prompt_key = prompt_key  # prompts are audited as HMACs under it (server/convert.py)
         self.draining = draining
         self.on_audit_failure = on_audit_failure
         self.provenance = provenance  # a wanrt.trust.provenance.ProvenanceKey: results carry a C2PA sidecar
@@ -281,9 +282,10 @@ class VideoGenerationService:
     def check_request(self, request: GenerationRequest, video_format: str, record: dict[str, Any]) -> None:
         """Every check a job passes before it is queued, for either API; ``record`` (the audit line) gets the
         request's parameters first, so that a refusal is recorded with what was asked."""
-        record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text)
+        record["params"] = audit_params(request, video_format, keep_text=self.keep_prompt_text,
+                                        prompt_key=self.prompt_key)
         request.validate(self.facts.limits)
-        if self.provenance is not None and video_format != MP4:
+        if getattr(self.provenance, "origin", None) == "operator" and video_format != MP4:
             raise InvalidRequestError("format", "this server marks every video with C2PA provenance, which raw "
                                                 "frames cannot carry: ask for MP4")
         if request.latents is not None:
@@ -356,11 +358,29 @@ class VideoGenerationService:
         """A finished job's audit ``output`` and, when provenance is on, its signed C2PA sidecar manifest."""
         output = {"sha256": done.sha256, "bytes": done.nbytes, "format": job.format, "frames": done.frames,
                   "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved}
-        if self.provenance is None:
+        if self.provenance is None or job.format != MP4:
+            output["provenance"] = "off" if self.provenance is None else "none (raw frames)"
             return output, None
         manifest = self._provenance(video, job.id)
-        output["c2pa_manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
+        output.update(provenance=self.provenance.origin, c2pa="sidecar",
+                      c2pa_manifest_sha256=hashlib.sha256(manifest).hexdigest())
         return output, manifest
+
+    def embedded_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes, bytes | None]:
+        """For a complete MP4 (the HTTP API's downloads): the audit ``output``, the file with its signed manifest
+        embedded, and the manifest store; the video unchanged when provenance is off."""
+        if self.provenance is None:
+            return self.job_output(job, done, video)[0], video, None
+        from wanrt import __version__
+        from wanrt.trust.provenance import embed_bytes, manifest_definition
+
+        definition = manifest_definition(self.facts.identity, job.id, wanrt_version=__version__,
+                                         title=f"{job.id}.mp4")
+        signed, manifest = embed_bytes(video, self.provenance, definition)
+        return {"sha256": hashlib.sha256(signed).hexdigest(), "bytes": len(signed), "format": job.format,
+                "frames": done.frames, "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved,
+                "unsigned_sha256": done.sha256, "provenance": self.provenance.origin,
+                "c2pa": "embedded", "c2pa_manifest_sha256": hashlib.sha256(manifest).hexdigest()}, signed, manifest
 
     def _provenance(self, video: bytes, request_id: str) -> bytes:
         from wanrt import __version__

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wanrt_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """wanrt's per-installation state (secrets, the provenance certificate) in a folder of the test session,
+    not the user's ~/.local/state: every process the tests start inherits it."""
+    path = tmp_path_factory.mktemp("state") / "wanrt"
+    os.environ["WANRT_STATE_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

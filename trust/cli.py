@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wanrt.engine.model_files import ManifestCheck
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:
@@ -13,35 +18,134 @@ def add_trust_argument(parser: argparse.ArgumentParser) -> None:
                              "$WANRT_TRUST, os.pathsep-separated); unsigned or changed folders are refused")
 
 
-def check_trusted(model: Path, trust: list[Path] | None) -> None:
-    """Before anything loads: with trusted keys configured, refuses a model folder they did not sign (exit 2).
+def trusted_check(trust: list[Path] | None) -> ManifestCheck | None:
+    """With trusted keys configured (``--trust`` or $WANRT_TRUST), the check the loader runs on the model
+    folder's manifest bytes before it reads anything else (a folder they did not sign exits 2); None without.
 
-    The loader then hashes every file against the (now authenticated) manifest before any network loads."""
+    The loader then reads every file once, inside the folder, hashed against that authenticated manifest."""
+    from wanrt.trust.folders import manifest_check
+    from wanrt.trust.keys import trusted_keys
+
+    keys = trusted_keys(trust)
+    return manifest_check(keys) if keys else None
+
+
+def check_trusted(model: Path, trust: list[Path] | None) -> None:
+    """For a command that reads the folder itself (after this check): refuses a folder the trusted keys did
+    not sign, hashing every file. Serving paths use ``trusted_check`` instead, which checks the bytes they load."""
     from wanrt.trust.folders import verify_folder
     from wanrt.trust.keys import trusted_keys
 
     keys = trusted_keys(trust)
     if keys:
-        verify_folder(Path(model), keys, deep=False)
+        verify_folder(Path(model), keys, deep=True)
 
 
 def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--c2pa-cert", type=Path, default=None,
-                        help="C2PA signing certificate chain (PEM, leaf first; default $WANRT_C2PA_CERT): every "
-                             "video gets a signed manifest marking it AI-generated")
+                        help="C2PA signing certificate chain (PEM, leaf first; default $WANRT_C2PA_CERT, else this "
+                             "installation's own certificate, made on first use: `wanrt provenance show`)")
     parser.add_argument("--c2pa-key", type=Path, default=None, help="its private key (PEM; default $WANRT_C2PA_KEY)")
+    parser.add_argument("--no-provenance", action="store_true",
+                        help="no C2PA manifest on the videos (recorded: stderr for generate, the audit log for "
+                             "serve); by default every MP4 is marked AI-generated")
 
 
 def provenance_key(args: argparse.Namespace) -> object | None:
-    """The configured C2PA key (checked now: a bad one fails before the model loads), or None."""
+    """The key every MP4 is signed with: the operator's (--c2pa-cert/--c2pa-key or the environment), else this
+    installation's own (made on first use; an unusable state folder fails here, before the model loads), or
+    None with --no-provenance. Raw .npy frames cannot carry a manifest: refused when the operator configured
+    provenance, written with a notice otherwise."""
+    import sys
+
     from wanrt.errors import InvalidRequestError
     from wanrt.trust.provenance import key_from_options
 
+    if args.no_provenance:
+        if args.c2pa_cert or args.c2pa_key:
+            raise InvalidRequestError("no_provenance", "cannot be combined with --c2pa-cert/--c2pa-key")
+        print("wanrt: provenance off (--no-provenance): the clip carries no C2PA manifest", file=sys.stderr)
+        return None
     key = key_from_options(args.c2pa_cert, args.c2pa_key)
-    if key is not None and args.out.suffix.lower() == ".npy":
+    raw = args.out.suffix.lower() == ".npy"
+    if key is not None and raw:
         raise InvalidRequestError("out", "raw .npy frames cannot carry a C2PA manifest: with provenance configured "
                                          "write .mp4")
-    return key
+    if raw:
+        print("wanrt: raw .npy frames carry no C2PA manifest (an .mp4 would)", file=sys.stderr)
+        return None
+    return key or installation_provenance_key()
+
+
+def installation_provenance_key() -> object:
+    """This installation's C2PA signer; StateError saying where it lives and how else to proceed."""
+    from wanrt.errors import StateError
+    from wanrt.trust.installation import installation_key
+
+    try:
+        return installation_key()
+    except StateError as err:
+        raise StateError(f"every video is signed with a C2PA manifest, and with no --c2pa-cert/--c2pa-key this "
+                         f"installation's own certificate is used: {err}; or pass --c2pa-cert/--c2pa-key, or "
+                         "--no-provenance to opt out") from None
+
+
+def _register_provenance(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("provenance", help="this installation's C2PA certificate; check a clip's manifest")
+    commands = parser.add_subparsers(dest="provenance_command", required=True, metavar="COMMAND")
+    show = commands.add_parser("show", help="the per-installation signing chain (made now if absent) and the CA "
+                                            "file to trust")
+    show.add_argument("--pem", action="store_true", help="print the CA certificate (PEM) instead")
+    show.set_defaults(handler=_provenance_show)
+    verify = commands.add_parser(
+        "verify", help="check a clip's C2PA manifest: trusted, valid, altered or missing",
+        description="Exit 0 when the manifest is valid (and, with --trust-anchor, chains to one of them); exit 1 "
+                    "when it is altered, missing, or valid but not anchored in the given trust anchors.")
+    verify.add_argument("clip", type=Path)
+    verify.add_argument("--trust-anchor", type=Path, action="append", default=[], metavar="CA.pem",
+                        help="CA certificate(s) the signer must chain to (repeatable), e.g. this installation's "
+                             "(`wanrt provenance show`)")
+    verify.add_argument("--manifest", type=Path, default=None,
+                        help="a sidecar manifest (<clip>.c2pa, as `wanrt client generate` writes it)")
+    verify.set_defaults(handler=_provenance_verify)
+
+
+def _provenance_show(args: argparse.Namespace) -> int:
+    from wanrt.trust.installation import CA, describe, installation_folder
+
+    installation_provenance_key()
+    folder = installation_folder()
+    if args.pem:
+        print((folder / CA).read_text(), end="")
+        return 0
+    print(describe(folder))
+    print(f"trust anchor (CA certificate): {folder / CA}")
+    print("its private key was destroyed after it issued the signer: trusting this CA trusts this installation's "
+          "signer only. To sign with your organisation's certificate instead: --c2pa-cert/--c2pa-key.")
+    return 0
+
+
+def _provenance_verify(args: argparse.Namespace) -> int:
+    from wanrt.errors import InvalidRequestError
+    from wanrt.trust.provenance import check_clip
+
+    if not args.clip.is_file():
+        raise InvalidRequestError("clip", f"{args.clip} is not a file")
+    try:
+        anchors = b"".join(path.read_bytes() for path in args.trust_anchor) or None
+        manifest = args.manifest.read_bytes() if args.manifest is not None else None
+    except OSError as err:
+        raise InvalidRequestError("trust_anchor", f"{err.filename}: {err.strerror}") from None
+    result = check_clip(args.clip, trust_anchors=anchors, manifest=manifest)
+    print(f"{args.clip}: {result.state}: {result.detail}")
+    if result.state in ("trusted", "valid"):
+        print(f"  AI-generated (trainedAlgorithmicMedia): {'yes' if result.ai_generated else 'no'}")
+        if result.generator:
+            print(f"  generator: {result.generator.get('name')} {result.generator.get('version')}")
+        if result.signer:
+            print(f"  signed by: {result.signer}")
+    ok = result.state == "trusted" or (result.state == "valid" and not args.trust_anchor)
+    return 0 if ok else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,8 +182,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chain.add_argument("--expect-head", metavar="SEQ:SHA256",
                        help="a head the server logged (\"audit checkpoint\" / \"audit log closed\"): the chain "
                             "must contain it, so records removed from the end are detected")
+    chain.add_argument("--heads", type=Path, metavar="SINK",
+                       help="the second sink's file (--audit-head-sink; for syslog, `journalctl -t wanrt-audit -o "
+                            "cat`): its latest signed head must be in the chain (needs --trust)")
+    chain.add_argument("--live", action="store_true",
+                       help="a running server's log: records after the last signed checkpoint are reported as "
+                            "unanchored instead of refused")
     chain.set_defaults(handler=_audit_verify)
+    prompt = audit_commands.add_parser("prompt-hmac", help="the HMAC a prompt is audited under, to find it in a log",
+                                       description="Prints HMAC-SHA256(key, prompt): the value of params.prompt_hmac "
+                                                   "(or negative_prompt_hmac) for that exact text.")
+    prompt.add_argument("prompt", help="the prompt text, exactly as sent")
+    prompt.add_argument("--key", type=Path, default=None,
+                        help="the server's --audit-prompt-key (default: this installation's key)")
+    prompt.set_defaults(handler=_audit_prompt_hmac)
     _register_qualify(subparsers)
+    _register_provenance(subparsers)
 
     confinement = subparsers.add_parser(
         "confinement", help="show how this process is confined (SELinux context, selinuxfs, canary)",
@@ -204,7 +322,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from wanrt.errors import InvalidRequestError
-    from wanrt.server.audit_chain import ChainHead, verify_chain
+    from wanrt.server.audit_chain import ChainHead, read_heads, verify_chain
     from wanrt.trust.keys import trusted_keys
 
     expect = None
@@ -214,9 +332,29 @@ def _audit_verify(args: argparse.Namespace) -> int:
             raise InvalidRequestError("expect_head", f"must be SEQ:SHA256, got {args.expect_head!r}")
         expect = ChainHead(int(seq), digest)
     keys = trusted_keys(args.trust)
-    report = verify_chain(args.files, keys, expect_head=expect)
+    if args.heads is not None and not keys:
+        raise InvalidRequestError("heads", "are signed: give --trust KEY.pub to check them")
+    heads = read_heads(args.heads, keys) if args.heads is not None else []
+    report = verify_chain(args.files, keys, expect_head=expect, heads=heads, live=args.live)
     print(f"audit chain intact: {report.records} records, seq {report.first_seq}..{report.head.seq}, head "
           f"sha256 {report.head.sha256}, {report.checkpoints} signed checkpoints verified")
+    if not report.signed:
+        print("signatures not checked (no --trust): anyone able to write the file could have rewritten it whole")
+    else:
+        print(f"anchored by signed checkpoints up to seq {report.anchored_to}")
+    for first, last in report.unanchored:
+        print(f"UNANCHORED: seq {first}..{last} (no signed checkpoint vouches for them: a crash, or a running "
+              "server's newest records)")
+    return 0
+
+
+def _audit_prompt_hmac(args: argparse.Namespace) -> int:
+    from wanrt.server.convert import prompt_hmac
+    from wanrt.state import key_id, read_secret, secret
+
+    key = read_secret(args.key) if args.key is not None else secret("audit-prompts.key")
+    print(prompt_hmac(args.prompt, key))
+    print(f"key id {key_id(key)} (the audit log's genesis/start records name the key they use)", file=sys.stderr)
     return 0
 
 
@@ -268,7 +406,7 @@ def _qualify(args: argparse.Namespace) -> int:
     from wanrt.engine.loader import load_pipeline
     from wanrt.errors import InvalidRequestError, SignatureError
     from wanrt.trust import qualify
-    from wanrt.trust.folders import verify_folder
+    from wanrt.trust.folders import manifest_check, verify_folder
     from wanrt.trust.keys import load_signer, trusted_keys
 
     model = args.model or args.engines
@@ -279,7 +417,7 @@ def _qualify(args: argparse.Namespace) -> int:
         raise SignatureError("qualify checks the model's signature: pass --trust KEY.pub or set WANRT_TRUST")
 
     def loader(path: Path, backend_: str, device_: str) -> object:
-        return load_pipeline(path, backend_, device=device_)
+        return load_pipeline(path, backend_, device=device_, check=manifest_check(keys))
 
     if args.record_reference is not None:
         verify_folder(model, keys, deep=True)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Key, Signer
 
-from wanrt.engine.artifact import MANIFEST_NAME, load_artifact, sha256_file
+from wanrt.engine.artifact import MANIFEST_NAME, open_artifact
+from wanrt.engine.model_files import ManifestCheck, ModelFolder
 from wanrt.errors import ArtifactError, SignatureError
 from wanrt.trust import envelope
 
@@ -45,25 +47,28 @@ class FolderContents:
     source_manifest_sha256: str | None = None  # engines: that artifact's manifest.json sha256
 
 
-def folder_contents(folder: Path) -> FolderContents:
-    """Reads the folder's manifest; ArtifactError when it is neither kind of folder."""
-    folder = Path(folder)
-    if (folder / ENGINES_MANIFEST).is_file():
-        return engines_contents(folder, _read_json(folder / ENGINES_MANIFEST))
-    if (folder / REPORT_MANIFEST).is_file():
-        report = _read_json(folder / REPORT_MANIFEST)
-        files = report.get("files") if isinstance(report, dict) else None
+def manifest_name(folder: Path | ModelFolder) -> str:
+    """Which manifest the folder has (engines, report or artifact); ArtifactError when none."""
+    for name in (ENGINES_MANIFEST, REPORT_MANIFEST, MANIFEST_NAME):
+        if folder.exists(name) if isinstance(folder, ModelFolder) else (Path(folder) / name).is_file():
+            return name
+    where = folder.path if isinstance(folder, ModelFolder) else folder
+    raise ArtifactError(f"{where} has neither {MANIFEST_NAME} nor {ENGINES_MANIFEST}: not a wanrt artifact or "
+                        "engines folder")
+
+
+def contents_of(folder: Path, name: str, data: Any) -> FolderContents:
+    """What the manifest ``name`` (parsed) says the folder holds."""
+    if name == ENGINES_MANIFEST:
+        return engines_contents(folder, data)
+    files = data.get("files") if isinstance(data, dict) else None
+    if name == REPORT_MANIFEST:
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in (*files, *files.values())):
             raise ArtifactError(f"{folder / REPORT_MANIFEST} has no files map")
         return FolderContents("report", REPORT_MANIFEST, dict(files))
-    if (folder / MANIFEST_NAME).is_file():
-        manifest = _read_json(folder / MANIFEST_NAME)
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-            raise ArtifactError(f"{folder / MANIFEST_NAME} has no files map")
-        return FolderContents("artifact", MANIFEST_NAME, dict(files))
-    raise ArtifactError(f"{folder} has neither {MANIFEST_NAME} nor {ENGINES_MANIFEST}: not a wanrt artifact or "
-                        "engines folder")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ArtifactError(f"{folder / MANIFEST_NAME} has no files map")
+    return FolderContents("artifact", MANIFEST_NAME, dict(files))
 
 
 def engines_contents(folder: Path, data: Any) -> FolderContents:
@@ -83,96 +88,111 @@ def engines_contents(folder: Path, data: Any) -> FolderContents:
 def sign_folder(folder: Path, signer: Signer, *, wanrt_version: str) -> Path:
     """Checks every file of the folder against its manifest, then writes ``signature.dsse.json``."""
     folder = Path(folder)
-    contents = folder_contents(folder)
-    _check_files(folder, contents)  # sign only what is consistent now
+    with ModelFolder(folder, strict=True) as opened:  # sign what `--trust` will load: no links inside
+        name = manifest_name(opened)
+        manifest = opened.read(name)
+        contents = contents_of(folder, name, json.loads(manifest.tobytes().decode("utf-8")))
+        _check_files(opened, contents)  # sign only what is consistent now
+    if contents.kind == "engines":
+        with ModelFolder(contents.source_dir, strict=True) as source:
+            if source.digest(MANIFEST_NAME) != contents.source_manifest_sha256:
+                raise ArtifactError(f"{source.where(MANIFEST_NAME)} is not the manifest of the artifact the "
+                                    f"engines were built from (expected sha256 {contents.source_manifest_sha256})")
+            _check_artifact_files(source)
     predicate: dict[str, Any] = {
         "kind": contents.kind, "manifest": contents.manifest, "wanrt_version": wanrt_version,
         "signed_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if contents.kind == "engines":
         predicate["source_artifact"] = {"manifest_sha256": contents.source_manifest_sha256}
-    statement = envelope.statement(_subjects(folder, contents), PREDICATE_TYPE, predicate)
+    statement = envelope.statement(_subjects_from(contents, manifest.sha256), PREDICATE_TYPE, predicate)
     return envelope.write(folder / SIGNATURE_NAME, envelope.sign(statement, signer))
 
 
 def verify_folder(folder: Path, keys: Sequence[Key], *, deep: bool) -> dict[str, Any]:
     """Refuses an unsigned, wrongly signed or changed folder with a SignatureError or ArtifactError naming the file;
-    returns the verified statement."""
-    folder = Path(folder)
-    signature = folder / SIGNATURE_NAME
-    statement = envelope.read_and_verify(signature, keys)
+    returns the verified statement. Every file is read through the opened folder, links refused; ``deep`` hashes
+    every listed file (`wanrt verify`, `wanrt qualify`), otherwise the manifests alone."""
+    with ModelFolder(folder, strict=True) as opened:
+        name = manifest_name(opened)
+        statement, contents = verify_manifest(opened, name, opened.read(name).tobytes(), keys)
+        if contents.kind == "engines":
+            with ModelFolder(contents.source_dir, strict=True) as source:
+                if not source.exists(MANIFEST_NAME):
+                    raise ArtifactError(f"{source.where(MANIFEST_NAME)} (the engines' source artifact) is missing")
+                actual = source.digest(MANIFEST_NAME)
+                if actual != contents.source_manifest_sha256:
+                    raise SignatureError(f"{source.where(MANIFEST_NAME)} is not the artifact manifest the signed "
+                                         f"engines were built from (sha256 {actual}, signed "
+                                         f"{contents.source_manifest_sha256})")
+                if deep:
+                    _check_artifact_files(source)
+        if deep:
+            _check_files(opened, contents)
+    return statement
+
+
+def manifest_check(keys: Sequence[Key]) -> ManifestCheck:
+    """The check ``--trust`` hands the loader: it runs on the very manifest bytes the loader then parses, whose
+    hashes the loader then holds every file it reads to (engine/model_files.py)."""
+
+    def check(folder: ModelFolder, name: str, data: bytes) -> None:
+        verify_manifest(folder, name, data, keys)
+
+    return check
+
+
+def verify_manifest(folder: ModelFolder, name: str, data: bytes,
+                    keys: Sequence[Key]) -> tuple[dict[str, Any], FolderContents]:
+    """Checks ``folder``'s signature over the manifest ``name`` whose exact bytes are ``data``."""
+    signature = folder.where(SIGNATURE_NAME)
+    if not folder.exists(SIGNATURE_NAME):
+        raise SignatureError(f"{signature} is missing: the folder is not signed (`wanrt sign`)")
+    try:
+        envelope_data = json.loads(folder.read(SIGNATURE_NAME).tobytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SignatureError(f"{signature} cannot be read as JSON: {err}") from None
+    statement = envelope.verify(envelope_data, keys, str(signature))
     if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(statement.get("predicate"), dict):
         raise SignatureError(f"{signature} does not sign a wanrt folder (predicateType "
                              f"{statement.get('predicateType')!r})")
     signed = envelope.subject_digests(statement, str(signature))
     predicate = statement["predicate"]
-    manifest_name = predicate.get("manifest")
-    if manifest_name not in _MANIFESTS or manifest_name not in signed:
-        raise SignatureError(f"{signature} does not name the folder's manifest")
-    manifest_path = folder / manifest_name
-    if not manifest_path.is_file():
-        raise SignatureError(f"{manifest_path} is missing but {signature} signs it")
-    actual = sha256_file(manifest_path)
-    if actual != signed[manifest_name]:
-        raise SignatureError(f"{manifest_path} changed after it was signed (sha256 {actual}, signed "
-                             f"{signed[manifest_name]})")
-    contents = folder_contents(folder)
+    if predicate.get("manifest") != name or name not in signed:
+        raise SignatureError(f"{signature} does not name the folder's manifest {name}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != signed[name]:
+        raise SignatureError(f"{folder.where(name)} changed after it was signed (sha256 {actual}, signed "
+                             f"{signed[name]})")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{folder.where(name)} cannot be read as JSON: {err}") from None
+    contents = contents_of(folder.path, name, parsed)
     if contents.kind != predicate.get("kind") or _subjects_from(contents, actual) != signed:
-        raise SignatureError(f"{signature} does not list the files {manifest_name} lists")
+        raise SignatureError(f"{signature} does not list the files {name} lists")
     if contents.kind == "engines":
-        _check_source(folder, contents, predicate)
-    if deep:
-        _check_files(folder, contents)
-    return statement
+        bound = (predicate.get("source_artifact") or {}).get("manifest_sha256")
+        if bound != contents.source_manifest_sha256:
+            raise SignatureError(f"{signature} binds source artifact manifest {bound}, but {ENGINES_MANIFEST} "
+                                 f"names {contents.source_manifest_sha256}")
+    return statement, contents
 
 
-def _check_source(folder: Path, contents: FolderContents, predicate: dict[str, Any]) -> None:
-    bound = (predicate.get("source_artifact") or {}).get("manifest_sha256")
-    if bound != contents.source_manifest_sha256:
-        raise SignatureError(f"{folder / SIGNATURE_NAME} binds source artifact manifest {bound}, but "
-                             f"{ENGINES_MANIFEST} names {contents.source_manifest_sha256}")
-    source_manifest = contents.source_dir / MANIFEST_NAME
-    if not source_manifest.is_file():
-        raise ArtifactError(f"{source_manifest} (the engines' source artifact) is missing")
-    actual = sha256_file(source_manifest)
-    if actual != bound:
-        raise SignatureError(f"{source_manifest} is not the artifact manifest the signed engines were built from "
-                             f"(sha256 {actual}, signed {bound})")
-
-
-def _check_files(folder: Path, contents: FolderContents) -> None:
-    """Hashes every listed file (naming the first that differs); for engines, the source artifact too."""
+def _check_files(folder: ModelFolder, contents: FolderContents) -> None:
+    """Hashes every listed file through the opened folder, naming the first that differs."""
     if contents.kind == "artifact":
-        load_artifact(folder, verify_hashes=True)  # also refuses unlisted model files and bad paths
+        _check_artifact_files(folder)
         return
     for rel, expected in contents.files.items():
-        path = folder / rel
-        if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
-            raise ArtifactError(f"{folder / contents.manifest} lists an invalid path {rel!r}")
-        if not path.is_file():
-            raise ArtifactError(f"{path} is listed in {contents.manifest} but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ArtifactError(f"{path} does not match {contents.manifest} (sha256 {actual}, expected {expected})")
-    if contents.kind == "report":
-        return
-    source_manifest = contents.source_dir / MANIFEST_NAME
-    if not source_manifest.is_file() or sha256_file(source_manifest) != contents.source_manifest_sha256:
-        raise ArtifactError(f"{source_manifest} is not the manifest of the artifact the engines were built from "
-                            f"(expected sha256 {contents.source_manifest_sha256})")
-    load_artifact(contents.source_dir, verify_hashes=True)
+        folder.digest(rel, expected, listed_in=contents.manifest)
 
 
-def _subjects(folder: Path, contents: FolderContents) -> dict[str, str]:
-    return _subjects_from(contents, sha256_file(folder / contents.manifest))
+def _check_artifact_files(folder: ModelFolder) -> None:
+    manifest, _ = open_artifact(folder)  # also refuses unlisted model files and bad paths
+    for rel, expected in manifest.files.items():
+        folder.digest(rel, expected, listed_in=MANIFEST_NAME)
 
 
 def _subjects_from(contents: FolderContents, manifest_sha256: str) -> dict[str, str]:
     return {contents.manifest: manifest_sha256, **contents.files}
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} cannot be read as JSON: {err}") from None

@@ -36,6 +36,10 @@ class ProvenanceKey:
     cert_chain: bytes
     private_key: bytes
     algorithm: str  # c2pa.C2paSigningAlg member name
+    origin: str = "operator"  # "operator" (--c2pa-cert) or "installation" (made by wanrt: trust/installation.py)
+
+    def with_origin(self, origin: str) -> ProvenanceKey:
+        return dataclasses.replace(self, origin=origin)
 
     @classmethod
     def load(cls, cert: Path, key: Path) -> ProvenanceKey:
@@ -120,6 +124,19 @@ def embed(path: Path, key: ProvenanceKey, definition: Mapping[str, Any]) -> Path
     return path
 
 
+def embed_bytes(video: bytes, key: ProvenanceKey, definition: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """A complete MP4's bytes with the signed manifest embedded, and that manifest store (the HTTP API's
+    downloads: the client gets one file carrying its own provenance)."""
+    import c2pa
+
+    signed = io.BytesIO()
+    try:
+        manifest = _builder(definition).sign(key.signer(), MIME, io.BytesIO(video), signed)
+    except c2pa.C2paError as err:
+        raise ProvenanceError(f"C2PA signing failed: {err}") from None
+    return signed.getvalue(), manifest
+
+
 def write_signed_video(path: Path, chunks: Iterable[np.ndarray], fps: int, key: ProvenanceKey,
                        definition: Mapping[str, Any]) -> Path:
     """write_video, then embed: the path only ever holds the signed file."""
@@ -162,6 +179,54 @@ def read(video: Path, *, manifest: bytes | None = None, trust_anchors: bytes | N
     except c2pa.C2paError as err:
         raise ProvenanceError(f"{video}: no readable C2PA manifest ({err})") from None
     return store
+
+
+TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipCheck:
+    """What `wanrt provenance verify` found: ``state`` is ``trusted`` (valid, and the signer chains to a given
+    trust anchor), ``valid`` (signature and hashes good, signer not anchored), ``altered`` (a manifest whose
+    signature or hashes fail: the clip or its manifest changed) or ``missing`` (no manifest at all)."""
+
+    state: str
+    detail: str
+    ai_generated: bool = False  # a c2pa.created action with digital source type trainedAlgorithmicMedia
+    generator: dict[str, Any] = dataclasses.field(default_factory=dict)
+    signer: str = ""
+    failures: list[str] = dataclasses.field(default_factory=list)
+
+
+def check_clip(video: Path, *, trust_anchors: bytes | None = None, manifest: bytes | None = None) -> ClipCheck:
+    """Checks a clip's C2PA manifest (embedded, or the sidecar ``manifest``) with c2pa's Reader."""
+    import c2pa
+
+    try:
+        store = read(video, manifest=manifest, trust_anchors=trust_anchors)
+    except ProvenanceError as err:
+        cause = err.__context__ if isinstance(err.__context__, c2pa.C2paError) else None
+        if isinstance(cause, c2pa.C2paError.ManifestNotFound) or "ManifestNotFound" in str(err):
+            return ClipCheck("missing", f"{video} carries no C2PA manifest" +
+                             ("" if manifest is None else " matching the given sidecar"))
+        return ClipCheck("altered", str(err))
+    active = store.get("manifests", {}).get(store.get("active_manifest"), {})
+    assertions = {a.get("label"): a.get("data") for a in active.get("assertions", [])}
+    actions = (assertions.get("c2pa.actions.v2") or assertions.get("c2pa.actions") or {}).get("actions", [])
+    ai = any(a.get("action") == "c2pa.created" and a.get("digitalSourceType") == TRAINED for a in actions)
+    failures = [f.get("code", "") for f in
+                (store.get("validation_results") or {}).get("activeManifest", {}).get("failure", [])]
+    signer = (active.get("signature_info") or {}).get("common_name") or \
+        (active.get("signature_info") or {}).get("issuer", "")
+    generation = assertions.get(ASSERTION) or {}
+    # c2pa's own verdict: Invalid when a signature or a hash fails; an unanchored signer
+    # (signingCredential.untrusted) leaves the manifest Valid.
+    state = {"Trusted": "trusted", "Valid": "valid"}.get(store.get("validation_state"), "altered")
+    detail = {"trusted": "signature and hashes valid; the signer chains to a given trust anchor",
+              "valid": "signature and hashes valid; the signer is not anchored" +
+                       (" in the given trust anchors" if trust_anchors else " (no --trust-anchor given)"),
+              "altered": "the manifest does not match the clip: " + (", ".join(failures) or "invalid")}[state]
+    return ClipCheck(state, detail, ai, dict(generation.get("generator") or {}), str(signer), failures)
 
 
 def _algorithm(private_key: Any) -> str:

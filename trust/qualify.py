@@ -128,7 +128,7 @@ def operational(options: QualifyOptions, pipeline: Any) -> list[Check]:
         from wanrt.server.audit_chain import verify_chain
 
         try:
-            report = verify_chain(options.audit_logs, options.trust)
+            report = verify_chain(options.audit_logs, options.trust, live=True)  # the server may be running
             checks.append(Check("OQ", "audit chain", "pass", f"{report.records} records intact (seq "
                                 f"{report.first_seq}..{report.head.seq}), {report.checkpoints} signed checkpoints",
                                 dataclasses.asdict(report)))

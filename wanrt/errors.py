@@ -63,3 +63,8 @@ class ProvenanceError(WanrtError):
 class InsufficientMemoryError(WanrtError):
     """A request does not fit in memory: refused before it runs (its estimate exceeds the memory budget), or
     an allocation failed while it ran. The service stays up; the CLI exits 2, gRPC answers RESOURCE_EXHAUSTED."""
+
+
+class StateError(WanrtError):
+    """This installation's state folder (its secrets, its provenance certificate) cannot be used: missing and not
+    creatable, not writable, or writable by others. Fails the command; nothing falls back to a weaker default."""

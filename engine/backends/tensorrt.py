@@ -15,24 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, load_artifact, sha256_file
+from wanrt.engine.artifact import MANIFEST_NAME, TOKENIZER_NAME, Manifest, open_artifact
 from wanrt.engine.backends.base import DecoderState
 from wanrt.engine.defaults import defaults_for_artifact
 from wanrt.engine.device import parse_device, resolve_device
+from wanrt.engine.model_files import FileBytes, ManifestCheck, ModelFolder, read_manifest_bytes
 from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.tensorrt.engine_manifest import (
     ENGINES_MANIFEST,
+    ENGINES_NOT_FOUND,
     EnginesManifest,
     artifact_dir,
     check_artifact,
     check_runtime,
-    read_engines_manifest,
+    parse_engines_manifest,
 )
 from wanrt.engine.tensorrt.memory import EngineMemory, plan_memory, requested_text_encoder
 from wanrt.engine.tensorrt.plan import BindingError, Planner
 from wanrt.engine.tensorrt.profiles import TEXT_ENCODER, VAE_INIT, VAE_STEP, vae_cache_layout
 from wanrt.engine.text import PromptTokenizer
-from wanrt.errors import ArtifactError, InvalidRequestError
+from wanrt.errors import ArtifactError, InvalidRequestError, SignatureError
 
 _MODEL_SUFFIXES = (".onnx", ".onnx.data")  # the files engines replace at serving time (never read here)
 
@@ -70,7 +72,8 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, engines_dir: Path, artifact: Manifest, engines: EnginesManifest, *,
-                 device_index: int = 0, art_dir: Path | None = None) -> None:
+                 device_index: int = 0, folder: ModelFolder | None = None,
+                 artifact_folder: ModelFolder | None = None) -> None:
         from wanrt.engine.tensorrt.engine import CudaDevice, Scratch, tensorrt_module
 
         trt = tensorrt_module()
@@ -81,6 +84,9 @@ class TensorRTBackend:
         self._cache_names = [name for name, _, _ in layout]
         self._cache_outputs = list(artifact.vae_decoder["cache"]["output_names"])
         self._dir = Path(engines_dir)
+        # Every engine is read once, through the folder opened once, hashed as it is read, and deserialised from
+        # that buffer (engine/model_files.py): the bytes checked are the bytes TensorRT gets.
+        self._folder = folder or ModelFolder(self._dir, strict=False)
         self._entries = engines.engines
         self._experts = artifact.spec.experts
         self._memory = engines.memory
@@ -90,11 +96,15 @@ class TensorRTBackend:
         self._lock = threading.Lock()
         self._scratch = Scratch(self._device)
         self._engines: dict = {}
-        # Engines that come and go (the second expert per stage, a released text encoder) are read and hashed once,
-        # here, and deserialised from these bytes when needed: no disk read, no hash, per video.
-        self._host: dict[str, bytes] = {}
+        # Engines that come and go (the second expert per stage, a released text encoder) keep the verified
+        # buffer they were read into and are deserialised from it when needed: never read from disk again, so a
+        # file changed after start changes nothing that runs, and no read or hash per video.
+        self._host: dict[str, FileBytes] = {}
         # Checked before any engine loads: a text encoder graph onnxruntime cannot run on the CPU is refused first.
-        self._text_session = _cpu_text_encoder(art_dir, artifact) if text_mode == "cpu" else None
+        self._text_session = None
+        if text_mode == "cpu":
+            self._text_session = _cpu_text_encoder(
+                artifact_folder or ModelFolder(artifact_dir(self._dir, engines), strict=False), artifact)
         with self._device.active():
             sizes = []
             # The first stage's expert last: under per-stage the others are loaded, measured and unloaded before
@@ -102,19 +112,20 @@ class TensorRTBackend:
             # released goes back off the GPU before the experts come.
             order = [g for g in engines.engines if g not in self._experts] + list(reversed(self._experts))
             for graph in order:
-                if graph == TEXT_ENCODER and text_mode == "cpu":
+                if graph == TEXT_ENCODER and text_mode == "cpu":  # the engine is not run: its size is planned
                     entry = self._entries[graph]
                     sizes.append(EngineMemory(graph, (self._dir / entry.file).stat().st_size, 0, 0))
                     continue
                 data = self._read(graph)
                 engine = self._load(graph, data)
-                sizes.append(self._sizes(graph, engine))
+                sizes.append(self._sizes(graph, engine, data.data.nbytes))
                 swapped = (graph == TEXT_ENCODER and text_mode != "resident") or (
                     self._memory.residency == "per-stage" and graph in self._experts)
                 if swapped:
                     self._host[graph] = data
                     if graph != self._experts[0]:  # the first stage's expert stays for the first video
                         self._unload(graph)
+                del data  # unless kept above, the host buffer goes: TensorRT holds the engine's weights now
             # The build planned from estimates; the engines now say what they really need.
             self.memory_plan = plan_memory(sizes, self._experts, self._device.memory()[1],
                                            residency=self._memory.residency,
@@ -124,19 +135,19 @@ class TensorRTBackend:
                 self._load(TEXT_ENCODER, self._host.pop(TEXT_ENCODER))
             self._scratch.reserve(self.memory_plan.scratch)
 
-    def _read(self, graph: str) -> bytes:
-        from wanrt.engine.tensorrt.engine import Engine
-
+    def _read(self, graph: str) -> FileBytes:
+        """The engine file's bytes, hashed as read and refused unless they match engines.json."""
         entry = self._entries[graph]
-        return Engine(self._dir / entry.file).read(entry)
+        return self._folder.read(entry.file, entry.sha256, listed_in=ENGINES_MANIFEST)
 
-    def _load(self, graph: str, data: bytes) -> object:
+    def _load(self, graph: str, data: FileBytes) -> object:
+        """Deserialises ``graph`` from ``data`` (verified by ``_read``, at start) and sizes its I/O buffers."""
         from wanrt.engine.tensorrt.engine import Engine
 
         entry = self._entries[graph]
         engine = Engine(self._dir / entry.file)
         engine.load(entry, weight_streaming_budget=self._memory.weight_streaming_budget
-                    if entry.weight_streaming else None, data=data)
+                    if entry.weight_streaming else None, data=data.data)
         engine.activate()
         self._planner.check_engine_io(graph, engine.io_tensors())
         # I/O buffers at the largest shapes now, as the plan counts them: no allocation while requests run.
@@ -149,10 +160,9 @@ class TensorRTBackend:
     def _unload(self, graph: str) -> None:
         self._engines.pop(graph).unload()
 
-    def _sizes(self, graph: str, engine: object) -> EngineMemory:
+    def _sizes(self, graph: str, engine: object, serialized_bytes: int) -> EngineMemory:
         # A serialized engine is its weights plus a little metadata; streaming engines report them directly.
-        entry = self._entries[graph]
-        weights = engine.streamable_bytes if entry.weight_streaming else (self._dir / entry.file).stat().st_size
+        weights = engine.streamable_bytes if self._entries[graph].weight_streaming else serialized_bytes
         return EngineMemory(graph, int(weights), engine.scratch_bytes, self._planner.io_bytes(graph))
 
     def _engine(self, graph: str) -> object:
@@ -245,76 +255,97 @@ def _memory_options(engines: EnginesManifest, residency: str | None, text_encode
     return dataclasses.replace(engines, memory=memory)
 
 
-def _cpu_text_encoder(art_dir: Path | None, artifact: Manifest) -> object:
+def _cpu_text_encoder(art_folder: ModelFolder, artifact: Manifest) -> object:
     """An onnxruntime CPU session on the artifact's text encoder graph (``--text-encoder cpu``), checked first:
-    onnxruntime's CPU provider has no bf16 kernels, and the graph must be the one the engine was built from."""
-    from wanrt.engine.backends.onnxruntime import cpu_session
+    onnxruntime's CPU provider has no bf16 kernels, and the graph (read once through the artifact folder, hashed
+    against its manifest) must be the one the engine was built from."""
+    from wanrt.engine.backends.onnxruntime import VerifiedCpuSession
     from wanrt.engine.graph_forms import onnxruntime_file
 
-    if art_dir is None:
-        raise InvalidRequestError("text_encoder", "cpu needs the artifact folder the engines were built from")
     entry = artifact.graphs[TEXT_ENCODER]
     if entry.get("dtype") == "bf16":
         raise InvalidRequestError("text_encoder", "cpu runs the artifact's text encoder graph with onnxruntime, "
                                                   "whose CPU provider has no bf16 kernels, and this one is bf16: "
                                                   "use release, or export the text encoder in fp32 or fp16")
-    file = onnxruntime_file(entry)
-    path = Path(art_dir) / file
-    actual = sha256_file(path)
-    if actual != artifact.files.get(file):
-        raise ArtifactError(f"{path} does not match {MANIFEST_NAME} (sha256 {actual}): the file changed after export")
-    return cpu_session(path, artifact.onnxruntime_session_config)
+    return VerifiedCpuSession(art_folder, onnxruntime_file(entry), artifact.files,
+                              artifact.onnxruntime_session_config)
 
 
-def _verify_served_files(art_dir: Path, artifact: Manifest) -> None:
-    """Hashes the artifact files the engines do not replace (tokenizer, scheduler config): they are read."""
+@dataclasses.dataclass
+class OpenedEngines:
+    """An engines folder and its artifact, each opened once; what the engines need read and checked."""
+
+    folder: ModelFolder
+    artifact_folder: ModelFolder
+    artifact: Manifest
+    engines: EnginesManifest
+    engines_sha256: str  # of engines.json's bytes as read
+    manifest_sha256: str  # of the artifact's manifest.json as read
+    tokenizer: bytes
+
+
+def open_engines_folder(engines_dir: Path, check: ManifestCheck | None = None) -> OpenedEngines:
+    """Reads engines.json and its artifact and checks they belong together; needs no TensorRT or GPU.
+
+    ``check`` (``--trust``) sees engines.json's bytes first; the artifact is then held to the manifest hash the
+    (signed) engines.json records, and every file is read strictly inside its folder."""
+    folder = ModelFolder(engines_dir, strict=check is not None)
+    raw = read_manifest_bytes(folder, ENGINES_MANIFEST, check, not_found=ENGINES_NOT_FOUND)
+    engines = parse_engines_manifest(folder.where(ENGINES_MANIFEST), raw.tobytes())
+    art_folder = ModelFolder(artifact_dir(engines_dir, engines), strict=check is not None)
+    artifact, manifest_sha256 = open_artifact(art_folder)
+    bound = engines.artifact["manifest_sha256"]
+    if check is not None and manifest_sha256 != bound:
+        raise SignatureError(f"{art_folder.where(MANIFEST_NAME)} is not the artifact manifest the signed engines "
+                             f"were built from (sha256 {manifest_sha256}, signed {bound})")
+    # The ONNX graphs are not read when serving engines, so hashing them (tens of GB) would only slow startup;
+    # what engines.json records about them is compared with the artifact's manifest instead. The files that are
+    # read (tokenizer, scheduler config) are hashed.
     for rel, expected in artifact.files.items():
-        if rel.endswith(_MODEL_SUFFIXES):
-            continue
-        actual = sha256_file(art_dir / rel)
-        if actual != expected:
-            raise ArtifactError(f"{art_dir / rel} does not match {MANIFEST_NAME} (sha256 {actual}, expected "
-                                f"{expected}): the file changed after export")
+        if not rel.endswith(_MODEL_SUFFIXES) and rel != TOKENIZER_NAME:
+            art_folder.digest(rel, expected, listed_in=MANIFEST_NAME)
+    if TOKENIZER_NAME not in artifact.files:
+        raise ArtifactError(f"{art_folder.where(MANIFEST_NAME)} does not list {TOKENIZER_NAME}")
+    tokenizer = art_folder.read(TOKENIZER_NAME, artifact.files[TOKENIZER_NAME], listed_in=MANIFEST_NAME)
+    check_artifact(engines, artifact)
+    return OpenedEngines(folder, art_folder, artifact, engines, raw.sha256, manifest_sha256, tokenizer.tobytes())
 
 
 def open_engines(engines_dir: Path) -> tuple[Path, Manifest, EnginesManifest]:
     """Reads engines.json and its artifact and checks they belong together; needs no TensorRT or GPU."""
-    engines = read_engines_manifest(engines_dir)
-    art_dir = artifact_dir(engines_dir, engines)
-    # The ONNX graphs are not read when serving engines, so hashing them (tens of GB) would only slow startup;
-    # what engines.json records about them is compared with the artifact's manifest instead.
-    artifact = load_artifact(art_dir, verify_hashes=False)
-    _verify_served_files(art_dir, artifact)
-    check_artifact(engines, artifact)
-    return art_dir, artifact, engines
+    opened = open_engines_folder(engines_dir)
+    return opened.artifact_folder.path, opened.artifact, opened.engines
 
 
-def load_tensorrt_pipeline(engines_dir: Path, device: str, *, residency: str | None = None,
-                           text_encoder: str | None = None) -> VideoPipeline:
+def load_tensorrt_pipeline(engines_dir: Path, device: str, check: ManifestCheck | None = None, *,
+                           residency: str | None = None, text_encoder: str | None = None) -> VideoPipeline:
     """A VideoPipeline over the engines in ``engines_dir``, limited to the requests their profiles cover."""
     from wanrt.engine.tensorrt.engine import cuda_problem
 
     engines_dir = Path(engines_dir)
     if parse_device(device).kind == "cpu":
         cuda_device_index(device)  # refused: TensorRT has no CPU path
-    art_dir, artifact, engines = open_engines(engines_dir)
+    opened = open_engines_folder(engines_dir, check)
+    artifact, engines = opened.artifact, opened.engines
     index = cuda_device_index(resolve_device(device, "tensorrt", cuda_problem, cpu_capable=False))
     backend = TensorRTBackend(engines_dir, artifact, _memory_options(engines, residency, text_encoder),
-                              device_index=index, art_dir=art_dir)
+                              device_index=index, folder=opened.folder, artifact_folder=opened.artifact_folder)
     spec = artifact.spec
     identity = {
         "backend": "tensorrt",
         "model": str(engines_dir.resolve()),
-        "engines_manifest_sha256": sha256_file(engines_dir / ENGINES_MANIFEST),
-        "artifact": str(art_dir.resolve()),
-        "manifest_sha256": sha256_file(art_dir / MANIFEST_NAME),
+        "engines_manifest_sha256": opened.engines_sha256,
+        "artifact": str(opened.artifact_folder.path.resolve()),
+        "manifest_sha256": opened.manifest_sha256,
         "tensorrt_version": engines.runtime.tensorrt_version,
         "gpu": engines.runtime.device_name,
         "precision": engines.precision,
         # Same keys as the onnxruntime backend for the graphs, so audits can tell which export made a clip.
         **{f"{graph}_sha256": e.onnx_sha256 for graph, e in engines.engines.items()},
+        # The engines deserialized: each read once and refused unless its bytes hash to this.
         **{f"{graph}_engine_sha256": e.sha256 for graph, e in engines.engines.items()},
     }
-    return VideoPipeline(spec, PromptTokenizer(art_dir / TOKENIZER_NAME, spec.text_length), backend,
+    return VideoPipeline(spec, PromptTokenizer(opened.tokenizer, spec.text_length,
+                                               where=opened.artifact_folder.where(TOKENIZER_NAME)), backend,
                          identity=identity, limits=engines.limits,
                          defaults=defaults_for_artifact(artifact.defaults, spec))

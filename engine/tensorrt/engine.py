@@ -288,22 +288,16 @@ class Engine:
             f.write(serialized)
         return hashlib.sha256(serialized).hexdigest()
 
-    def read(self, entry: EngineEntry | None = None) -> bytes:
-        """The engine file's bytes, checked against ``entry``'s sha256 when given: what ``load`` deserializes, so
-        the bytes checked are the bytes loaded (and, held in host memory, loaded again without a re-read)."""
-        data = self.path.read_bytes()
-        if entry is not None:
-            verify_engine_bytes(self.path, entry, data)
-        return data
-
     def load(self, entry: EngineEntry | None = None, *, weight_streaming_budget: int | None = None,
-             data: bytes | None = None) -> None:
-        """Deserializes the engine from ``data`` (bytes ``read`` returned) or from its file, checked against
-        ``entry``'s sha256 when given; a weight-streaming engine keeps ``weight_streaming_budget`` bytes of its
-        weights on the GPU."""
+             data: Any = None) -> None:
+        """Deserializes the engine, first checking its bytes against ``entry``'s sha256 when given; a
+        weight-streaming engine keeps ``weight_streaming_budget`` bytes of its weights on the GPU. ``data``: the
+        engine's bytes as already read and checked (engine/model_files.py), deserialized as they are."""
         trt = tensorrt_module()
         if data is None:
-            data = self.read(entry)
+            data = self.path.read_bytes()
+            if entry is not None:
+                verify_engine_bytes(self.path, entry, data)
         self._runtime = trt.Runtime(_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wanrt.engine.artifact import Manifest
-from wanrt.engine.manifest_file import read_manifest
+from wanrt.engine.manifest_file import parse_manifest, read_manifest
 from wanrt.engine.request import Limits
 from wanrt.engine.tensorrt.profiles import (
     GraphProfile,
@@ -163,12 +163,19 @@ def write_engines_manifest(engines_dir: Path, manifest: EnginesManifest) -> Path
     return path
 
 
+ENGINES_NOT_FOUND = "not a folder of wanrt TensorRT engines (make one with `wanrt build-engines`)"
+
+
 def read_engines_manifest(engines_dir: Path) -> EnginesManifest:
     """Reads ``engines_dir/engines.json``; ArtifactError when it is missing or malformed."""
     data = read_manifest(Path(engines_dir), ENGINES_MANIFEST, format_version=FORMAT_VERSION,
-                         not_found="not a folder of wanrt TensorRT engines (make one with `wanrt build-engines`)",
-                         outdated=REBUILD)
+                         not_found=ENGINES_NOT_FOUND, outdated=REBUILD)
     return EnginesManifest.from_dict(data)
+
+
+def parse_engines_manifest(path: Path, data: bytes) -> EnginesManifest:
+    """engines.json's exact bytes (as read and checked once), parsed."""
+    return EnginesManifest.from_dict(parse_manifest(path, data, format_version=FORMAT_VERSION, outdated=REBUILD))
 
 
 def artifact_dir(engines_dir: Path, manifest: EnginesManifest) -> Path:

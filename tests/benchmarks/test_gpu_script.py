@@ -58,12 +58,13 @@ def test_gpu_script_runs_every_job_at_reduced_size_and_writes_its_results(tmp_pa
 def test_a_failing_job_leaves_its_error_and_the_other_jobs_results(tmp_path):
     from wanrt.benchmarks import gpu_a14b
 
-    # An unknown VAE fails the end-to-end and VAE jobs inside their own processes; the expert job still runs.
+    # An unknown VAE fails the VAE job inside its own process; the expert job after it still runs. (The
+    # end-to-end job is left out with --jobs: it would fail the same way, after building both experts.)
     assert gpu_a14b.main(["--out", str(tmp_path), *TINY, "--vae", "no-such-vae", "--presets", "5x32x32",
-                          "--budget-s", "600"]) == 1
+                          "--jobs", "vae_5x32x32,eager_5x32x32", "--budget-s", "600"]) == 1
     failed = json.loads((tmp_path / "vae_5x32x32.json").read_text())
     assert failed["status"] == "failed" and failed["reason"] == "exit 1" and "no-such-vae" in failed["output_tail"]
-    assert json.loads((tmp_path / "e2e_5x32x32.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "e2e_5x32x32.json").exists()
     assert json.loads((tmp_path / "eager_5x32x32.json").read_text())["status"] == "ok"
     assert "failed: exit 1" in (tmp_path / "summary.md").read_text()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 
 import grpc
 import numpy as np
@@ -37,7 +38,9 @@ def test_clip_arrives_decodes_and_digests_agree(served, pipeline):
     assert record[0]["output"]["sha256"] == digest == result.sha256
     assert record[0]["client_request_id"] == "case-42" == result.client_request_id
     assert record[0]["identity"] == pipeline.identity == result.identity
-    assert record[0]["params"]["prompt_sha256"] == hashlib.sha256(request.prompt.encode()).hexdigest()
+    key = served.server.service.prompt_key
+    assert record[0]["params"]["prompt_hmac"] == hmac.new(key, request.prompt.encode(), "sha256").hexdigest()
+    assert hashlib.sha256(request.prompt.encode()).hexdigest() not in served.audit_log.read_text()  # not guessable
     assert request.prompt not in served.audit_log.read_text()  # prompts are hashed by default
     assert (result.frames, result.height, result.width, result.fps, result.seed) == (5, 32, 48, 16, 7)
     assert set(result.timings) >= {"queued_s", "text_s", "denoise_s", "decode_s", "total_s"}

@@ -21,6 +21,7 @@ from wanrt.server.client import Client
 from wanrt.server.config import ServerConfig
 from wanrt.server.errors import ConfigError
 from wanrt.server.http_api import frames_for_seconds
+from wanrt.trust.provenance import check_clip
 
 ALICE, BOB, VIEWER = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "viewer-token-0123456789abcdef"
 # The cheapest real job (TINY) as HTTP body fields.
@@ -85,11 +86,16 @@ def test_openai_sdk_creates_polls_downloads_and_deletes(served):
     (record,) = [r for r in audit_for(served, video.id) if r["method"] == "Generate"]
     assert record["status"] == "OK" and record["principal"] == "alice" and record["api"] == "http"
     assert hashlib.sha256(data).hexdigest() == record["output"]["sha256"] == content.response.headers["x-video-sha256"]
-    assert record["params"]["frames"] == 1 and record["params"]["prompt_sha256"]
+    assert record["params"]["frames"] == 1 and record["params"]["prompt_hmac"]
     assert served.metric("wanrt_requests_total", method="Generate", code="OK") == generated_before + 1
-    # The same request over gRPC makes the same bytes: the same pipeline, encoder and seed.
+    # The download carries its provenance: the signed C2PA manifest is embedded (by default this installation's).
+    clip = served.audit_log.with_name(f"{video.id}.mp4")
+    clip.write_bytes(data)
+    check = check_clip(clip)
+    assert check.state == "valid" and check.ai_generated and record["output"]["c2pa"] == "embedded"
+    # The same request over gRPC makes the same bytes before signing: the same pipeline, encoder and seed.
     with served.client(token=ALICE) as grpc_client:
-        assert grpc_client.generate(TINY).sha256 == record["output"]["sha256"]
+        assert grpc_client.generate(TINY).sha256 == record["output"]["unsigned_sha256"]
     download = [r for r in audit_for(served, video.id) if r["method"] == "DownloadVideo"]
     assert download[-1]["output"]["sha256"] == record["output"]["sha256"]
 

@@ -107,6 +107,7 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     assert checked == {(r, t) for r in ("resident", "per-stage", "streaming") for t in ("resident", "release", "cpu")}
     for case in steps["plan_vs_ledger"]:
         assert case["ledger"] == case["plan"], case["render"]
+        assert case["engines_moved"] == 5  # the clips ran with no engine file on disk: swaps never re-read one
     serve = steps["serve"]
     assert serve["errors"] == [] and serve["rc"] == 0
     assert serve["jobs"] == 20 and serve["mismatches"] == []

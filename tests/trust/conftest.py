@@ -53,14 +53,6 @@ def signed_engines(signed_artifact: Path, tmp_path: Path, key_pair: tuple[Path, 
     return engines
 
 
-def flip_byte(path: Path, offset: int | None = None) -> None:
-    """Changes one bit of one byte (the middle one unless told): the smallest tampering there is."""
-    data = bytearray(path.read_bytes())
-    i = len(data) // 2 if offset is None else offset
-    data[i] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 @pytest.fixture(scope="session")
 def c2pa_material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A test CA and a C2PA signing certificate it issued (EC P-256, emailProtection EKU as C2PA requires)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import flip_byte
+from trust_tamper import flip_byte
 
 from wanrt.cli import main
 from wanrt.engine.artifact import sha256_file

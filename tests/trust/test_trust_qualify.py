@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import flip_byte
+from trust_tamper import flip_byte
 
 from wanrt.cli import main
 from wanrt.server.audit import AuditLog
@@ -32,7 +32,7 @@ def installed(tmp_path_factory, key_pair):
     sign_folder(model, load_signer(key_pair[0]), wanrt_version="test")
     assert main(["qualify", "--model", str(model), "--trust", str(key_pair[1]),
                  "--record-reference", str(root / "reference")]) == 0
-    log = AuditLog(root / "audit.jsonl", fsync=False)
+    log = AuditLog(root / "audit.jsonl", fsync=False, checkpoint_every=2, signer=load_signer(key_pair[0]))
     for i in range(3):
         log.write({"method": "Generate", "request_id": f"r{i}", "status": "OK"})
     log.close()
@@ -95,7 +95,7 @@ def test_outputs_other_than_the_reference_fail_oq(installed, key_pair, tmp_path)
 def test_edited_audit_log_missed_envelope_and_wrong_selinux_type_fail(installed, key_pair, tmp_path):
     audit = tmp_path / "audit.jsonl"
     lines = (installed / "audit.jsonl").read_bytes().splitlines(keepends=True)
-    lines[0] = lines[0].replace(b'"r0"', b'"rX"')
+    lines[1] = lines[1].replace(b'"r0"', b'"rX"')  # line 1 is the signed genesis
     audit.write_bytes(b"".join(lines))
     out = tmp_path / "report"
     assert _qualify(installed, key_pair, out, "--max-latency-s", "0.000001", "--require-selinux-type",
@@ -104,7 +104,7 @@ def test_edited_audit_log_missed_envelope_and_wrong_selinux_type_fail(installed,
     assert report["passed"] is False
     failed = {name for name, c in checks.items() if c["status"] == "fail"}
     assert failed == {"audit chain", "latency envelope", "SELinux type"}
-    assert f"{audit}:2" in checks["audit chain"]["detail"]
+    assert f"{audit}:3" in checks["audit chain"]["detail"]  # the record after the edited one no longer links
 
 
 def test_non_deterministic_backends_compare_by_psnr(installed, key_pair, tmp_path):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import flip_byte
+from trust_tamper import flip_byte
 
 from wanrt.cli import main
 from wanrt.errors import SignatureError
@@ -70,14 +70,18 @@ def test_either_of_several_trusted_keys_suffices(signed_artifact, key_pair, othe
                  str(key_pair[1])]) == 0
 
 
-def test_generate_refuses_before_loading_anything(signed_artifact, key_pair, tmp_path, capsys, monkeypatch):
-    import wanrt.engine.loader
+def _no_network_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
 
     def no_load(*_args, **_kwargs):
-        raise AssertionError("the model was loaded before its signature was checked")
+        raise AssertionError("a network was loaded before the folder's signature was checked")
 
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_load)
+
+
+def test_generate_refuses_before_loading_anything(signed_artifact, key_pair, tmp_path, capsys, monkeypatch):
     flip_byte(signed_artifact / "manifest.json")
-    monkeypatch.setattr(wanrt.engine.loader, "load_pipeline", no_load)
+    _no_network_loads(monkeypatch)
     out = tmp_path / "clip.npy"
     code = main(["generate", "--model", str(signed_artifact), "--trust", str(key_pair[1]), "--prompt", "reef",
                  "--frames", "5", "--height", "32", "--width", "48", "--steps", "2", "--out", str(out)])
@@ -99,9 +103,7 @@ def test_generate_with_a_trusted_signature_runs_and_trust_env_is_read(signed_art
 
 
 def test_serve_refuses_an_unsigned_model(tiny_artifact_dir, key_pair, tmp_path, capsys, monkeypatch):
-    import wanrt.engine.loader
-
-    monkeypatch.setattr(wanrt.engine.loader, "load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    _no_network_loads(monkeypatch)
     code = main(["serve", "--model", str(tiny_artifact_dir), "--trust", str(key_pair[1]), "--insecure",
                  "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                  "--audit-log", str(tmp_path / "audit.jsonl")])

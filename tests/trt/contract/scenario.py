@@ -206,11 +206,21 @@ def plan_vs_ledger(engines: Path, residency: str | None, text_encoder: str | Non
             finally:
                 ledger[_stage] = max(ledger.get(_stage, 0), cudasim.HIGH_WATER["bytes"] - before)
         setattr(backend, method, counted)
-    for _ in range(2):  # the second clip starts with the other expert loaded (per stage) and no pool to grow
-        list(pipeline.generate(GenerationRequest(prompt="a ray over sand", frames=5, height=32, width=32, steps=4,
-                                                 seed=1)))
+    # Every engine was read and hashed at load; swaps (per-stage experts, a released text encoder) deserialise
+    # from those verified bytes. With the files moved away a re-read from disk would fail: the clips must not.
+    away = [(p, p.with_name(p.name + ".away")) for p in sorted(engines.glob("*.plan"))]
+    for path, moved in away:
+        path.rename(moved)
+    try:
+        for _ in range(2):  # the second clip starts with the other expert loaded (per stage) and no pool to grow
+            list(pipeline.generate(GenerationRequest(prompt="a ray over sand", frames=5, height=32, width=32,
+                                                     steps=4, seed=1)))
+    finally:
+        for path, moved in away:
+            moved.rename(path)
     plan = backend.memory_plan
     result = {"residency": plan.residency, "text_encoder": plan.text_encoder, "ledger": ledger,
+              "engines_moved": len(away),
               "plan": {s: plan.stages[s] - plan.context - plan.reserve for s in STAGES}, "render": plan.render()}
     backend.close()
     del pipeline, backend
