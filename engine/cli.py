@@ -127,14 +127,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(torch); default $WANRT_MODEL, else the embedded reef demo model (onnxruntime)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--device", dest="devices", action="append", default=None,
-                        help="cpu, cuda or cuda:N (default cpu); twice with --cfg-parallel")
+                        help="cpu, cuda, cuda:N or auto (default cpu); twice with --cfg-parallel. A GPU that cannot "
+                             "be used is an error (exit 2); only auto falls back to the CPU, saying so")
     parser.add_argument("--cfg-parallel", action="store_true",
                         help="run the cond and uncond halves of each guided step on the two --device at once")
     add_trust_argument(parser)
     add_provenance_arguments(parser)
     add_memory_budget_argument(parser)
+    add_placement_arguments(parser)
     add_video_arguments(parser)
     parser.set_defaults(handler=_generate)
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--residency`` and ``--text-encoder`` (GPU backends), shared by `wanrt generate` and `wanrt serve`."""
+    from wanrt.engine.tensorrt.cli import add_text_encoder_argument
+
+    parser.add_argument("--residency", choices=("resident", "per-stage"), default=None,
+                        help="tensorrt/torch: resident keeps both experts on the GPU; per-stage one at a time "
+                             "(the other waits in host memory). Default: the engines' build choice (tensorrt), "
+                             "resident (torch)")
+    add_text_encoder_argument(parser, "(tensorrt: the engines' build choice; torch: resident)")
 
 
 def add_memory_budget_argument(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +162,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from wanrt.engine.admission import admission_for
     from wanrt.engine.budget import parse_size
-    from wanrt.engine.loader import load_pipelines
+    from wanrt.engine.loader import load_pipelines, memory_plans, usable_device
     from wanrt.engine.pipeline import Progress
     from wanrt.engine.request import clip_settings
     from wanrt.engine.video import write_video
@@ -157,7 +170,8 @@ def _generate(args: argparse.Namespace) -> int:
     from wanrt.trust.cli import provenance_key, trusted_check
 
     request_from_args(args)  # a bad option or output path fails before the model loads
-    devices = tuple(args.devices or ("cpu",))
+    # Resolved before the model loads: an unusable `cuda` is one line and exit 2, `auto` says where it runs.
+    devices = tuple(usable_device(d, args.backend) for d in args.devices or ("cpu",))
     if len(devices) != (2 if args.cfg_parallel else 1):
         raise InvalidRequestError("device", "takes one device, or exactly two with --cfg-parallel; got "
                                             f"{len(devices)}")
@@ -165,7 +179,10 @@ def _generate(args: argparse.Namespace) -> int:
     model = _model_or_default(args)
     provenance = provenance_key(args)
     (pipeline,) = load_pipelines(model, args.backend, devices, cfg_parallel=args.cfg_parallel,
-                                 check=trusted_check(args.trust))
+                                 check=trusted_check(args.trust), residency=args.residency,
+                                 text_encoder=args.text_encoder)
+    for plan in memory_plans([pipeline]):
+        print(plan, file=sys.stderr)
     request = request_from_args(args, pipeline.defaults).with_seed_chosen()
     request.validate(pipeline.limits)
     for warning in _warnings(pipeline, request):

@@ -325,14 +325,17 @@ def engine_memory(checkpoint: Checkpoint | Any, precision: str, serving: Serving
     text = checkpoint.components["text_encoder"]
     text_config = text.config
     text_dtype = "bf16" if quantized else precision
+    stream = trt_memory.STREAM_ITEMSIZE
     engines.append(trt_memory.EngineMemory(
         "text_encoder", text.bytes_in(text_dtype),
         trt_memory.dit_scratch(TEXT_LENGTH, int(text_config.get("d_model", shape.text_dim)),
-                               int(text_config.get("d_ff", 4 * shape.text_dim)), DTYPE_BYTES[text_dtype])))
+                               int(text_config.get("d_ff", 4 * shape.text_dim)), DTYPE_BYTES[text_dtype],
+                               stream_itemsize=stream)))
     for expert in checkpoint.experts:
         weights = quantized_expert_bytes(expert, precision) if quantized else expert.bytes_in(precision)
         engines.append(trt_memory.EngineMemory(
-            expert.name, weights, trt_memory.dit_scratch(tokens, shape.dim, shape.ffn_dim, dit_itemsize)))
+            expert.name, weights,
+            trt_memory.dit_scratch(tokens, shape.dim, shape.ffn_dim, dit_itemsize, stream_itemsize=stream)))
     vae = checkpoint.components["vae"]
     channels = trt_memory.A14B_VAE_FULLRES_CHANNELS * int(vae.config.get("base_dim", 96)) // 96
     scratch = trt_memory.vae_scratch(4, serving.height, serving.width, channels)
@@ -340,6 +343,12 @@ def engine_memory(checkpoint: Checkpoint | Any, precision: str, serving: Serving
     engines.append(trt_memory.EngineMemory("vae_decoder_init", decoder, scratch // 4))
     engines.append(trt_memory.EngineMemory("vae_decoder_step", decoder, scratch))
     return engines
+
+
+def vae_cache_bytes(checkpoint: Checkpoint, serving: Serving) -> int:
+    """The decoder's cache pair at the largest size (the A14B layout, its channels scaled by the VAE's width)."""
+    base_dim = int(checkpoint.components["vae"].config.get("base_dim", 96))
+    return trt_memory.a14b_vae_caches(serving.height, serving.width) * base_dim // 96
 
 
 def _decoder_bytes(vae: Component) -> int:
@@ -376,8 +385,11 @@ def serve_plan(checkpoint: Checkpoint | Any, *, precision: str = "fp8", serving:
     checkpoint = _checkpoint(checkpoint)
     serving = serving or Serving()
     engines = engine_memory(checkpoint, precision, serving)
+    # As build-engines plans: streaming is a candidate while the engines are not built yet.
     memory_plan = trt_memory.plan_memory(engines, checkpoint.spec.experts, gpu_bytes, residency=serving.residency,
-                                         streaming_budget=serving.weight_streaming_budget)
+                                         streaming_budget=serving.weight_streaming_budget,
+                                         vae_caches=vae_cache_bytes(checkpoint, serving),
+                                         allow_streaming=serving.residency is None)
     shape = DitShape.from_config(checkpoint.experts[0].config)
     tokens = trt_memory.dit_tokens(serving.frames, serving.height, serving.width, patch=shape.patch_size)
     speedup = 2.0 if precision in ("fp8", "int8") else 1.0  # 8-bit tensor cores: twice bf16's peak

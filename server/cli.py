@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from wanrt.engine.cli import add_memory_budget_argument
+from wanrt.engine.cli import add_memory_budget_argument, add_placement_arguments
 from wanrt.engine.loader import BACKENDS
 from wanrt.server.config import CPU_MAXIMA, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
@@ -41,7 +41,8 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                              "$WANRT_REQUIRE_SELINUX_TYPE; see `wanrt confinement`)")
     parser.add_argument("--device", dest="devices", action="append", default=None,
                         help="accelerator to run a worker on, repeatable (e.g. --device cuda:0 --device cuda:1); "
-                             "default cpu")
+                             "default cpu. A GPU that cannot be used stops the server (exit 2); only auto falls "
+                             "back to the CPU, logged")
     parser.add_argument("--cfg-parallel", action="store_true",
                         help="pair the devices: each pair runs the cond and uncond halves of a guided step at once")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)")
@@ -89,6 +90,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-bytes", type=int, help="largest request message (default: sized for "
                                                                "latents at the largest allowed size)")
     add_memory_budget_argument(parser)
+    add_placement_arguments(parser)
     parser.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
                         help="adaptive step cache for requests that do not set step_cache: reuse an expert's last "
                              "call while the estimated change stays under THRESHOLD (0-1; default off). Check a "
@@ -98,15 +100,17 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from wanrt.engine.budget import parse_size
-    from wanrt.engine.loader import load_pipelines
+    from wanrt.engine.loader import load_pipelines, memory_plans, usable_device
     from wanrt.server.app import WanrtServer
     from wanrt.trust.cli import trusted_check
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # An unusable `--device cuda` stops the server here, one line and exit 2; `auto` is resolved (and logged).
+    devices = tuple(usable_device(d, args.backend) for d in args.devices or ("cpu",))
     config = ServerConfig(
         model=args.model or _packaged_model(args.backend), backend=args.backend,
-        devices=tuple(args.devices or ("cpu",)), cfg_parallel=args.cfg_parallel, listen=args.listen,
+        devices=devices, cfg_parallel=args.cfg_parallel, listen=args.listen,
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=args.tokens,
         insecure=args.insecure, audit_log=args.audit_log, audit_prompts=args.audit_prompts,
@@ -147,7 +151,10 @@ def _serve(args: argparse.Namespace) -> int:
         confined = require_selinux_type(args.require_selinux_type)
         logging.getLogger("wanrt.server").info("confinement: %s", confined.describe())
     pipelines = load_pipelines(config.model, config.backend, config.devices, cfg_parallel=config.cfg_parallel,
-                               check=trusted_check(args.trust))
+                               check=trusted_check(args.trust), residency=args.residency,
+                               text_encoder=args.text_encoder)
+    for plan in memory_plans(pipelines):  # the plan the server starts with: what build-engines printed, measured
+        logging.getLogger("wanrt.server").info("%s", plan)
     if stop.is_set():  # asked to stop while the model was loading: nothing is in flight
         return 0
     server = WanrtServer(config, pipelines)

@@ -58,7 +58,7 @@ def test_a_mistyped_device_is_the_same_error_on_every_backend(backend, tmp_path,
     argv = ["generate", "--backend", backend, "--model", str(tmp_path), "--device", "gpu0", "--prompt", "a ray",
             *TINY, "--out", str(tmp_path / "clip.mp4")]
     assert main(argv) == EXIT_USAGE
-    assert "--device: must be cpu, cuda or cuda:N, got 'gpu0'" in one_line_error(capsys)
+    assert "--device: must be cpu, cuda, cuda:N or auto, got 'gpu0'" in one_line_error(capsys)
 
 
 def test_parse_device():

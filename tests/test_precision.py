@@ -349,3 +349,33 @@ def test_end_to_end_against_diffusers(fixture, model_fixture, dtype, guidance, r
     for levels_off in (ours_fp32, ours_same):
         assert levels_off[0] <= limit_max and levels_off[1] < limit_mean
     assert ours.std() > 5
+
+
+def test_the_memory_plan_reads_weights_and_activation_dtypes_from_the_graphs(bf16_artifact, tiny_model_dir):
+    """build-engines' estimate: every weight at the dtype the bf16 graph stores it in (the fp32 islands at 4 bytes,
+    as export's rules keep them on the torch modules), and the activation dtypes read from the graph (bf16 matrix
+    products, fp32 residual stream)."""
+    import re
+
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    from wanrt.engine.tensorrt.build import read_graph_facts
+    from wanrt.export.precision import EXPERT_FP32, TEXT_ENCODER_FP32
+
+    def by_rules(model, rules) -> tuple[int, int]:
+        kept = low = 0
+        for name, t in (*model.named_parameters(), *model.named_buffers()):
+            if any(re.search(p, name.rpartition(".")[0]) for p, _, _ in rules):
+                kept += t.numel()
+            else:
+                low += t.numel()
+        return kept * 4 + low * 2, (kept + low) * 2
+
+    for graph, cls, rules in (("transformer", WanTransformer3DModel, EXPERT_FP32),
+                              ("text_encoder", UMT5EncoderModel, TEXT_ENCODER_FP32)):
+        facts = read_graph_facts(bf16_artifact / f"{graph}.onnx")
+        expected, all_low = by_rules(cls.from_pretrained(tiny_model_dir / graph), rules)
+        # The graph adds only the exporter's small constants (shapes, epsilons), independent of the model's size.
+        assert 0 <= facts.weight_bytes - expected <= 4096 < expected - all_low, (graph, facts.weight_bytes, expected)
+        assert (facts.compute_itemsize, facts.stream_itemsize) == (2, 4), graph

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from wanrt.errors import (
     ArtifactError,
     ConfinementError,
+    DeviceUnavailableError,
     InsufficientMemoryError,
     InvalidRequestError,
     ModelFormatError,
@@ -50,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WanrtError as err:
         print(f"wanrt: error: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, ArtifactError | ModelFormatError | ConfinementError
-                                        | InsufficientMemoryError | StateError) else EXIT_FAILED
+        usage = (ArtifactError, ModelFormatError, ConfinementError, InsufficientMemoryError, DeviceUnavailableError,
+                 StateError)
+        return EXIT_USAGE if isinstance(err, usage) else EXIT_FAILED
     except MemoryError:  # outside a pipeline run (loading, writing): still one line, not a traceback
         print("wanrt: error: out of memory", file=sys.stderr)
         return EXIT_USAGE

@@ -30,6 +30,16 @@ class BackendUnavailableError(WanrtError):
     """The requested backend's runtime is not installed on this machine."""
 
 
+class DeviceUnavailableError(BackendUnavailableError):
+    """The device asked for (``--device cuda``) cannot be used: no driver, no device, or a library the backend
+    needs on it is missing. Never answered by running somewhere else: the CLI exits 2 with ``reason``."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(f"--device {device}: {reason}")
+        self.device = device
+        self.reason = reason
+
+
 class CancelledError(WanrtError):
     """Generation stopped at a step boundary because the caller asked it to."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -13,9 +14,34 @@ from typing import Any
 import numpy as np
 
 from wanrt.engine.backends.base import DecoderState
-from wanrt.engine.device import parse_device
+from wanrt.engine.device import cuda_driver_problem, parse_device
 from wanrt.engine.model_files import FileBytes, ModelFolder
-from wanrt.errors import ArtifactError, BackendUnavailableError
+from wanrt.errors import ArtifactError, DeviceUnavailableError
+
+_CUDA_PROVIDER_LIBRARY = "libonnxruntime_providers_cuda.so"
+
+
+def cuda_problem(index: int) -> str | None:
+    """Why onnxruntime cannot run on CUDA device ``index`` (provider, driver, library), or None.
+
+    Asked before any session exists: onnxruntime's own answer is a dozen logged errors per session and then a
+    silent run on the CPU provider."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (f"onnxruntime {ort.__version__} here has no CUDA provider (the CPU package is installed; "
+                "install onnxruntime-gpu instead of onnxruntime)")
+    problem = cuda_driver_problem(index)
+    if problem is not None:
+        return problem
+    capi = Path(ort.__file__).parent / "capi"
+    try:
+        # The CUDA provider's own dependencies (CUDA runtime, cuBLAS, cuDNN): loading it names the first missing.
+        ctypes.CDLL(os.fspath(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(os.fspath(capi / _CUDA_PROVIDER_LIBRARY))
+    except OSError as err:
+        return f"onnxruntime {ort.__version__}'s CUDA provider cannot load a library it needs: {err}"
+    return None
 
 log = logging.getLogger("wanrt.engine")
 
@@ -73,27 +99,24 @@ class OnnxRuntimeBackend:
     def __init__(self, folder: Path | ModelFolder, graph_files: Mapping[str, str], *, device: str = "cpu",
                  session_config: Mapping[str, str] | None = None,
                  file_hashes: Mapping[str, str] | None = None) -> None:
-        import onnxruntime as ort
-
         providers = providers_for(device)
-        if parse_device(device).is_cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
         folder = folder if isinstance(folder, ModelFolder) else ModelFolder(Path(folder), strict=False)
         return_freed_memory()
         self._scratch = tempfile.TemporaryDirectory(prefix="wanrt-graphs-")
         self._reader = GraphReader(folder, file_hashes, Path(self._scratch.name))
 
         def make_options() -> object:
-            options = session_options(session_config or {})
-            # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no
-            # CPU arena (it keeps each session's peak for good, so stages would add up) and no memory pattern
-            # (one block per run, planned with gaps); freed buffers go back to the system at once.
-            options.enable_cpu_mem_arena = False
-            options.enable_mem_pattern = False
-            return options
+            return _tracked_memory_options(session_config)
 
         self._sessions = {name: self._reader.session(name, file, make_options, providers)
                           for name, file in graph_files.items()}
+        if parse_device(device).is_cuda:
+            for name, session in self._sessions.items():
+                if "CUDAExecutionProvider" not in session.get_providers():
+                    # The probe (cuda_problem) passed but onnxruntime fell back anyway: refuse rather than serve
+                    # from the CPU.
+                    raise DeviceUnavailableError(device, f"onnxruntime put {graph_files[name]} on the CPU, not on "
+                                                         "the GPU (its log above says why)")
         # The step decoder's cache inputs, in the order the init/step graphs emit them after the frames.
         self._cache_names = [i.name for i in self._sessions["vae_decoder_step"].get_inputs()][1:]
 
@@ -122,6 +145,32 @@ class OnnxRuntimeBackend:
         feeds = {"latent": latent, **dict(zip(self._cache_names, state, strict=True))}
         frames, *caches = self._sessions["vae_decoder_step"].run(None, feeds)
         return frames, caches
+
+
+def _tracked_memory_options(session_config: Mapping[str, str] | None) -> object:
+    options = session_options(session_config or {})
+    # Memory that follows the live tensors (what engine/memory.py estimates and admission relies on): no CPU
+    # arena (it keeps each session's peak for good, so stages would add up) and no memory pattern (one block per
+    # run, planned with gaps); freed buffers go back to the system at once.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    return options
+
+
+class VerifiedCpuSession:
+    """One graph on onnxruntime's CPU provider (a GPU backend's text encoder kept off the GPU), made from the
+    bytes read once through ``folder`` and checked against ``file_hashes`` (the artifact manifest's)."""
+
+    def __init__(self, folder: ModelFolder, file: str, file_hashes: Mapping[str, str],
+                 session_config: Mapping[str, str] | None = None) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="wanrt-graphs-")
+        self._reader = GraphReader(folder, file_hashes, Path(self._scratch.name))  # holds the weights it lends
+        self._session = self._reader.session(PurePosixPath(file).stem, file,
+                                             lambda: _tracked_memory_options(session_config),
+                                             ["CPUExecutionProvider"])
+
+    def run(self, outputs: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(outputs, feeds)
 
 
 # External tensors up to this size are inlined into the estimate's copy of a graph (shape tensors a Reshape

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wanrt.engine.artifact import Manifest, load_artifact
-from wanrt.engine.precisions import MIN_CAPABILITY, PRECISIONS, QUANTIZATION_MODES
+from wanrt.engine.precisions import MIN_CAPABILITY, QUANTIZATION_MODES
 from wanrt.engine.request import Limits
 from wanrt.engine.tensorrt.engine_manifest import (
     ENGINE_SUFFIX,
@@ -36,8 +36,10 @@ from wanrt.engine.tensorrt.memory import (
     dit_scratch,
     plan_memory,
     requested_residency,
+    requested_text_encoder,
     vae_scratch,
 )
+from wanrt.engine.tensorrt.plan import Planner
 from wanrt.engine.tensorrt.profiles import (
     TEXT_ENCODER,
     VAE_STEP,
@@ -101,8 +103,10 @@ class GraphFacts:
 
     float_type: str  # the float type most weight bytes are stored in: fp32, bf16 or fp16
     quantized: frozenset[str]  # Q/DQ element types (int8, fp8, ...)
-    weight_bytes: int
+    weight_bytes: int  # every initializer and constant, each at its own dtype's size (fp32 islands at 4 bytes)
     matrix_dims: tuple[tuple[int, ...], ...]  # shapes of the 2-D and conv weights (for the scratch estimate)
+    compute_itemsize: int = 4  # bytes per value of the matrix products' outputs (the activation dtype)
+    stream_itemsize: int = 4  # bytes per value of the normalisations' outputs (the residual stream's dtype)
 
     @property
     def precision(self) -> str:
@@ -128,7 +132,33 @@ def read_graph_facts(path: Path) -> GraphFacts:
             by_type[name] += numel * itemsize
     float_type = by_type.most_common(1)[0][0] if by_type else "fp32"
     dims = tuple(tuple(int(d) for d in i.dims) for i in model.graph.initializer if len(i.dims) in (2, 5))
-    return GraphFacts(float_type, frozenset(onnx_quantization(path)), total, dims)
+    compute, stream = activation_itemsizes(model)
+    return GraphFacts(float_type, frozenset(onnx_quantization(path)), total, dims, compute, stream)
+
+
+_COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "Attention")
+_NORM_OPS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "GroupNormalization")
+
+
+def activation_itemsizes(model: object) -> tuple[int, int]:
+    """(compute, stream) bytes per activation value, from the graph's own types (ONNX type inference on the
+    structure, no weights): the dtype most matrix products write, and the dtype most normalisations write (the
+    residual stream and modulation they feed: fp32 in wanrt's bf16 exports; the compute dtype where the graph
+    has no normalisation operator)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    types.update({i.name: i.data_type for i in graph.initializer})
+
+    def itemsize(ops: tuple[str, ...]) -> int | None:
+        found = collections.Counter(types.get(n.output[0]) for n in graph.node if n.op_type in ops and n.output)
+        floats = [(count, t) for t, count in found.items() if t in _FLOAT_NAMES]
+        return _ITEMSIZE[max(floats)[1]] if floats else None
+
+    compute = itemsize(_COMPUTE_OPS) or 4
+    return compute, itemsize(_NORM_OPS) or compute
 
 
 def graph_facts(path: Path, entry: dict) -> GraphFacts:
@@ -186,16 +216,13 @@ def _graph_precision(onnx_file: str, facts: GraphFacts) -> str:
     return facts.precision
 
 
-def _itemsize(precision: str) -> int:
-    # Activations: a quantized graph keeps bf16/fp16 ones between its GEMMs.
-    return 2 if PRECISIONS[precision].quantized else PRECISIONS[precision].itemsize
-
-
 def estimate_memory(graph: str, facts: GraphFacts, profile: GraphProfile, manifest: Manifest,
-                    precision: str) -> EngineMemory:
-    """Weights (exact, from the initializers) and scratch (the activation model of memory.py) of one engine."""
+                    precision: str, io: int = 0) -> EngineMemory:
+    """Weights (exact, from the initializers at their dtypes), I/O buffers (``io``, from the binding plan at the
+    profile's largest shapes) and scratch (the activation model of memory.py, at the graph's activation dtypes)
+    of one engine. ``precision`` is kept for callers; the dtypes come from the graph."""
     spec = manifest.spec
-    itemsize = _itemsize(precision)
+    itemsize, stream = facts.compute_itemsize, facts.stream_itemsize
     matrices = [d for d in facts.matrix_dims if len(d) == 2]
     counts = collections.Counter(x for d in matrices for x in d)
     # The feed-forward width repeats in every block; a vocabulary (the text encoder's embedding) appears once.
@@ -204,10 +231,10 @@ def estimate_memory(graph: str, facts: GraphFacts, profile: GraphProfile, manife
     if graph in spec.experts:
         batch, _, frames, height, width = profile.inputs["hidden_states"].max
         tokens = (frames // spec.patch_size[0]) * (height // spec.patch_size[1]) * (width // spec.patch_size[2])
-        scratch = dit_scratch(tokens, dim, ffn, itemsize, batch)
+        scratch = dit_scratch(tokens, dim, ffn, itemsize, batch, stream_itemsize=stream)
     elif graph == TEXT_ENCODER:
         batch, length = profile.inputs["input_ids"].max
-        scratch = dit_scratch(length, dim, ffn, itemsize, batch)
+        scratch = dit_scratch(length, dim, ffn, itemsize, batch, stream_itemsize=stream)
     else:
         vae = manifest.vae_decoder
         _, _, _, h, w = profile.inputs["latent"].max
@@ -219,7 +246,7 @@ def estimate_memory(graph: str, facts: GraphFacts, profile: GraphProfile, manife
         channels = 2 * max(last, default=out)
         frames = int(vae["temporal_stride"]) if graph == VAE_STEP else 1
         scratch = vae_scratch(frames, h * scale, w * scale, channels, itemsize)
-    return EngineMemory(graph, facts.weight_bytes, scratch)
+    return EngineMemory(graph, facts.weight_bytes, scratch, io)
 
 
 def plan_build(
@@ -240,7 +267,9 @@ def plan_build(
     """
     memory = memory or MemoryOptions()
     requested_residency(memory.residency, memory.weight_streaming_budget)
+    requested_text_encoder(memory.text_encoder)
     profiles = compute_profiles(manifest, limits, opt)
+    planner = Planner(manifest, {graph: (profile,) for graph, profile in profiles.items()})
     spec = manifest.spec
     builds = []
     for graph, entry in manifest.graphs.items():
@@ -251,11 +280,16 @@ def plan_build(
         streaming = memory.weight_streaming_budget is not None and graph in spec.experts
         builds.append(GraphBuild(graph, entry["file"], manifest.files[entry["file"]], graph + ENGINE_SUFFIX,
                                  precision, streaming, (profiles[graph],),
-                                 estimate_memory(graph, facts, profiles[graph], manifest, precision)))
+                                 estimate_memory(graph, facts, profiles[graph], manifest, precision,
+                                                 planner.io_bytes(graph))))
     mem_plan = None
     if gpu_bytes is not None:
+        # Not told how: weight streaming is a candidate too, chosen where it costs less than swapping experts.
         mem_plan = plan_memory([b.memory for b in builds], spec.experts, gpu_bytes, residency=memory.residency,
-                               streaming_budget=memory.weight_streaming_budget)
+                               streaming_budget=memory.weight_streaming_budget, text_encoder=memory.text_encoder,
+                               vae_caches=planner.cache_bytes(), allow_streaming=memory.residency is None)
+        if mem_plan.residency == "streaming":
+            builds = [dataclasses.replace(b, weight_streaming=b.graph in spec.experts) for b in builds]
     chosen = opt or VideoShape(limits.max_frames, limits.max_height, limits.max_width)
     return BuildPlan(Path(art_dir), manifest, limits, chosen, tuple(builds), mem_plan)
 
@@ -296,7 +330,7 @@ def build_engines(
                       device_name=runtime.device_name, gpu_bytes=device.memory()[1], memory=memory)
     assert plan.memory is not None
     say(plan.memory.render())
-    chosen_memory = MemoryOptions(plan.memory.residency, plan.memory.streaming_budget)
+    chosen_memory = MemoryOptions(plan.memory.residency, plan.memory.streaming_budget, plan.memory.text_encoder)
 
     with publishing(out_dir) as partial:  # a half-built folder must never look usable
         engines = {}

@@ -14,6 +14,16 @@ DEFAULT_MAX_HEIGHT = 720
 DEFAULT_MAX_WIDTH = 1280
 
 
+def add_text_encoder_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--text-encoder``, shared by build-engines, generate and serve."""
+    from wanrt.engine.tensorrt.memory import TEXT_ENCODER_MODES
+
+    parser.add_argument("--text-encoder", choices=TEXT_ENCODER_MODES, default=None,
+                        help="resident: kept on the GPU; release: loaded for each prompt and freed before "
+                             "denoising; cpu: run on the host (onnxruntime, an fp32/fp16 text encoder graph). "
+                             f"Default: the cheapest that fits the GPU's memory plan {note}".rstrip())
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from wanrt.engine.tensorrt.memory import RESIDENCIES
 
@@ -45,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "time; streaming: see --weight-streaming-budget (default: the first that fits)")
     parser.add_argument("--weight-streaming-budget", type=float, default=None, metavar="GIB",
                         help="build the experts with weight streaming, keeping GIB of each one's weights on the "
-                             "GPU and streaming the rest from host memory")
+                             "GPU and streaming the rest from host memory (default: chosen by the plan where "
+                             "streaming costs less per video than loading experts per stage)")
+    add_text_encoder_argument(parser, "(recorded in engines.json; generate/serve may override it)")
     parser.add_argument("--device-index", type=int, default=0, help="CUDA device to build on (default 0)")
     parser.set_defaults(handler=_build)
 
@@ -125,7 +137,7 @@ def _build(args: argparse.Namespace) -> int:
     budget = args.weight_streaming_budget
     if budget is not None and not budget > 0:
         raise InvalidRequestError("weight_streaming_budget", f"must be positive, got {budget}")
-    memory = MemoryOptions(args.residency, int(budget * GIB) if budget is not None else None)
+    memory = MemoryOptions(args.residency, int(budget * GIB) if budget is not None else None, args.text_encoder)
     options = BuilderOptions(
         workspace_bytes=int(args.workspace_gib * 1024**3) if args.workspace_gib else None,
         optimization_level=args.optimization_level,

@@ -67,6 +67,21 @@ def tensorrt_module() -> Any:
     return trt
 
 
+def cuda_problem(index: int) -> str | None:
+    """Why the TensorRT backend cannot run on CUDA device ``index`` (TensorRT, pycuda, the driver), or None."""
+    try:
+        tensorrt_module()
+        cuda = _pycuda()
+    except BackendUnavailableError as err:
+        return str(err)
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as err:  # pycuda's LogicError/RuntimeError: no driver, driver too old, no device
+        return f"pycuda cannot initialise CUDA: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
+    return None if index < count else f"no CUDA device {index} (this machine has {count})"
+
+
 def _logger(trt: Any) -> Any:
     global _LOGGER
     if _LOGGER is None:
@@ -164,6 +179,11 @@ class CudaDevice:
         return out
 
 
+def aligned_scratch(nbytes: int) -> int:
+    """``nbytes`` rounded up as the shared scratch buffer allocates it."""
+    return -(-int(nbytes) // _SCRATCH_ALIGNMENT) * _SCRATCH_ALIGNMENT
+
+
 class Scratch:
     """The one scratch (activation) buffer every engine's execution context borrows while it runs.
 
@@ -181,7 +201,7 @@ class Scratch:
 
     def reserve(self, nbytes: int) -> DeviceBuffer:
         """The buffer, grown to at least ``nbytes`` (the old one freed first: only one is ever held)."""
-        nbytes = -(-int(nbytes) // _SCRATCH_ALIGNMENT) * _SCRATCH_ALIGNMENT
+        nbytes = aligned_scratch(nbytes)
         if self.buffer is None or self.buffer.nbytes < nbytes:
             if self.buffer is not None:
                 self.buffer.free()
@@ -287,8 +307,9 @@ class Engine:
 
     @property
     def scratch_bytes(self) -> int:
-        """Scratch memory the engine's largest profile needs (after any weight-streaming budget is set)."""
-        return int(self.engine.device_memory_size_v2)
+        """Scratch memory the engine's largest profile needs (after any weight-streaming budget is set), rounded
+        up as the shared scratch buffer allocates it."""
+        return aligned_scratch(int(self.engine.device_memory_size_v2))
 
     @property
     def streamable_bytes(self) -> int:

@@ -65,6 +65,7 @@ class MemoryOptions:
 
     residency: str | None = None  # resident, per-stage or streaming; None: the cheapest that fits
     weight_streaming_budget: int | None = None  # bytes of each expert's weights kept on the GPU
+    text_encoder: str | None = None  # resident, release or cpu; None: the cheapest that fits
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from wanrt.engine.artifact import Manifest
+from wanrt.engine.tensorrt.memory import decoder_cache_bytes
 from wanrt.engine.tensorrt.profiles import (
     TEXT_ENCODER,
     VAE_INIT,
@@ -112,6 +113,32 @@ class Planner:
     @property
     def graphs(self) -> tuple[str, ...]:
         return tuple(self._profiles)
+
+    def _cache_tensors(self) -> set[str]:
+        cache = self._vae.get("cache", {})
+        return {*cache.get("names", []), *cache.get("output_names", [])}
+
+    def io_bytes(self, graph: str) -> int:
+        """Bytes of the I/O buffers the backend pools for ``graph`` (grow-only: each tensor at the largest shape
+        its profiles accept). The decoder's caches are not among them: see ``cache_bytes``."""
+        largest: dict[str, int] = {}
+        caches = self._cache_tensors()
+        for profile in self._profiles[graph]:
+            plan = self.plan(graph, {name: p.max for name, p in profile.inputs.items()})
+            for spec in plan.tensors:
+                if spec.name not in caches:
+                    largest[spec.name] = max(largest.get(spec.name, 0), spec.nbytes)
+        return sum(largest.values())
+
+    def cache_bytes(self) -> int:
+        """Bytes of the streaming decoder's cache pair for the largest latent the engines accept: what the backend
+        allocates while a video decodes (both sets; the caches keep the graphs' fp32 I/O)."""
+        if VAE_STEP not in self._profiles or not self._caches:
+            return 0
+        _, _, _, h, w = max((p.inputs["latent"].max for p in self._profiles[VAE_STEP]), key=lambda s: s[3] * s[4])
+        layout = [(channels, scale) for _, channels, scale in self._caches]
+        return decoder_cache_bytes(layout, h, w, frames=int(self._vae["cache"]["frames"]),
+                                   itemsize=np.dtype("float32").itemsize)
 
     def plan(self, graph: str, shapes: Mapping[str, Sequence[int]]) -> BindingPlan:
         """Checks ``shapes`` (input name -> shape) and returns the plan; BindingError names the first problem."""

@@ -56,8 +56,29 @@ def test_plan_with_a_gpu_plans_memory(tiny_artifact_dir, artifact, limits):
     assert streaming.memory.residency == "streaming"
     assert {b.graph for b in streaming.graphs if b.weight_streaming} == {"transformer", "transformer_2"}
     with pytest.raises(InvalidRequestError, match="more than the GPU's") as err:
-        plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=4 * GIB)  # the 4 GiB reserve alone fills it
+        plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=GIB)  # the CUDA context alone fills it
     assert "lower --max-frames" in str(err.value)
+
+
+def test_plan_picks_weight_streaming_where_nothing_cheaper_fits(tiny_artifact_dir, artifact, limits, monkeypatch):
+    # The tiny experts' I/O (a 512-token text embedding) outweighs their weights, so streaming (both experts' I/O
+    # on the GPU) can never undercut swapping them; at A14B size the weights are 300x the I/O. As there:
+    from wanrt.engine.tensorrt import build
+
+    read = build.read_graph_facts
+
+    def heavier(path):
+        facts = read(path)
+        expert = path.name.startswith("transformer")
+        return dataclasses.replace(facts, weight_bytes=facts.weight_bytes * 300) if expert else facts
+
+    monkeypatch.setattr(build, "read_graph_facts", heavier)
+    roomy = plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=80 * GIB)
+    per_stage = dataclasses.replace(roomy.memory, residency="per-stage", text_encoder="release")
+    tight = plan_build(tiny_artifact_dir, artifact, limits, gpu_bytes=per_stage.peak - 1)
+    assert tight.memory.residency == "streaming" and tight.memory.fits
+    assert {b.graph for b in tight.graphs if b.weight_streaming} == {"transformer", "transformer_2"}
+    assert "expected cost" in tight.memory.render() and "per step" in tight.memory.render()
 
 
 def _typed_graph(path, dtype):
@@ -227,3 +248,4 @@ def test_a_graph_mixing_quantized_types_is_refused(tiny_artifact_dir, artifact, 
                                 suffix="_b")
     with pytest.raises(InvalidRequestError, match=r"transformer\.onnx has Q/DQ nodes of \['fp8', 'int8'\]"):
         plan_build(tmp_path / "mixed2", quantized, limits)
+

@@ -93,14 +93,21 @@ def test_contract(major, tiny_artifact_dir, tmp_path, capsys):
     assert not any({"MultiHeadAttention", "Softmax"} & set(b["op_types"]) for b in report["built"])
     # The foreign timing cache was reported and replaced by this build's own.
     assert "was rejected by TensorRT" in steps["build"]["log"] and steps["build"]["cache_rebuilt"]
-    assert "memory plan (resident)" in steps["build"]["log"]
-    assert "memory plan (per-stage)" in steps["build_per_stage"]
+    assert "memory plan (resident, text encoder resident)" in steps["build"]["log"]
+    assert "memory plan (per-stage, text encoder" in steps["build_per_stage"]
     assert "memory plan (streaming" in steps["build_streaming"]
 
     assert steps["generate"] == {"engines": True, "engines-per-stage": True, "engines-streaming": True}
     # Per stage, the two experts never share the GPU (not even while the backend measures them at load).
     assert steps["experts_on_gpu"] == {"engines": 2, "engines-per-stage": 1, "engines-streaming": 2}
 
+    # The plan counts what the backend allocates: per stage, the most device bytes live at once equal the plan's
+    # figure (its CUDA context and reserve aside), for every residency and text encoder placement.
+    checked = {(c["residency"], c["text_encoder"]) for c in steps["plan_vs_ledger"]}
+    assert checked == {(r, t) for r in ("resident", "per-stage", "streaming") for t in ("resident", "release", "cpu")}
+    for case in steps["plan_vs_ledger"]:
+        assert case["ledger"] == case["plan"], case["render"]
+        assert case["engines_moved"] == 5  # the clips ran with no engine file on disk: swaps never re-read one
     serve = steps["serve"]
     assert serve["errors"] == [] and serve["rc"] == 0
     assert serve["jobs"] == 20 and serve["mismatches"] == []

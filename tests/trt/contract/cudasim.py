@@ -25,6 +25,13 @@ _LOCAL = threading.local()
 LIVE: dict[int, DeviceAllocation] = {}  # address -> allocation
 LEAKED: list[int] = []  # sizes of allocations whose free failed
 STATS = {"allocs": 0, "frees": 0}
+HIGH_WATER = {"bytes": 0}  # most bytes live at once since reset_high_water()
+
+
+def reset_high_water() -> int:
+    with _LOCK:
+        HIGH_WATER["bytes"] = sum(a.size for a in LIVE.values())
+        return HIGH_WATER["bytes"]
 
 
 class LogicError(RuntimeError):
@@ -115,6 +122,7 @@ class DeviceAllocation:
         with _LOCK:
             LIVE[self.address] = self
             STATS["allocs"] += 1
+            HIGH_WATER["bytes"] = max(HIGH_WATER["bytes"], sum(a.size for a in LIVE.values()))
 
     def __int__(self) -> int:
         return self.address

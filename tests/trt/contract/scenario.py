@@ -184,6 +184,52 @@ def serve_jobs(engines: Path, art: Path, work: Path) -> dict:
     return outcome
 
 
+STAGE_OF = {"encode_text": "text", "predict_noise": "denoise", "decode_first": "decode", "decode_next": "decode"}
+
+
+def plan_vs_ledger(engines: Path, residency: str | None, text_encoder: str | None) -> dict:
+    """Loads the engines as generate/serve do, runs one clip at the largest size they accept, and records for each
+    stage the most device bytes live at once (the simulated driver's ledger), beside the plan the backend started
+    with (less the CUDA context and reserve, which are not allocations)."""
+    from wanrt.engine.loader import load_pipeline
+    from wanrt.engine.request import GenerationRequest
+    from wanrt.engine.tensorrt.memory import STAGES
+
+    gc.collect()
+    before = cudasim.live_bytes()
+    pipeline = load_pipeline(engines, "tensorrt", device="cuda", residency=residency, text_encoder=text_encoder)
+    backend = pipeline.backend
+    ledger: dict[str, int] = {}
+    for method, stage in STAGE_OF.items():
+        def counted(*args: object, _call: object = getattr(backend, method), _stage: str = stage) -> object:
+            cudasim.reset_high_water()
+            try:
+                return _call(*args)
+            finally:
+                ledger[_stage] = max(ledger.get(_stage, 0), cudasim.HIGH_WATER["bytes"] - before)
+        setattr(backend, method, counted)
+    # Every engine was read and hashed at load; swaps (per-stage experts, a released text encoder) deserialise
+    # from those verified bytes. With the files moved away a re-read from disk would fail: the clips must not.
+    away = [(p, p.with_name(p.name + ".away")) for p in sorted(engines.glob("*.plan"))]
+    for path, moved in away:
+        path.rename(moved)
+    try:
+        for _ in range(2):  # the second clip starts with the other expert loaded (per stage) and no pool to grow
+            list(pipeline.generate(GenerationRequest(prompt="a ray over sand", frames=5, height=32, width=32,
+                                                     steps=4, seed=1)))
+    finally:
+        for path, moved in away:
+            moved.rename(path)
+    plan = backend.memory_plan
+    result = {"residency": plan.residency, "text_encoder": plan.text_encoder, "ledger": ledger,
+              "engines_moved": len(away),
+              "plan": {s: plan.stages[s] - plan.context - plan.reserve for s in STAGES}, "render": plan.render()}
+    backend.close()
+    del pipeline, backend
+    gc.collect()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--artifact", type=Path, required=True)
@@ -235,6 +281,10 @@ def main() -> int:
             got = generate(work / name, "tensorrt", work / f"{name}.npy")
             report["steps"]["generate"][name] = bool(np.array_equal(got, want))
             report["steps"]["experts_on_gpu"][name] = trtsim.PEAK["experts"]
+        report["steps"]["plan_vs_ledger"] = [
+            plan_vs_ledger(work / folder, residency, text)
+            for folder, residency in (("engines", None), ("engines", "per-stage"), ("engines-streaming", None))
+            for text in ("resident", "release", "cpu")]
         report["steps"]["serve"] = serve_jobs(work / "engines", art, work)
         rc, err = cli("verify", "--engines", str(work / "engines"), "--prompts", "2", "--steps", "2",
                       "--reference", str(art), "--report", str(work / "verify.json"))

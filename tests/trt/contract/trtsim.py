@@ -193,7 +193,14 @@ class SimBuilder:
         payload = {"onnx": net.onnx_path, "profiles": [p.shapes for p in cfg.profiles],
                    "weight_streaming": "WEIGHT_STREAMING" in cfg.flags, "version": REAL.__version__,
                    "onnx_sha256": hashlib.sha256(Path(net.onnx_path).read_bytes()).hexdigest()}
-        return HostMemory(b"SIMENGINE" + json.dumps(payload).encode())
+        # A serialized engine is mostly its weights: padded to the graph's weight bytes, as a real plan file is.
+        header = json.dumps(payload).encode()
+        return HostMemory(b"SIMENGINE" + len(header).to_bytes(8, "little") + header
+                          + bytes(_graph_weight_bytes(net.onnx_path)))
+
+
+def _graph_weight_bytes(path: str) -> int:
+    return sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*"))
 
 
 class SimRuntime:
@@ -204,10 +211,11 @@ class SimRuntime:
         data = bytes(serialized_engine)
         if not data.startswith(b"SIMENGINE"):
             return None
-        payload = json.loads(data[len(b"SIMENGINE"):])
+        start = len(b"SIMENGINE") + 8
+        payload = json.loads(data[start:start + int.from_bytes(data[start - 8:start], "little")])
         if payload["version"] != REAL.__version__:
             return None
-        return _wrap("ICudaEngine", SimEngine(payload))
+        return _wrap("ICudaEngine", SimEngine(payload, len(data)))
 
 
 _SESSIONS: dict[str, ort.InferenceSession] = {}
@@ -225,18 +233,26 @@ def _session(path: str) -> ort.InferenceSession:
 
 
 class SimEngine:
-    def __init__(self, payload: dict) -> None:
+    """A deserialized engine. Like TensorRT, it holds its weights in device memory (the serialized size; for a
+    weight-streaming engine, its budget) from deserialisation until it is destroyed: the ledger sees them."""
+
+    def __init__(self, payload: dict, serialized_bytes: int) -> None:
         self.payload = payload
         self.session = _session(payload["onnx"])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = {o.name: o for o in self.session.get_outputs()}
         self.names = [*self.inputs, *self.outputs]
-        self.weights = sum(p.stat().st_size for p in Path(payload["onnx"]).parent.glob(
-            Path(payload["onnx"]).name + "*"))
+        self.weights = serialized_bytes
+        self.device_weights = cudasim.mem_alloc(self.weights)  # needs the CUDA context current, as TensorRT does
         self._budget: int | None = None
         LIVE_ENGINES.add(self)
         experts = sum(Path(e.payload["onnx"]).name.startswith("transformer") for e in LIVE_ENGINES)
         PEAK["experts"] = max(PEAK["experts"], experts)
+
+    def __del__(self) -> None:
+        # TensorRT frees an engine's weights when the engine is destroyed (the ledger holds the allocation itself,
+        # so it is freed here, under the same one-thread context rule as any other free).
+        self.device_weights.free()
 
     @property
     def num_io_tensors(self) -> int:
@@ -283,6 +299,8 @@ class SimEngine:
         if not self.payload["weight_streaming"]:
             raise violation("weight_streaming_budget_v2 set on an engine built without BuilderFlag.WEIGHT_STREAMING")
         self._budget = int(value)
+        self.device_weights.free()
+        self.device_weights = cudasim.mem_alloc(min(self._budget, self.weights))  # the rest streams from the host
 
     def create_execution_context(self, strategy: Any = None) -> Checked:
         if strategy is None or strategy != REAL.ExecutionContextAllocationStrategy.USER_MANAGED:
