@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("commands", ("wanrt.cli", "wanrt.*.cli", "wanrt.*_cli", "wanrt.reef.train", "wanrt.reef.denoise_check",
+    ("commands", ("wanrt.cli", "wanrt.*.cli", "wanrt.*_cli", "wanrt.reef.train", "wanrt.reef.recover",
+                  "wanrt.reef.denoise_check",
                   "wanrt.reef.latent_check", "wanrt.reef.samples", "wanrt.quant.compare_paths",
                   "wanrt.server.codegen", "wanrt.server.batch")),
     # `wanrt verify`'s checks drive quantize's trajectory recorder for their torch reference: a tool on the engines.
