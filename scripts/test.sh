@@ -19,4 +19,5 @@ BENCH_OUT="$(mktemp -d)"
 TQDM_DISABLE=1 "$PY" -m wanrt.cli bench --backends onnxruntime --components dit,vae --frames 1 --height 16 \
   --width 16 --runs 1 --warmup 0 --peak-tflops 1 --out "$BENCH_OUT" > /dev/null
 rm -rf "$BENCH_OUT"
-"$PY" -m pytest -q "$@"
+# The slowest tests are listed before the summary, so a CI log shows where its minutes went.
+"$PY" -m pytest -q --durations=25 "$@"
