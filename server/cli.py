@@ -15,6 +15,7 @@ from pathlib import Path
 
 from wanrt.engine.cli import add_memory_budget_argument, add_placement_arguments
 from wanrt.engine.loader import BACKENDS
+from wanrt.server import request_log
 from wanrt.server.config import CPU_MAXIMA, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServerConfig
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
 
@@ -95,6 +96,10 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
                         help="adaptive step cache for requests that do not set step_cache: reuse an expert's last "
                              "call while the estimated change stays under THRESHOLD (0-1; default off). Check a "
                              "threshold with `wanrt eval --against full` first")
+    parser.add_argument("--log-format", choices=request_log.LOG_FORMATS, default="text",
+                        help="stderr log lines, one per finished request among them (id, caller, size, steps, "
+                             "status, seconds): text, or one JSON object per line for a log shipper "
+                             "(default %(default)s)")
     parser.set_defaults(handler=_serve)
 
 
@@ -104,8 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     from wanrt.server.app import WanrtServer
     from wanrt.trust.cli import trusted_check
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    request_log.configure(args.log_format)
     # An unusable `--device cuda` stops the server here, one line and exit 2; `auto` is resolved (and logged).
     devices = tuple(usable_device(d, args.backend) for d in args.devices or ("cpu",))
     config = ServerConfig(

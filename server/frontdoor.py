@@ -42,6 +42,7 @@ from wanrt.server.errors import (
 from wanrt.server.jobs import DoneEvent, Job, JobManager
 from wanrt.server.metrics import Metrics
 from wanrt.server.protocol import MP4
+from wanrt.server.request_log import log_request
 
 log = logging.getLogger("wanrt.server")
 
@@ -196,6 +197,7 @@ class AuditedCall:
             log.critical("audit log write failed (%s); refusing to serve", err)
             door.on_audit_failure()
             raise AuditFailed() from err
+        log_request(self.record)
 
     def fail(self, error: BaseException) -> CallStatus:
         """Ends the call with ``error``'s outcome (logged when it is a server fault) and returns that outcome;

@@ -213,6 +213,7 @@ class ServeProcess:
     metrics_port: int
     audit_log: Path
     ready: dict = dataclasses.field(default_factory=dict)  # the "serving" line
+    log: Path | None = None  # its stderr (the operator's log)
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -232,7 +233,8 @@ def serve_process(model: Path, tmp_path: Path, *extra: str, tls: Certs | None = 
         options += ["--backend", "torch"]
     command = [*prefix, sys.executable, "-m", "wanrt.cli", "serve", "--model", str(model), "--listen", "127.0.0.1:0",
                "--metrics-listen", "127.0.0.1:0", "--audit-log", str(audit), *options, *extra]
-    stderr = open(tmp_path / f"serve-stderr-{time.monotonic_ns()}.log", "w+")  # a file: a full pipe would block
+    log = tmp_path / f"serve-stderr-{time.monotonic_ns()}.log"
+    stderr = open(log, "w+")  # a file: a full pipe would block
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + timeout
@@ -248,7 +250,7 @@ def serve_process(model: Path, tmp_path: Path, *extra: str, tls: Certs | None = 
             stderr.seek(0)
             raise AssertionError(f"wanrt serve did not start: {stderr.read()[-3000:]}")
         ready = json.loads(line)
-        yield ServeProcess(process, ready["grpc"], ready["metrics_port"], audit, ready)
+        yield ServeProcess(process, ready["grpc"], ready["metrics_port"], audit, ready, log)
     finally:
         if process.poll() is None:
             process.kill()

@@ -24,7 +24,7 @@ TINY_ARGS = ["--prompt", TINY.prompt, "--frames", "1", "--height", "16", "--widt
 
 @pytest.fixture(scope="module")
 def serving(tiny_model_dir, tmp_path_factory):
-    with serve_process(tiny_model_dir, tmp_path_factory.mktemp("serve")) as process:
+    with serve_process(tiny_model_dir, tmp_path_factory.mktemp("serve"), "--log-format", "json") as process:
         yield process
 
 
@@ -56,6 +56,24 @@ def test_client_generate_writes_the_clip_the_audit_log_names(serving, tmp_path):
     record = [r for r in read_audit(serving.audit_log) if r.get("client_request_id") == "cli-1"]
     assert record[0]["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert record[0]["output"]["sha256"] in result.stderr  # the client reports the digest it verified
+
+
+def test_each_request_is_one_json_log_line_without_its_prompt(serving, tmp_path):
+    out = tmp_path / "logged.mp4"
+    result = wanrt("client", "generate", "--server", serving.address, "--insecure", *TINY_ARGS, "--out", str(out),
+                   "--client-request-id", "log-1")
+    assert result.returncode == 0, result.stderr
+    (audited,) = [r for r in read_audit(serving.audit_log) if r.get("client_request_id") == "log-1"]
+    # Every line of Python's logging is JSON (native libraries may still write their own lines to stderr).
+    lines = [json.loads(line) for line in serving.log.read_text().splitlines() if line.startswith("{")]
+    (line,) = [entry for entry in lines if entry.get("request", {}).get("id") == audited["request_id"]]
+    params = audited["params"]
+    assert line["logger"] == "wanrt.server.requests" and line["request"] == {
+        "id": audited["request_id"], "method": "Generate", "api": "grpc", "caller": audited["principal"],
+        "status": "OK", "seconds": audited["timings"]["total_s"],
+        "size": f"{params['frames']}x{params['height']}x{params['width']}", "steps": params["steps"]}
+    prompt = TINY_ARGS[TINY_ARGS.index("--prompt") + 1]
+    assert prompt not in serving.log.read_text()  # the prompt stays in the audit log's care (as an HMAC)
 
 
 def test_client_generate_npy_holds_raw_frames(serving, tmp_path):
