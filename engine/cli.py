@@ -12,7 +12,6 @@ import numpy as np
 
 from wanrt.engine.defaults import ModelDefaults
 from wanrt.engine.loader import BACKENDS
-from wanrt.engine.pipeline import VideoPipeline
 from wanrt.engine.request import RANDOM_SEED, GenerationRequest
 from wanrt.engine.schedules import schedule_names
 from wanrt.trust.cli import add_provenance_arguments, add_trust_argument
@@ -185,7 +184,7 @@ def _generate(args: argparse.Namespace) -> int:
         print(plan, file=sys.stderr)
     request = request_from_args(args, pipeline.defaults).with_seed_chosen()
     request.validate(pipeline.limits)
-    for warning in _warnings(pipeline, request):
+    for warning in pipeline.warnings(request):
         print(f"wanrt: warning: {warning}", file=sys.stderr)
     admission = admission_for(pipeline, budget, devices)
     if admission is not None:
@@ -202,7 +201,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     try:
         frames = pipeline.generate(request, on_progress=show)
-        settings = clip_settings(request, pipeline.identity)  # what made the clip, in its metadata
+        settings = clip_settings(request, pipeline.identity, pipeline.warnings(request))  # in its metadata
         if provenance is None:
             write_video(args.out, frames, request.fps, metadata=settings)
         else:
@@ -213,17 +212,6 @@ def _generate(args: argparse.Namespace) -> int:
     print(f"seed {request.seed}" if request.latents is None else f"noise from {args.latents}", file=sys.stderr)
     print(args.out)
     return 0
-
-
-def _warnings(pipeline: VideoPipeline, request: GenerationRequest) -> list[str]:
-    """What the request asks that the model will quietly do less well: words it lacks, a size it was not made for."""
-    warnings = []
-    unknown = pipeline.tokenizer.unknown_words(request.prompt)
-    if unknown:
-        warnings.append(f"the model's vocabulary lacks {', '.join(map(repr, unknown))}: the model does not see "
-                        "those words")
-    size = pipeline.defaults.size_warning(request.width, request.height) if pipeline.defaults else None
-    return warnings + ([size] if size else [])
 
 
 def _write_signed(out: Path, frames: object, fps: int, key: object, identity: dict, settings: dict) -> None:

@@ -58,6 +58,17 @@ class VideoPipeline:
             frame_multiple=spec.vae_scale_temporal, size_multiple=spec.vae_scale_spatial * spec.patch_size[1]
         )
 
+    def warnings(self, request: GenerationRequest) -> list[str]:
+        """What the request asks that this model will quietly do less well: words its vocabulary lacks (the model
+        does not see them), a size it was not made for. Said on every API and by `generate`, never dropped."""
+        warnings = []
+        unknown = self.tokenizer.unknown_words(request.prompt)
+        if unknown:
+            warnings.append(f"the model's vocabulary lacks {', '.join(map(repr, unknown))}: the model does not "
+                            "see those words")
+        size = self.defaults.size_warning(request.width, request.height) if self.defaults else None
+        return warnings + ([size] if size else [])
+
     def generate(
         self,
         request: GenerationRequest,

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import math
 import secrets
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -149,17 +150,19 @@ def model_name(identity: dict[str, str]) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] or "wanrt"
 
 
-def clip_settings(request: GenerationRequest, identity: dict[str, str]) -> dict[str, object]:
+def clip_settings(request: GenerationRequest, identity: dict[str, str],
+                  warnings: Sequence[str] = ()) -> dict[str, object]:
     """What made a clip, returned with it on every API and written into its MP4 (engine/video.py): the prompts'
-    sha256, the seed, size, frames, steps, guidance, schedule, shift, step cache and the model's identity.
-    Deterministic: the same request on the same model gives the same settings (and so the same bytes)."""
+    sha256, the seed, size, frames, steps, guidance, schedule, shift, step cache, the model's identity and what the
+    model did less well than asked (``warnings``: VideoPipeline.warnings). Deterministic: the same request on the
+    same model gives the same settings (and so the same bytes)."""
     return {"prompt_sha256": sha256_text(request.prompt),
             "negative_prompt_sha256": sha256_text(request.negative_prompt), "seed": request.seed,
             "size": f"{request.width}x{request.height}", "width": request.width, "height": request.height,
             "frames": request.frames, "fps": request.fps, "steps": request.steps, "guidance": request.guidance,
             "guidance_2": request.effective_guidance_2, "schedule": request.schedule, "shift": request.shift,
             "step_cache": request.step_cache, "latents_given": request.latents is not None,
-            "model": model_name(identity), "identity": dict(identity)}
+            "model": model_name(identity), "identity": dict(identity), "warnings": list(warnings)}
 
 
 def sha256_text(text: str) -> str:

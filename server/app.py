@@ -107,7 +107,8 @@ class WanrtServer:
         # Every API (gRPC here, HTTP in http_edge.py) takes its calls through this one front door.
         self.door = FrontDoor(
             self.jobs, ModelFacts(first.spec, self.limits, dict(first.identity), self.max_request_bytes,
-                                  self.admission, defaults=first.defaults, step_cache=config.step_cache),
+                                  self.admission, defaults=first.defaults, step_cache=config.step_cache,
+                                  warnings=first.warnings),
             self.audit, self.metrics, tokens=tokens, keep_prompt_text=config.audit_prompts, prompt_key=prompt_key,
             provenance=provenance,
             draining=self._draining.is_set, on_audit_failure=self._audit_failed)

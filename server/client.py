@@ -71,6 +71,7 @@ class GenerationResult:
     guidance_2: float = 0.0
     model: str = ""
     seed_chosen_by_server: bool = False  # the request asked for a random seed (-1); ``seed`` is the one drawn
+    warnings: tuple[str, ...] = ()  # what the model did less well than asked (unknown prompt words, odd sizes)
 
 
 class Client:
@@ -182,7 +183,8 @@ def _result(r: pb.Result, accepted: pb.Accepted | None, sha256: str, received: i
         queue_position=accepted.queue_position if accepted else 0, c2pa_manifest=r.c2pa_manifest,
         dit_calls=r.dit_calls, dit_calls_saved=r.dit_calls_saved, schedule=r.schedule,
         prompt_sha256=r.prompt_sha256, negative_prompt_sha256=r.negative_prompt_sha256, guidance=r.guidance,
-        guidance_2=r.guidance_2, model=r.model, seed_chosen_by_server=r.seed_chosen_by_server)
+        guidance_2=r.guidance_2, model=r.model, seed_chosen_by_server=r.seed_chosen_by_server,
+        warnings=tuple(r.warnings))
 
 
 def translate_error(err: grpc.RpcError) -> WanrtError:

@@ -87,6 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
         partial.unlink(missing_ok=True)
+    for warning in result.warnings:
+        print(f"wanrt: warning: {warning}", file=sys.stderr)
     print(f"job {result.job_id}: {result.frames} frames, seed {result.seed}, sha256 {result.sha256}, "
           f"{result.timings['total_s']:.2f} s on the server", file=sys.stderr)
     print(out)

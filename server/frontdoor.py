@@ -252,6 +252,8 @@ class ModelFacts:
     admission: Admission | None = None  # None: requests are not checked against memory (see engine/admission.py)
     defaults: ModelDefaults | None = None  # what unset request fields take (None: wanrt's preview defaults)
     step_cache: float | None = None  # the server's step cache threshold for requests that do not set one
+    # What the model will quietly do less well for a request (VideoPipeline.warnings): returned on every API.
+    warnings: Callable[[GenerationRequest], list[str]] | None = None
 
 
 class FrontDoor:
@@ -367,7 +369,8 @@ class FrontDoor:
 
     def settings(self, request: GenerationRequest) -> dict[str, Any]:
         """What made a video (the seed the server chose included), returned with it and written into its MP4."""
-        return clip_settings(request, self.facts.identity)
+        warnings = self.facts.warnings(request) if self.facts.warnings is not None else []
+        return clip_settings(request, self.facts.identity, warnings)
 
     def job_output(self, job: Job, done: DoneEvent, video: bytes) -> tuple[dict[str, Any], bytes | None]:
         """A finished job's audit ``output`` and, for an MP4 when provenance is on, its signed C2PA sidecar

@@ -212,6 +212,7 @@ class VideoGenerationService:
             negative_prompt_sha256=settings.get("negative_prompt_sha256", ""), guidance=request.guidance,
             guidance_2=request.effective_guidance_2, model=self.door.model_name,
             seed_chosen_by_server=bool(call.record.get("params", {}).get("seed_chosen_by_server")),
+            warnings=settings.get("warnings", []),
         ))
         output, manifest = self.door.job_output(job, done, video)
         if manifest is not None:

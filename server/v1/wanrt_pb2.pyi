@@ -128,7 +128,7 @@ class Timings(_message.Message):
     def __init__(self, queued_s: _Optional[float] = ..., text_s: _Optional[float] = ..., denoise_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest", "dit_calls", "dit_calls_saved", "schedule", "shift", "step_cache", "prompt_sha256", "negative_prompt_sha256", "guidance", "guidance_2", "model", "seed_chosen_by_server")
+    __slots__ = ("job_id", "video_sha256", "video_bytes", "format", "frames", "height", "width", "fps", "steps", "seed", "latents_given", "timings", "identity", "client_request_id", "c2pa_manifest", "dit_calls", "dit_calls_saved", "schedule", "shift", "step_cache", "prompt_sha256", "negative_prompt_sha256", "guidance", "guidance_2", "model", "seed_chosen_by_server", "warnings")
     class IdentityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Result(_message.Message):
     GUIDANCE_2_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEED_CHOSEN_BY_SERVER_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     video_sha256: str
     video_bytes: int
@@ -188,7 +189,8 @@ class Result(_message.Message):
     guidance_2: float
     model: str
     seed_chosen_by_server: bool
-    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ..., dit_calls: _Optional[int] = ..., dit_calls_saved: _Optional[int] = ..., schedule: _Optional[str] = ..., shift: _Optional[float] = ..., step_cache: _Optional[float] = ..., prompt_sha256: _Optional[str] = ..., negative_prompt_sha256: _Optional[str] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., model: _Optional[str] = ..., seed_chosen_by_server: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., video_sha256: _Optional[str] = ..., video_bytes: _Optional[int] = ..., format: _Optional[_Union[VideoFormat, str]] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., latents_given: _Optional[bool] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., identity: _Optional[_Mapping[str, str]] = ..., client_request_id: _Optional[str] = ..., c2pa_manifest: _Optional[bytes] = ..., dit_calls: _Optional[int] = ..., dit_calls_saved: _Optional[int] = ..., schedule: _Optional[str] = ..., shift: _Optional[float] = ..., step_cache: _Optional[float] = ..., prompt_sha256: _Optional[str] = ..., negative_prompt_sha256: _Optional[str] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., model: _Optional[str] = ..., seed_chosen_by_server: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ()

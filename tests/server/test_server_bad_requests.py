@@ -166,6 +166,7 @@ class FaultyBackendStandIn:
 
     def __init__(self, real) -> None:
         self.spec, self.limits, self.identity, self.defaults = real.spec, real.limits, real.identity, real.defaults
+        self.warnings = real.warnings
 
     def generate(self, request, *, on_progress=None, should_stop=None):
         raise RuntimeError("CUDA error: an illegal memory access at 0xdeadbeef in /opt/secret/path.so")

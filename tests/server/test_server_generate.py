@@ -54,7 +54,7 @@ def test_clip_arrives_decodes_and_digests_agree(served, pipeline):
     # The same request in-process gives the very same bytes: the server adds transport, nothing else.
     # The MP4 carries what made it: the request as sent, with what the server filled from the model's defaults.
     settings = read_mp4_metadata(result.video)
-    sent = clip_settings(request, pipeline.identity)
+    sent = clip_settings(request, pipeline.identity, pipeline.warnings(request))
     assert {k: v for k, v in settings.items() if k not in ("schedule", "shift")} == \
         {k: v for k, v in sent.items() if k not in ("schedule", "shift")}
     assert settings["schedule"] == (result.schedule or None)  # the schedule the server filled in, if any
@@ -165,3 +165,20 @@ def client_generate_random_seed(served, request):
     """The same request with seed -1: the server draws one and reports it."""
     with served.client() as client:
         return client.generate(dataclasses.replace(request, seed=-1))
+
+
+def test_prompt_words_the_model_lacks_come_back_as_warnings(served, pipeline):
+    import secrets
+
+    word = "zq" + secrets.token_hex(4)  # no vocabulary has it
+    print("unknown word", word)
+    request = dataclasses.replace(TINY, prompt=f"{TINY.prompt} {word}", seed=3)
+    with served.client() as client:
+        result = client.generate(request)
+    assert pipeline.tokenizer.unknown_words(request.prompt) == [word]
+    assert result.warnings == tuple(pipeline.warnings(request))  # the same words as `wanrt generate` says
+    assert [w for w in result.warnings if repr(word) in w and "vocabulary lacks" in w], result.warnings
+    assert read_mp4_metadata(result.video)["warnings"] == list(result.warnings)  # the clip says so too
+    with served.client() as client:
+        known = client.generate(dataclasses.replace(TINY, seed=3))
+    assert not [w for w in known.warnings if "vocabulary" in w], known.warnings  # a known prompt: no word named
