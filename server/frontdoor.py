@@ -412,15 +412,17 @@ class FrontDoor:
                 "dit_calls": done.dit_calls, "dit_calls_saved": done.dit_calls_saved}
 
     def model_card(self) -> dict[str, Any]:
-        """The served model as the listing APIs describe it (limits as reported, the engine's defaults)."""
+        """The served model as the listing APIs describe it (limits as reported, and the model's own defaults: what
+        a request's unset fields take, as DescribeModel reports them)."""
         limits, spec = self.reported_limits, self.facts.spec
-        defaults = GenerationRequest.defaults()
+        defaults = self.facts.defaults.request() if self.facts.defaults else GenerationRequest.defaults()
         return {
             "id": self.model_name, "identity": dict(self.facts.identity), "experts": list(spec.experts),
             "limits": {**dataclasses.asdict(limits), "max_prompt_bytes": MAX_PROMPT_BYTES,
                        "max_request_bytes": self.facts.max_request_bytes},
             "defaults": {name: getattr(defaults, name) for name in
-                         ("frames", "height", "width", "steps", "guidance", "seed", "fps")},
+                         ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "schedule",
+                          "fps")},
         }
 
 

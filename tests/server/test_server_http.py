@@ -221,6 +221,9 @@ def test_models_lists_the_served_model_for_describe_tokens(served):
     assert model["id"] == served.server.door.model_name and model["object"] == "model"
     assert model["limits"]["max_frames"] == limits.max_frames and model["limits"]["max_height"] == limits.max_height
     assert model["identity"] == served.server.door.facts.identity
+    own = served.server.door.facts.defaults.request()  # the model's defaults, not wanrt's preview ones
+    assert {k: model["defaults"][k] for k in ("frames", "height", "width", "steps", "guidance", "fps")} == \
+        {k: getattr(own, k) for k in ("frames", "height", "width", "steps", "guidance", "fps")}
     assert [m.id for m in sdk(served).models.list().data] == [model["id"]]  # OpenAI's own client reads it
     with raw(served, "not-a-token") as http:
         assert http.get("/v1/models").status_code == 401
