@@ -7,6 +7,8 @@ quantized artifact (placement checks, the report) needs neither.
 
 from wanrt.errors import WanrtError
 
+REPORT_NAME = "quant_report.json"  # beside the quantized artifact's manifest, whichever route made it
+
 
 class QuantizationError(WanrtError):
     """Quantization could not be done (ModelOpt missing, a graph without module scopes, a broken placement)."""

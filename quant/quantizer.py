@@ -26,10 +26,9 @@ from wanrt.engine.graph_forms import referenced_files
 from wanrt.errors import InvalidRequestError
 from wanrt.export import attention
 from wanrt.publish import destination, publishing
-from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts
+from wanrt.quant import REPORT_NAME, QuantizationError, QuantizationGateError, placement, prompts
 from wanrt.quant.ptq import CALIBRATION_METHODS, MODES, ORT_SESSION_CONFIG
 
-REPORT_NAME = "quant_report.json"
 # The worst held-out clip must stay this close to the FP32 clip (same prompt, same noise). Chosen from
 # measurements on the reef demo model (see quant/README.md): INT8 with trajectory calibration stays well
 # above it, a one-sample calibration falls below.

@@ -43,10 +43,9 @@ from wanrt.engine.artifact import (
 )
 from wanrt.errors import InvalidRequestError
 from wanrt.publish import destination, publishing
-from wanrt.quant import QuantizationError, QuantizationGateError, placement, prompts, trajectories
+from wanrt.quant import REPORT_NAME, QuantizationError, QuantizationGateError, placement, prompts, trajectories
 from wanrt.quant.torch_recipe import RECIPE_SHAPE, REPORT_SHAPE, CalibrationShape, TorchRecipe
 
-REPORT_NAME = "quant_report.json"
 REPORT_SEED = 10_000
 # The quantized graph, run by onnxruntime on the CPU, against the fake-quantized torch module: only graphs this
 # small (bf16 weights) are run, the rest is checked by its structure. The limit is the bf16 noise floor of the
