@@ -222,8 +222,11 @@ def test_models_lists_the_served_model_for_describe_tokens(served):
     assert model["limits"]["max_frames"] == limits.max_frames and model["limits"]["max_height"] == limits.max_height
     assert model["identity"] == served.server.door.facts.identity
     own = served.server.door.facts.defaults.request()  # the model's defaults, not wanrt's preview ones
-    assert {k: model["defaults"][k] for k in ("frames", "height", "width", "steps", "guidance", "fps")} == \
-        {k: getattr(own, k) for k in ("frames", "height", "width", "steps", "guidance", "fps")}
+    # The tiny model's size and steps happen to equal wanrt's preview defaults; its schedule, shift and guidance
+    # pair come only from its manifest (the preview defaults leave them unset), so they tell the two apart.
+    fields = ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "schedule", "fps")
+    assert None not in (own.schedule, own.shift, own.guidance_2)
+    assert {k: model["defaults"][k] for k in fields} == {k: getattr(own, k) for k in fields}
     assert [m.id for m in sdk(served).models.list().data] == [model["id"]]  # OpenAI's own client reads it
     with raw(served, "not-a-token") as http:
         assert http.get("/v1/models").status_code == 401
